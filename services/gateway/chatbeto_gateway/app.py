@@ -1,0 +1,99 @@
+"""The gateway's app factory: `create_app(settings)`; resources open in cleanup contexts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
+
+from aiohttp import web
+
+from chatbeto import session_ids, topology
+from chatbeto.broker import GroupPublisher, Publisher, connect
+from chatbeto.db import create_pool, mask_dsn
+from chatbeto.logging import get_logger
+from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
+from chatbeto.settings import GatewaySettings
+from chatbeto_gateway import metrics_api, ops
+from chatbeto_gateway.auth import KeyCache
+from chatbeto_gateway.gpt_cache import GptCache
+from chatbeto_gateway.middleware import observe
+from chatbeto_gateway.state import (
+    BROKER,
+    GPTS,
+    KEYS,
+    METRICS_PUBLISHER,
+    POOL,
+    PUBLISHER,
+    SESSION_KEY,
+    SETTINGS,
+)
+
+log = get_logger(__name__)
+MAX_BODY_BYTES = 1024 * 1024
+METRICS_ROUTING_KEY = "metrics.batch"
+
+# Every feature's routes and extra resources, listed here so the factory is the one place the
+# app is assembled.
+ROUTE_TABLES: list[web.RouteTableDef] = [ops.routes, metrics_api.routes]
+EXTRA_CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = []
+
+
+def build_metrics_message(items: Sequence[Any]) -> Any:
+    sessions = tuple(i for i in items if isinstance(i, SessionRecord))
+    events = tuple(i for i in items if isinstance(i, EventRecord))
+    return to_amqp(envelope(MetricsBatch.model_construct(sessions=sessions, events=events),
+                            request_id=items[0].request_id if len(items) == 1 else None))
+
+
+async def database_ctx(app: web.Application) -> AsyncIterator[None]:
+    settings = app[SETTINGS]
+    log.info("connecting to postgres", dsn=mask_dsn(settings.database_url))
+    pool = await create_pool(settings.database_url, min_size=2, max_size=20)
+    app[POOL] = pool
+    app[SESSION_KEY] = await session_ids.load_key(pool)
+    app[GPTS] = GptCache(pool)
+    keys = KeyCache(pool)
+    keys.start()
+    app[KEYS] = keys
+    yield
+    await keys.close()
+    await pool.close()
+
+
+async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
+    connection = await connect(app[SETTINGS].amqp_url, attempts=30)
+    channel = await connection.channel()
+    await topology.declare(channel)
+    await channel.close()
+    app[BROKER] = connection
+    publisher = Publisher(connection)
+    app[PUBLISHER] = publisher
+    app[METRICS_PUBLISHER] = GroupPublisher(publisher, METRICS_ROUTING_KEY, build_metrics_message)
+    yield
+    await app[METRICS_PUBLISHER].close()
+    await publisher.close()
+    await connection.close()
+
+
+def create_app(settings: GatewaySettings) -> web.Application:
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe])
+    app[SETTINGS] = settings
+    app.cleanup_ctx.append(database_ctx)
+    app.cleanup_ctx.append(broker_ctx)
+    for ctx in EXTRA_CONTEXTS:
+        app.cleanup_ctx.append(ctx)
+    for table in ROUTE_TABLES:
+        app.router.add_routes(table)
+    return app
+
+
+def run(settings: GatewaySettings) -> None:
+    web.run_app(
+        create_app(settings),
+        host=settings.gateway_host,
+        port=settings.gateway_port,
+        access_log=None,
+        print=None,
+        handle_signals=True,
+        shutdown_timeout=30,
+    )

@@ -1,0 +1,53 @@
+"""GPT registrations, cached briefly: every ingest request needs one, they rarely change."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import asyncpg
+
+TTL_SECONDS = 5.0
+
+
+@dataclass(frozen=True)
+class Gpt:
+    pk: int
+    gpt_id: str
+    name: str
+    project_id: int | None
+    keyless_ingest: bool
+    builtin: bool
+
+
+COLUMNS = "pk, gpt_id, name, project_id, keyless_ingest, builtin"
+
+
+class GptCache:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._by_pk: dict[int, tuple[float, Gpt]] = {}
+        self._by_id: dict[str, tuple[float, Gpt]] = {}
+
+    def _store(self, gpt: Gpt) -> Gpt:
+        expires = time.monotonic() + TTL_SECONDS
+        self._by_pk[gpt.pk] = (expires, gpt)
+        self._by_id[gpt.gpt_id] = (expires, gpt)
+        return gpt
+
+    async def by_pk(self, pk: int) -> Gpt | None:
+        hit = self._by_pk.get(pk)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        row = await self._pool.fetchrow(f"SELECT {COLUMNS} FROM gpts WHERE pk = $1", pk)
+        return self._store(Gpt(**dict(row))) if row else None
+
+    async def by_id(self, gpt_id: str) -> Gpt | None:
+        hit = self._by_id.get(gpt_id)
+        if hit is not None and hit[0] > time.monotonic():
+            return hit[1]
+        row = await self._pool.fetchrow(f"SELECT {COLUMNS} FROM gpts WHERE gpt_id = $1", gpt_id)
+        return self._store(Gpt(**dict(row))) if row else None
+
+    def remember(self, gpt: Gpt) -> None:
+        self._store(gpt)

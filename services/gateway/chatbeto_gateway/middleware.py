@@ -1,0 +1,83 @@
+"""One middleware: request id, timing, Prometheus counts, and the error shape per surface."""
+
+from __future__ import annotations
+
+import re
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from chatbeto.logging import REQUEST_ID, get_logger
+from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
+from chatbeto_gateway import responses
+from chatbeto_gateway.errors import ApiError
+
+log = get_logger("chatbeto.gateway.access")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+# High-volume ingest routes log their access line at debug; Prometheus counts every request.
+QUIET_ROUTES = frozenset({"/api/events", "/api/events/batch", "/healthz", "/metrics"})
+
+
+def error_body(path: str, status: int, code: str, message: str, details: Any = None) -> Any:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    if path.startswith("/api/v1/"):
+        return {"status": "error", "error": error}
+    if path.startswith("/v1/"):
+        # OpenAI's own error shape, so OpenAI SDKs raise the right exception.
+        return {"error": {"message": message, "type": code, "code": code, "param": None}}
+    return {"error": error}
+
+
+HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
+              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
+              429: "rate_limited", 503: "unavailable"}
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id")
+    request_id = incoming if incoming and REQUEST_ID_RE.match(incoming) else uuid.uuid4().hex
+    token = REQUEST_ID.set(request_id)
+    started = time.perf_counter()
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    status = 500
+    try:
+        try:
+            response = await handler(request)
+        except ApiError as exc:
+            response = responses.json(
+                error_body(request.path, exc.status, exc.code, exc.message, exc.details),
+                status=exc.status, headers=exc.headers,
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = HTTP_CODES.get(exc.status, "error")
+            message = exc.reason if exc.status != 413 else "request body is larger than 1 MiB"
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            response = responses.json(
+                error_body(request.path, exc.status, code, message), status=exc.status,
+                headers=headers,
+            )
+        except Exception:
+            log.exception("unhandled error", path=request.path)
+            response = responses.json(
+                error_body(request.path, 500, "internal_error", "internal error"), status=500
+            )
+        status = response.status
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        HTTP_REQUESTS.labels(request.method, route_name, str(status)).inc()
+        HTTP_LATENCY.labels(route_name).observe(elapsed)
+        level = log.debug if route_name in QUIET_ROUTES else log.info
+        level("request", method=request.method, route=route_name, status=status,
+              duration_ms=round(elapsed * 1000, 2))
+        REQUEST_ID.reset(token)

@@ -1,0 +1,55 @@
+"""Operations routes: liveness, readiness, Prometheus, OpenAPI."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from chatbeto import health
+from chatbeto_gateway import openapi, responses
+from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.state import BROKER, POOL
+
+routes = web.RouteTableDef()
+
+
+def checks(app: web.Application) -> dict[str, health.Check]:
+    return {
+        "database": health.postgres_check(lambda: app.get(POOL)),
+        "broker": health.broker_check(lambda: app.get(BROKER)),
+    }
+
+
+@routes.get("/healthz")
+@doc(summary="Liveness: 200 while the process runs", auth="none", tags=("operations",))
+async def healthz(_: web.Request) -> web.Response:
+    return responses.json({"status": "ok"})
+
+
+@routes.get("/readyz")
+@doc(summary="Readiness: Postgres and the broker answer", auth="none", tags=("operations",),
+     responses={200: "", 503: ""})
+async def readyz(request: web.Request) -> web.Response:
+    ok, status = await health.readiness(checks(request.app))
+    if ok:
+        return responses.json({"status": "ready", "checks": status})
+    failing = [name for name, value in status.items() if value != "ok"]
+    return responses.json(
+        {"status": "unavailable", "checks": status, "failing": failing,
+         "error": {"code": "not_ready", "message": f"unavailable: {', '.join(failing)}"}},
+        status=503,
+    )
+
+
+@routes.get("/metrics")
+@doc(summary="Prometheus metrics", auth="none", tags=("operations",), content_type="text/plain")
+async def metrics(_: web.Request) -> web.Response:
+    resp = web.Response(body=generate_latest())
+    resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
+    return resp
+
+
+@routes.get("/openapi.json")
+@doc(summary="This document", auth="none", tags=("operations",))
+async def openapi_json(request: web.Request) -> web.Response:
+    return responses.json(openapi.build(request.app))

@@ -1,0 +1,1 @@
+"""metrics-ingest: stores sessions and events in batches."""

@@ -1,0 +1,1 @@
+"""openai-worker service."""

@@ -1,0 +1,1 @@
+"""chatbeto: the code the services share (settings, logging, messages, topology, storage)."""

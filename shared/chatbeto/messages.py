@@ -1,0 +1,113 @@
+"""Every message on the broker, in one place: frozen pydantic models with `extra="forbid"`.
+
+The envelope carries `type`, `version`, `message_id`, `occurred_at` and `request_id`; the same
+values are set as AMQP properties. A breaking change is a new version; consumers keep accepting
+the versions still in flight.
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime
+from typing import Any, ClassVar, Generic, TypeVar
+
+import aio_pika
+import orjson
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatbeto.logging import REQUEST_ID
+
+
+class Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class SessionRecord(Frozen):
+    id: uuid.UUID
+    gpt_pk: int
+    usuario_id: str
+    timestamp_inicio: datetime
+    # Set for sessions of the built-in `chatbeto` GPT: whose project's traffic it is.
+    project_id: int | None = None
+    request_id: str | None = None
+
+
+class EventRecord(Frozen):
+    id: uuid.UUID
+    sesion_id: uuid.UUID
+    tipo: str
+    contenido: str
+    latency_ms: int
+    tokens_entrada: int
+    tokens_salida: int
+    timestamp: datetime
+    request_id: str | None = None
+
+
+class MetricsBatch(Frozen):
+    """Sessions and events that arrived together at one gateway, published as one message.
+
+    Sessions come first: a consumer stores them before the events of the same batch.
+    """
+
+    TYPE: ClassVar[str] = "metrics.batch"
+    VERSION: ClassVar[int] = 1
+    sessions: tuple[SessionRecord, ...] = ()
+    events: tuple[EventRecord, ...] = ()
+
+
+P = TypeVar("P", bound=Frozen)
+
+
+class Envelope(Frozen, Generic[P]):
+    type: str
+    version: int
+    message_id: uuid.UUID = Field(default_factory=uuid.uuid4)
+    occurred_at: datetime = Field(default_factory=lambda: datetime.now(UTC))
+    request_id: str | None = None
+    data: P
+
+
+def envelope(payload: P, request_id: str | None = None) -> Envelope[P]:
+    return Envelope[type(payload)](  # type: ignore[misc]
+        type=payload.TYPE,  # type: ignore[attr-defined]
+        version=payload.VERSION,  # type: ignore[attr-defined]
+        request_id=request_id if request_id is not None else REQUEST_ID.get(),
+        data=payload,
+    )
+
+
+def to_amqp(env: Envelope[Any], **properties: Any) -> aio_pika.Message:
+    """A persistent AMQP message whose properties mirror the envelope."""
+    headers = dict(properties.pop("headers", {}) or {})
+    if env.request_id:
+        headers["x-request-id"] = env.request_id
+    return aio_pika.Message(
+        body=orjson.dumps(env.model_dump(mode="json")),
+        content_type="application/json",
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=str(env.message_id),
+        type=f"{env.type}.v{env.version}",
+        timestamp=env.occurred_at,
+        headers=headers,
+        **properties,
+    )
+
+
+class InvalidMessage(Exception):
+    """A payload no version of its schema accepts: dead-letter it at once."""
+
+
+def parse(body: bytes, model: type[P], type_: str, versions: frozenset[int]) -> Envelope[P]:
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("type") != type_:
+        raise InvalidMessage(f"expected type {type_}")
+    if raw.get("version") not in versions:
+        raise InvalidMessage(f"unsupported version {raw.get('version')!r}")
+    try:
+        return Envelope[model].model_validate(raw)  # type: ignore[valid-type]
+    except ValueError as exc:
+        raise InvalidMessage(str(exc)) from exc

@@ -1,0 +1,152 @@
+"""Settings: one pydantic-settings class per service on a shared base (contract section 2)."""
+
+from __future__ import annotations
+
+import re
+import sys
+from typing import Literal, NoReturn, TypeVar
+
+from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
+UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+class RateLimit:
+    """`50/15m`: 50 requests per 15 minutes."""
+
+    __slots__ = ("limit", "window_seconds")
+
+    def __init__(self, limit: int, window_seconds: int) -> None:
+        self.limit = limit
+        self.window_seconds = window_seconds
+
+    @classmethod
+    def parse(cls, text: str) -> RateLimit:
+        match = RATE_RE.match(text)
+        if not match:
+            raise ValueError(f"expected N/<window> such as 50/15m, got {text!r}")
+        count, amount, unit = match.groups()
+        window = int(amount or "1") * UNIT_SECONDS[unit]
+        if int(count) <= 0 or window <= 0:
+            raise ValueError("limit and window must be positive")
+        return cls(int(count), window)
+
+    def __str__(self) -> str:
+        for unit in ("d", "h", "m"):
+            size = UNIT_SECONDS[unit]
+            if self.window_seconds % size == 0:
+                return f"{self.limit}/{self.window_seconds // size}{unit}"
+        return f"{self.limit}/{self.window_seconds}s"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, RateLimit) and (self.limit, self.window_seconds) == (
+            other.limit,
+            other.window_seconds,
+        )
+
+    def __hash__(self) -> int:
+        return hash((self.limit, self.window_seconds))
+
+
+class BaseServiceSettings(BaseSettings):
+    """What every process reads."""
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", frozen=True)
+
+    database_url: str = Field(default="postgresql://postgres@127.0.0.1:5432/chatbeto")
+    amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/")
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_format: Literal["json", "console"] = "json"
+
+    @field_validator("log_level", "log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("database_url")
+    @classmethod
+    def _pg_url(cls, value: str) -> str:
+        if not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL")
+        return value
+
+    @field_validator("amqp_url")
+    @classmethod
+    def _amqp_url(cls, value: str) -> str:
+        if not value.startswith(("amqp://", "amqps://")):
+            raise ValueError("must be an amqp:// URL")
+        return value
+
+
+class OpenAISettings(BaseServiceSettings):
+    openai_api_key: SecretStr | None = None
+    openai_org_id: str | None = None
+    openai_base_url: str | None = None
+    openai_model: str = "gpt-4"
+    openai_max_tokens: int = Field(default=2000, gt=0)
+    openai_temperature: float = Field(default=0.7, ge=0, le=2)
+    openai_timeout: float = Field(default=60, gt=0)
+
+
+class GatewaySettings(OpenAISettings):
+    gateway_host: str = "127.0.0.1"
+    gateway_port: int = Field(default=8080, ge=0, le=65535)
+    rate_limit: str = "50/15m"
+    ingest_rate_limit: str = "6000/1m"
+    webhook_secret: SecretStr | None = None
+    openai_webhook_secret: SecretStr | None = None
+
+    @field_validator("rate_limit", "ingest_rate_limit")
+    @classmethod
+    def _rate(cls, value: str) -> str:
+        RateLimit.parse(value)
+        return value.strip()
+
+    @property
+    def api_rate(self) -> RateLimit:
+        return RateLimit.parse(self.rate_limit)
+
+    @property
+    def ingest_rate(self) -> RateLimit:
+        return RateLimit.parse(self.ingest_rate_limit)
+
+
+class WorkerSettings(BaseServiceSettings):
+    health_host: str = "127.0.0.1"
+    health_port: int = Field(default=0, ge=0, le=65535)
+
+
+class MetricsIngestSettings(WorkerSettings):
+    health_port: int = Field(default=8082, ge=0, le=65535)
+    ingest_batch_max_events: int = Field(default=5000, gt=0)
+    ingest_prefetch: int = Field(default=256, gt=0)
+    ingest_max_tries: int = Field(default=5, gt=0)
+
+
+class OpenAIWorkerSettings(WorkerSettings, OpenAISettings):
+    health_port: int = Field(default=8081, ge=0, le=65535)
+    openai_worker_concurrency: int = Field(default=64, gt=0)
+
+
+class WebhookSettings(WorkerSettings):
+    health_port: int = Field(default=8083, ge=0, le=65535)
+
+
+S = TypeVar("S", bound=BaseSettings)
+
+
+def load(cls: type[S]) -> S:
+    """Build settings or stop the process with one line naming the variable."""
+    try:
+        return cls()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = str(first["loc"][0]).upper() if first["loc"] else "?"
+        _die(f"configuration error: {name}: {first['msg']}")
+
+
+def _die(line: str) -> NoReturn:
+    print(line, file=sys.stderr)
+    raise SystemExit(2)
