@@ -47,7 +47,9 @@ def prefix_of(key_or_prefix: str) -> str:
     return key_or_prefix
 
 
-_COLUMNS = "id, prefix, name, is_admin, project_id, rate_limit, created_at, last_used_at, revoked_at"
+_COLUMNS = (
+    "id, prefix, name, is_admin, project_id, rate_limit, created_at, last_used_at, revoked_at"
+)
 
 
 def _record(row: asyncpg.Record) -> KeyRecord:

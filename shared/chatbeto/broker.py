@@ -26,12 +26,14 @@ class BrokerUnavailable(Exception):
     """The message is not confirmed on the broker."""
 
 
-async def connect(url: str, *, attempts: int = 1, delay_seconds: float = 1.0) -> AbstractRobustConnection:
+async def connect(
+    url: str, *, attempts: int = 1, delay_seconds: float = 1.0
+) -> AbstractRobustConnection:
     """A robust connection (it reconnects by itself after the first success)."""
     for attempt in range(1, attempts + 1):
         try:
             return await aio_pika.connect_robust(url, timeout=10)
-        except (OSError, aio_pika.exceptions.AMQPError, asyncio.TimeoutError) as exc:
+        except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
             if attempt == attempts:
                 raise
             log.warning("broker not reachable, retrying", attempt=attempt, error=str(exc))
@@ -42,8 +44,9 @@ async def connect(url: str, *, attempts: int = 1, delay_seconds: float = 1.0) ->
 class Publisher:
     """Publishes persistent messages to the work exchange and waits for the confirm."""
 
-    def __init__(self, connection: AbstractRobustConnection) -> None:
+    def __init__(self, connection: AbstractRobustConnection, topo: topology.Topology) -> None:
         self._connection = connection
+        self._topology = topo
         self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self._lock = asyncio.Lock()
@@ -56,7 +59,9 @@ class Publisher:
                 self._channel = await self._connection.channel(
                     publisher_confirms=True, on_return_raises=True
                 )
-                self._exchange = await self._channel.get_exchange(topology.EXCHANGE, ensure=False)
+                self._exchange = await self._channel.get_exchange(
+                    self._topology.exchange, ensure=False
+                )
         assert self._exchange is not None
         return self._exchange
 
@@ -66,14 +71,14 @@ class Publisher:
         routing_key: str,
         *,
         exchange: str | None = None,
-        timeout: float = PUBLISH_TIMEOUT_SECONDS,
+        timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS,
     ) -> None:
         try:
             target: AbstractExchange
             if exchange is None:
-                target = await asyncio.wait_for(self._ensure(), timeout)
+                target = await asyncio.wait_for(self._ensure(), timeout_seconds)
             else:
-                await asyncio.wait_for(self._ensure(), timeout)
+                await asyncio.wait_for(self._ensure(), timeout_seconds)
                 assert self._channel is not None
                 target = (
                     self._channel.default_exchange
@@ -81,7 +86,7 @@ class Publisher:
                     else await self._channel.get_exchange(exchange, ensure=False)
                 )
             await asyncio.wait_for(
-                target.publish(message, routing_key=routing_key, mandatory=True), timeout
+                target.publish(message, routing_key=routing_key, mandatory=True), timeout_seconds
             )
         except asyncio.CancelledError:
             raise
@@ -132,7 +137,9 @@ class GroupPublisher:
         while self._pending and self._in_flight < self._max_in_flight:
             group: list[tuple[Sequence[Any], asyncio.Future[None]]] = []
             count = 0
-            while self._pending and (not group or count + len(self._pending[0][0]) <= self._max_items):
+            while self._pending and (
+                not group or count + len(self._pending[0][0]) <= self._max_items
+            ):
                 items, future = self._pending.popleft()
                 group.append((items, future))
                 count += len(items)

@@ -35,12 +35,12 @@ def cmd_migrate(args: argparse.Namespace) -> int:
 
     async def go() -> list[str]:
         applied = await apply_migrations(settings.database_url)
-        from chatbeto import broker, topology
+        from chatbeto import broker
 
         connection = await broker.connect(settings.amqp_url, attempts=10)
         async with connection:
             channel = await connection.channel()
-            await topology.declare(channel)
+            await settings.topology.declare(channel)
         return applied
 
     applied = _run(go())
@@ -109,7 +109,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         ):
             raise SystemExit(f"project {args.project} does not exist")
         plain, _ = await api_keys.create(
-            conn, is_admin=args.admin, project_id=args.project, name=args.name,
+            conn,
+            is_admin=args.admin,
+            project_id=args.project,
+            name=args.name,
             rate_limit=args.rate_limit,
         )
         return plain
@@ -129,7 +132,9 @@ def cmd_keys_list(args: argparse.Namespace) -> int:
         project = "admin" if k.is_admin else str(k.project_id)
         used = f"{k.last_used_at:%Y-%m-%d %H:%M:%S}" if k.last_used_at else "never"
         revoked = "revoked" if k.revoked_at else ""
-        print(f"{k.prefix}\t{k.name or ''}\t{project}\t{k.rate_limit or 'default'}\t{used}\t{revoked}")
+        print(
+            f"{k.prefix}\t{k.name or ''}\t{project}\t{k.rate_limit or 'default'}\t{used}\t{revoked}"
+        )
     return 0
 
 
@@ -155,7 +160,10 @@ def cmd_gpts_add(args: argparse.Namespace) -> int:
                ON CONFLICT (gpt_id) DO UPDATE SET name = EXCLUDED.name,
                    keyless_ingest = EXCLUDED.keyless_ingest
                WHERE gpts.project_id IS NOT DISTINCT FROM EXCLUDED.project_id""",
-            args.gpt_id, args.name, args.project, args.keyless_ingest,
+            args.gpt_id,
+            args.name,
+            args.project,
+            args.keyless_ingest,
         )
 
     _run(_with_pool(go))
@@ -167,13 +175,15 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chatbeto", description="chatbeto gateway and workers")
     sub = p.add_subparsers(dest="command", required=True)
 
-    sub.add_parser("migrate", help="create the database, apply migrations, declare topology"
-                   ).set_defaults(func=cmd_migrate)
+    sub.add_parser(
+        "migrate", help="create the database, apply migrations, declare topology"
+    ).set_defaults(func=cmd_migrate)
     run = sub.add_parser("run", help="run one service")
     run.add_argument("service", choices=sorted(SERVICES))
     run.set_defaults(func=cmd_run)
-    sub.add_parser("dev", help="run every service (and the OpenAI stub without a key)"
-                   ).set_defaults(func=cmd_dev)
+    sub.add_parser(
+        "dev", help="run every service (and the OpenAI stub without a key)"
+    ).set_defaults(func=cmd_dev)
 
     projects = sub.add_parser("projects").add_subparsers(dest="action", required=True)
     pc = projects.add_parser("create")

@@ -44,6 +44,7 @@ class BatchConsumer:
     def __init__(
         self,
         connection: AbstractRobustConnection,
+        topo: topology.Topology,
         queue: topology.WorkQueue,
         handler: BatchHandler,
         *,
@@ -60,7 +61,8 @@ class BatchConsumer:
         self._max_wait_seconds = max_wait_seconds
         self._max_tries = max_tries
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
-        self._publisher = Publisher(connection)
+        self._topology = topo
+        self._publisher = Publisher(connection, topo)
         self._queue: AbstractQueue | None = None
         self._consumer_tag: str | None = None
         self._runner: asyncio.Task[None] | None = None
@@ -69,7 +71,7 @@ class BatchConsumer:
     async def start(self) -> None:
         channel = await self._connection.channel()
         await channel.set_qos(prefetch_count=self._prefetch)
-        await topology.declare(channel)
+        await self._topology.declare(channel)
         self._queue = await channel.get_queue(self._queue_def.name, ensure=False)
         self._consumer_tag = await self._queue.consume(self._buffer.put)
         self._runner = asyncio.create_task(self._run())
@@ -140,8 +142,11 @@ class BatchConsumer:
             if len(batch) == 1:
                 await self._fail(batch[0], exc)
                 return
-            log.warning("batch failed, retrying its messages one by one", size=len(batch),
-                        error=type(exc).__name__)
+            log.warning(
+                "batch failed, retrying its messages one by one",
+                size=len(batch),
+                error=type(exc).__name__,
+            )
             for message in batch:
                 try:
                     await self._handler([message])
@@ -154,13 +159,19 @@ class BatchConsumer:
         for message in batch:
             await message.ack()
         MESSAGES_CONSUMED.labels(self._queue_def.name, "ok").inc(len(batch))
-        log.debug("batch stored", size=len(batch),
-                  duration_ms=round((time.perf_counter() - started) * 1000, 2))
+        log.debug(
+            "batch stored",
+            size=len(batch),
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
 
     async def _fail(self, message: AbstractIncomingMessage, exc: Exception) -> None:
         attempt = attempt_of(message)
-        fields = {"message_id": message.message_id, "attempt": attempt,
-                  "error": f"{type(exc).__name__}: {exc}"[:500]}
+        fields = {
+            "message_id": message.message_id,
+            "attempt": attempt,
+            "error": f"{type(exc).__name__}: {exc}"[:500],
+        }
         if isinstance(exc, InvalidMessage) or attempt >= self._max_tries:
             log.error("dead-lettering message", **fields)
             MESSAGES_CONSUMED.labels(self._queue_def.name, "dead_lettered").inc()
@@ -178,9 +189,7 @@ class BatchConsumer:
             headers={**(message.headers or {}), ATTEMPT_HEADER: attempt + 1},
         )
         try:
-            await self._publisher.publish(
-                retry, self._queue_def.retry_queue(attempt), exchange=""
-            )
+            await self._publisher.publish(retry, self._queue_def.retry_queue(attempt), exchange="")
         except Exception as pub_exc:
             # Could not park it: leave it to the broker's redelivery instead of losing it.
             log.warning("retry publish failed, requeueing", error=str(pub_exc), **fields)
@@ -189,10 +198,3 @@ class BatchConsumer:
         log.warning("message failed, will retry", **fields)
         MESSAGES_CONSUMED.labels(self._queue_def.name, "retried").inc()
         await message.ack()
-
-
-async def run_consumer(consumer: BatchConsumer, on_ready: Callable[[], None] | None = None) -> None:
-    await consumer.start()
-    if on_ready:
-        on_ready()
-    await consumer.wait()

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any, TypeAlias
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
+from asyncpg.pool import PoolConnectionProxy
 
 
 def mask_dsn(dsn: str) -> str:
@@ -23,6 +25,10 @@ def database_name(dsn: str) -> str:
 
 def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+# What repo functions take: a plain connection or one borrowed from a pool.
+Conn: TypeAlias = "asyncpg.Connection | PoolConnectionProxy[Any]"
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:

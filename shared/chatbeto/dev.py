@@ -42,10 +42,12 @@ def main() -> int:
     exe = str(Path(sys.executable).with_name("chatbeto"))
     procs: dict[str, subprocess.Popen[bytes]] = {}
     if not env.get("OPENAI_API_KEY"):
-        env["OPENAI_API_KEY"] = "sk-local-stub"  # noqa: S105 - the stub accepts any key
+        env["OPENAI_API_KEY"] = "sk-local-stub"
         env["OPENAI_BASE_URL"] = f"http://127.0.0.1:{STUB_PORT}/v1"
-        log.warning("OPENAI_API_KEY is not set: using the local OpenAI stub, not OpenAI",
-                    stub_url=env["OPENAI_BASE_URL"])
+        log.warning(
+            "OPENAI_API_KEY is not set: using the local OpenAI stub, not OpenAI",
+            stub_url=env["OPENAI_BASE_URL"],
+        )
         procs["openai-stub"] = _spawn(
             "openai-stub",
             [sys.executable, "-m", "chatbeto_openai_worker.stub", "--port", str(STUB_PORT)],
@@ -65,8 +67,7 @@ def main() -> int:
     while not stopping.is_set():
         for name, proc in procs.items():
             if proc.poll() is not None:
-                log.error("service exited; stopping the others", service=name,
-                          code=proc.returncode)
+                log.error("service exited; stopping the others", service=name, code=proc.returncode)
                 code = proc.returncode or 1
                 stopping.set()
                 break

@@ -22,7 +22,7 @@ def postgres_check(pool: Callable[[], asyncpg.Pool | None]) -> Check:
             return False
         try:
             async with asyncio.timeout(CHECK_TIMEOUT_SECONDS):
-                return await current.fetchval("SELECT 1") == 1
+                return bool(await current.fetchval("SELECT 1") == 1)
         except Exception:
             return False
 

@@ -10,8 +10,12 @@ import structlog
 
 REQUEST_ID: ContextVar[str | None] = ContextVar("request_id", default=None)
 
-LEVELS = {"debug": logging.DEBUG, "info": logging.INFO, "warning": logging.WARNING,
-          "error": logging.ERROR}
+LEVELS = {
+    "debug": logging.DEBUG,
+    "info": logging.INFO,
+    "warning": logging.WARNING,
+    "error": logging.ERROR,
+}
 
 
 def _add_request_id(

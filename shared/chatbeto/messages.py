@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar
+from typing import Any, ClassVar, Generic, TypeVar, cast
 
 import aio_pika
 import orjson
@@ -69,11 +69,16 @@ class Envelope(Frozen, Generic[P]):
 
 
 def envelope(payload: P, request_id: str | None = None) -> Envelope[P]:
-    return Envelope[type(payload)](  # type: ignore[misc]
-        type=payload.TYPE,  # type: ignore[attr-defined]
-        version=payload.VERSION,  # type: ignore[attr-defined]
-        request_id=request_id if request_id is not None else REQUEST_ID.get(),
-        data=payload,
+    # Parametrised with the payload's own class so it serialises with all its fields.
+    model = cast(Any, Envelope)[type(payload)]
+    return cast(
+        Envelope[P],
+        model(
+            type=payload.TYPE,  # type: ignore[attr-defined]
+            version=payload.VERSION,  # type: ignore[attr-defined]
+            request_id=request_id if request_id is not None else REQUEST_ID.get(),
+            data=payload,
+        ),
     )
 
 
@@ -83,7 +88,7 @@ def to_amqp(env: Envelope[Any], **properties: Any) -> aio_pika.Message:
     if env.request_id:
         headers["x-request-id"] = env.request_id
     return aio_pika.Message(
-        body=orjson.dumps(env.model_dump(mode="json")),
+        body=env.model_dump_json().encode(),
         content_type="application/json",
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=str(env.message_id),

@@ -5,7 +5,9 @@ from __future__ import annotations
 from prometheus_client import Counter, Histogram
 
 HTTP_REQUESTS = Counter(
-    "chatbeto_http_requests_total", "HTTP requests by route and status", ["method", "route", "status"]
+    "chatbeto_http_requests_total",
+    "HTTP requests by route and status",
+    ["method", "route", "status"],
 )
 HTTP_LATENCY = Histogram(
     "chatbeto_http_request_duration_seconds",

@@ -9,6 +9,8 @@ from typing import Literal, NoReturn, TypeVar
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chatbeto.topology import Topology
+
 RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
 UNIT_SECONDS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
 
@@ -57,6 +59,7 @@ class BaseServiceSettings(BaseSettings):
 
     database_url: str = Field(default="postgresql://postgres@127.0.0.1:5432/chatbeto")
     amqp_url: str = Field(default="amqp://guest:guest@127.0.0.1:5672/")
+    amqp_namespace: str = Field(default="", pattern=r"^[A-Za-z0-9_.-]{0,64}$")
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "console"] = "json"
 
@@ -71,6 +74,10 @@ class BaseServiceSettings(BaseSettings):
         if not value.startswith(("postgresql://", "postgres://")):
             raise ValueError("must be a postgresql:// URL")
         return value
+
+    @property
+    def topology(self) -> Topology:
+        return Topology(self.amqp_namespace)
 
     @field_validator("amqp_url")
     @classmethod

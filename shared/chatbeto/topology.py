@@ -1,10 +1,13 @@
 """The broker topology, declared in one place and used by every service and by `migrate`.
 
 One durable topic exchange carries all work. Each work queue is a quorum queue with:
-- a ladder of delay queues (`<queue>.retry.<n>`): a message that failed transiently is parked
+- a ladder of delay queues (`<queue>.retry.<ms>ms`): a message that failed transiently is parked
   there and dead-lettered back to its queue when its TTL expires (backoff without a plugin);
-- a dead-letter queue (`<queue>.dlq`) where it lands after the last try, to be inspected and
-  replayed by an operator (`chatbeto dlq`).
+- a dead-letter queue (`<queue>.dlq`) where it lands after the last try or when rejected as
+  invalid, to be inspected and replayed by an operator (`chatbeto dlq`).
+
+Deployments sharing a broker are kept apart by the vhost in AMQP_URL. `AMQP_NAMESPACE` (default
+empty) prefixes every name as well; the tests use it to give each test its own names.
 """
 
 from __future__ import annotations
@@ -14,9 +17,6 @@ from dataclasses import dataclass, field
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange
 
-EXCHANGE = "chatbeto"
-# Fan-out of stored events to every gateway (live dashboards); transient by nature.
-LIVE_EXCHANGE = "chatbeto.live"
 # A message redelivered this often (its consumer died each time) is dead-lettered.
 MAX_REDELIVERIES = 20
 RETRY_DELAYS_MS: tuple[int, ...] = (1_000, 5_000, 20_000, 60_000)
@@ -37,52 +37,98 @@ class WorkQueue:
         index = min(attempt, len(self.retry_delays_ms)) - 1
         return f"{self.name}.retry.{self.retry_delays_ms[index]}ms"
 
-
-METRICS_INGEST = WorkQueue("metrics.ingest", ("metrics.#",))
-OPENAI_REQUESTS = WorkQueue("openai.requests", ("openai.request.#",))
-OPENAI_JOBS = WorkQueue("openai.jobs", ("openai.job.#",))
-WEBHOOK_DELIVERIES = WorkQueue("webhook.deliveries", ("webhook.#",))
-
-WORK_QUEUES: tuple[WorkQueue, ...] = (
-    METRICS_INGEST,
-    OPENAI_REQUESTS,
-    OPENAI_JOBS,
-    WEBHOOK_DELIVERIES,
-)
+    @property
+    def retry_queues(self) -> list[str]:
+        return [f"{self.name}.retry.{ms}ms" for ms in sorted(set(self.retry_delays_ms))]
 
 
-async def declare(channel: AbstractChannel) -> AbstractExchange:
-    """Declare exchanges, work queues, delay ladders and dead-letter queues. Idempotent."""
-    exchange = await channel.declare_exchange(
-        EXCHANGE, aio_pika.ExchangeType.TOPIC, durable=True
-    )
-    await channel.declare_exchange(LIVE_EXCHANGE, aio_pika.ExchangeType.FANOUT, durable=True)
-    for queue in WORK_QUEUES:
-        await channel.declare_queue(
-            queue.dlq, durable=True, arguments={"x-queue-type": "quorum"}
+METRICS_INGEST = "metrics.ingest"
+OPENAI_REQUESTS = "openai.requests"
+OPENAI_JOBS = "openai.jobs"
+WEBHOOK_DELIVERIES = "webhook.deliveries"
+IMPORTS = "imports"
+
+_QUEUES: dict[str, tuple[str, ...]] = {
+    METRICS_INGEST: ("metrics.#",),
+    OPENAI_REQUESTS: ("openai.request.#",),
+    OPENAI_JOBS: ("openai.job.#",),
+    WEBHOOK_DELIVERIES: ("webhook.#",),
+    IMPORTS: ("import.#",),
+}
+
+
+@dataclass(frozen=True)
+class Topology:
+    namespace: str = ""
+
+    @property
+    def exchange(self) -> str:
+        return f"{self.namespace}chatbeto"
+
+    @property
+    def live_exchange(self) -> str:
+        """Fan-out of stored events to every gateway (live dashboards); transient by nature."""
+        return f"{self.namespace}chatbeto.live"
+
+    @property
+    def replies_exchange(self) -> str:
+        """Direct exchange for request/reply answers, routed to one gateway's reply queue."""
+        return f"{self.namespace}chatbeto.replies"
+
+    def queue(self, base: str) -> WorkQueue:
+        return WorkQueue(f"{self.namespace}{base}", _QUEUES[base])
+
+    @property
+    def work_queues(self) -> list[WorkQueue]:
+        return [self.queue(base) for base in _QUEUES]
+
+    async def declare(self, channel: AbstractChannel) -> AbstractExchange:
+        """Declare exchanges, work queues, delay ladders and dead-letter queues. Idempotent."""
+        exchange = await channel.declare_exchange(
+            self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
-        main = await channel.declare_queue(
-            queue.name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                # reject(requeue=False) and crash loops both end in the dead-letter queue.
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": queue.dlq,
-                "x-delivery-limit": MAX_REDELIVERIES,
-            },
+        await channel.declare_exchange(
+            self.live_exchange, aio_pika.ExchangeType.FANOUT, durable=True
         )
-        for key in queue.bindings:
-            await main.bind(exchange, routing_key=key)
-        for delay_ms in sorted(set(queue.retry_delays_ms)):
+        await channel.declare_exchange(
+            self.replies_exchange, aio_pika.ExchangeType.DIRECT, durable=True
+        )
+        for queue in self.work_queues:
             await channel.declare_queue(
-                f"{queue.name}.retry.{delay_ms}ms",
+                queue.dlq, durable=True, arguments={"x-queue-type": "quorum"}
+            )
+            main = await channel.declare_queue(
+                queue.name,
                 durable=True,
                 arguments={
-                    "x-message-ttl": delay_ms,
-                    # Expired messages go back to the work queue through the default exchange.
+                    "x-queue-type": "quorum",
+                    # reject(requeue=False) and crash loops both end in the dead-letter queue.
                     "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": queue.name,
+                    "x-dead-letter-routing-key": queue.dlq,
+                    "x-delivery-limit": MAX_REDELIVERIES,
                 },
             )
-    return exchange
+            for key in queue.bindings:
+                await main.bind(exchange, routing_key=key)
+            for delay_name, delay_ms in zip(
+                queue.retry_queues, sorted(set(queue.retry_delays_ms)), strict=True
+            ):
+                await channel.declare_queue(
+                    delay_name,
+                    durable=True,
+                    arguments={
+                        "x-message-ttl": delay_ms,
+                        # Expired messages go back to the work queue via the default exchange.
+                        "x-dead-letter-exchange": "",
+                        "x-dead-letter-routing-key": queue.name,
+                    },
+                )
+        return exchange
+
+    async def delete(self, channel: AbstractChannel) -> None:
+        """Remove everything `declare` made (tests clean up their namespace with it)."""
+        for queue in self.work_queues:
+            for name in (queue.name, queue.dlq, *queue.retry_queues):
+                await channel.queue_delete(name)
+        for name in (self.exchange, self.live_exchange, self.replies_exchange):
+            await channel.exchange_delete(name)

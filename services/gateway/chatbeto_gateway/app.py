@@ -6,13 +6,13 @@ from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 from aiohttp import web
-
-from chatbeto import session_ids, topology
+from chatbeto import session_ids
 from chatbeto.broker import GroupPublisher, Publisher, connect
 from chatbeto.db import create_pool, mask_dsn
 from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
 from chatbeto.settings import GatewaySettings
+
 from chatbeto_gateway import metrics_api, ops
 from chatbeto_gateway.auth import KeyCache
 from chatbeto_gateway.gpt_cache import GptCache
@@ -41,8 +41,12 @@ EXTRA_CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = []
 def build_metrics_message(items: Sequence[Any]) -> Any:
     sessions = tuple(i for i in items if isinstance(i, SessionRecord))
     events = tuple(i for i in items if isinstance(i, EventRecord))
-    return to_amqp(envelope(MetricsBatch.model_construct(sessions=sessions, events=events),
-                            request_id=items[0].request_id if len(items) == 1 else None))
+    return to_amqp(
+        envelope(
+            MetricsBatch.model_construct(sessions=sessions, events=events),
+            request_id=items[0].request_id if len(items) == 1 else None,
+        )
+    )
 
 
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
@@ -63,10 +67,10 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     connection = await connect(app[SETTINGS].amqp_url, attempts=30)
     channel = await connection.channel()
-    await topology.declare(channel)
+    await app[SETTINGS].topology.declare(channel)
     await channel.close()
     app[BROKER] = connection
-    publisher = Publisher(connection)
+    publisher = Publisher(connection, app[SETTINGS].topology)
     app[PUBLISHER] = publisher
     app[METRICS_PUBLISHER] = GroupPublisher(publisher, METRICS_ROUTING_KEY, build_metrics_message)
     yield

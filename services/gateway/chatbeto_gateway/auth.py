@@ -12,10 +12,10 @@ from dataclasses import dataclass
 
 import asyncpg
 from aiohttp import web
-
 from chatbeto import api_keys
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
+
 from chatbeto_gateway.errors import not_found, unauthorized
 
 log = get_logger(__name__)

@@ -9,7 +9,11 @@ from pydantic import ValidationError
 
 class ApiError(Exception):
     def __init__(
-        self, status: int, code: str, message: str, details: Any = None,
+        self,
+        status: int,
+        code: str,
+        message: str,
+        details: Any = None,
         headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
@@ -33,8 +37,12 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]
     out = []
     for err in exc.errors(include_url=False, include_input=False):
         path = ".".join(str(p) for p in err["loc"])
-        out.append({"field": f"{prefix}{path}" if path else prefix.rstrip(".") or "body",
-                    "message": err["msg"]})
+        out.append(
+            {
+                "field": f"{prefix}{path}" if path else prefix.rstrip(".") or "body",
+                "message": err["msg"],
+            }
+        )
     return out
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from chatbeto.logging import configure
 from chatbeto.settings import GatewaySettings, load
+
 from chatbeto_gateway.app import run
 
 

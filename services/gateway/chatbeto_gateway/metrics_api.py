@@ -7,12 +7,12 @@ from datetime import UTC, datetime, timedelta
 from typing import Any, get_args
 
 from aiohttp import web
-from pydantic import ValidationError
-
 from chatbeto import session_ids
 from chatbeto.broker import BrokerUnavailable
 from chatbeto.logging import REQUEST_ID
 from chatbeto.messages import EventRecord, SessionRecord
+from pydantic import ValidationError
+
 from chatbeto_gateway import metrics_repo, responses
 from chatbeto_gateway.auth import Principal, optional_principal, require_principal
 from chatbeto_gateway.errors import (
@@ -61,9 +61,14 @@ def may_ingest(principal: Principal | None, gpt: Gpt) -> bool:
 
 
 def gpt_out(gpt: Gpt, created_at: datetime | None = None) -> dict[str, Any]:
-    return {"id": gpt.gpt_id, "name": gpt.name, "projectId": gpt.project_id,
-            "keylessIngest": gpt.keyless_ingest, "builtin": gpt.builtin,
-            "createdAt": created_at.isoformat() if created_at else None}
+    return {
+        "id": gpt.gpt_id,
+        "name": gpt.name,
+        "projectId": gpt.project_id,
+        "keylessIngest": gpt.keyless_ingest,
+        "builtin": gpt.builtin,
+        "createdAt": created_at.isoformat() if created_at else None,
+    }
 
 
 async def visible_gpt(request: web.Request, principal: Principal, gpt_id: str) -> Gpt:
@@ -74,8 +79,12 @@ async def visible_gpt(request: web.Request, principal: Principal, gpt_id: str) -
 
 
 @routes.post("/api/gpts")
-@doc(summary="Register a GPT for metrics", body=GptIn, tags=("metrics",),
-     responses={201: "", 401: "", 404: "", 409: "", 422: ""})
+@doc(
+    summary="Register a GPT for metrics",
+    body=GptIn,
+    tags=("metrics",),
+    responses={201: "", 401: "", 404: "", 409: "", 422: ""},
+)
 async def create_gpt(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     body = parse_model(GptIn, await request.read())
@@ -88,10 +97,13 @@ async def create_gpt(request: web.Request) -> web.Response:
     if project_id is not None and not await metrics_repo.project_exists(pool, project_id):
         raise not_found("project_not_found", "project not found")
     try:
-        gpt = await metrics_repo.create_gpt(pool, body.id, body.name, project_id,
-                                            body.keylessIngest)
+        gpt = await metrics_repo.create_gpt(
+            pool, body.id, body.name, project_id, body.keylessIngest
+        )
     except metrics_repo.GptExists as exc:
-        raise ApiError(409, "gpt_exists", f"a GPT with id {body.id!r} is already registered") from exc
+        raise ApiError(
+            409, "gpt_exists", f"a GPT with id {body.id!r} is already registered"
+        ) from exc
     request.app[GPTS].remember(gpt)
     return responses.json(gpt_out(gpt, datetime.now(UTC)), status=201)
 
@@ -101,16 +113,31 @@ async def create_gpt(request: web.Request) -> web.Response:
 async def list_gpts(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     rows = await metrics_repo.list_gpts(request.app[POOL], principal.project_id)
-    return responses.json([
-        gpt_out(Gpt(**{k: r[k] for k in ("pk", "gpt_id", "name", "project_id",
-                                          "keyless_ingest", "builtin")}), r["created_at"])
-        for r in rows
-    ])
+    return responses.json(
+        [
+            gpt_out(
+                Gpt(
+                    **{
+                        k: r[k]
+                        for k in ("pk", "gpt_id", "name", "project_id", "keyless_ingest", "builtin")
+                    }
+                ),
+                r["created_at"],
+            )
+            for r in rows
+        ]
+    )
 
 
 @routes.post("/api/sessions")
-@doc(summary="Open a session", auth="optional", body=SessionIn, response_model=SessionOut,
-     tags=("metrics",), responses={201: "", 400: "", 401: "", 404: "", 413: "", 422: "", 503: ""})
+@doc(
+    summary="Open a session",
+    auth="optional",
+    body=SessionIn,
+    response_model=SessionOut,
+    tags=("metrics",),
+    responses={201: "", 400: "", 401: "", 404: "", 413: "", 422: "", 503: ""},
+)
 async def create_session(request: web.Request) -> web.Response:
     principal = await optional_principal(request, request.app[KEYS])
     body = parse_model(SessionIn, await request.read())
@@ -131,8 +158,12 @@ async def create_session(request: web.Request) -> web.Response:
     except BrokerUnavailable as exc:
         raise broker_down(exc) from exc
     return responses.json(
-        {"id": str(record.id), "gpt_id": gpt.gpt_id, "usuario_id": record.usuario_id,
-         "timestamp_inicio": record.timestamp_inicio.isoformat()},
+        {
+            "id": str(record.id),
+            "gpt_id": gpt.gpt_id,
+            "usuario_id": record.usuario_id,
+            "timestamp_inicio": record.timestamp_inicio.isoformat(),
+        },
         status=201,
     )
 
@@ -161,8 +192,14 @@ async def _event_record(
 
 
 @routes.post("/api/events")
-@doc(summary="Record an event", auth="optional", body=EventIn, response_model=EventAccepted,
-     tags=("metrics",), responses={202: "", 400: "", 401: "", 404: "", 413: "", 422: "", 503: ""})
+@doc(
+    summary="Record an event",
+    auth="optional",
+    body=EventIn,
+    response_model=EventAccepted,
+    tags=("metrics",),
+    responses={202: "", 400: "", 401: "", 404: "", 413: "", 422: "", 503: ""},
+)
 async def create_event(request: web.Request) -> web.Response:
     principal = await optional_principal(request, request.app[KEYS])
     event = parse_model(EventIn, await request.read())
@@ -175,18 +212,32 @@ async def create_event(request: web.Request) -> web.Response:
 
 
 @routes.post("/api/events/batch")
-@doc(summary="Record up to 1000 events", auth="optional", body=BatchIn, response_model=BatchOut,
-     tags=("metrics",), responses={207: "", 400: "", 401: "", 413: "", 422: "", 503: ""})
+@doc(
+    summary="Record up to 1000 events",
+    auth="optional",
+    body=BatchIn,
+    response_model=BatchOut,
+    tags=("metrics",),
+    responses={207: "", 400: "", 401: "", 413: "", 422: "", 503: ""},
+)
 async def create_events_batch(request: web.Request) -> web.Response:
     principal = await optional_principal(request, request.app[KEYS])
     body = await responses.read_json(request)
     items = body.get("events") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise ApiError(422, "validation_error", "invalid fields: events",
-                       [{"field": "events", "message": "must be a list of events"}])
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: events",
+            [{"field": "events", "message": "must be a list of events"}],
+        )
     if len(items) > MAX_BATCH_EVENTS:
-        raise ApiError(422, "validation_error", "invalid fields: events",
-                       [{"field": "events", "message": f"at most {MAX_BATCH_EVENTS} events"}])
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: events",
+            [{"field": "events", "message": f"at most {MAX_BATCH_EVENTS} events"}],
+        )
     now = datetime.now(UTC)
     results: list[dict[str, Any]] = []
     records: list[EventRecord] = []
@@ -196,14 +247,27 @@ async def create_events_batch(request: web.Request) -> web.Response:
             record = await _event_record(request, principal, event, now)
         except ValidationError as exc:
             fields = field_errors(exc)
-            results.append({"index": index, "status": 422, "error": {
-                "code": "validation_error",
-                "message": "invalid fields: " + ", ".join(sorted({f["field"] for f in fields})),
-                "details": fields}})
+            results.append(
+                {
+                    "index": index,
+                    "status": 422,
+                    "error": {
+                        "code": "validation_error",
+                        "message": "invalid fields: "
+                        + ", ".join(sorted({f["field"] for f in fields})),
+                        "details": fields,
+                    },
+                }
+            )
             continue
         except ApiError as exc:
-            results.append({"index": index, "status": exc.status,
-                            "error": {"code": exc.code, "message": exc.message}})
+            results.append(
+                {
+                    "index": index,
+                    "status": exc.status,
+                    "error": {"code": exc.code, "message": exc.message},
+                }
+            )
             continue
         records.append(record)
         results.append({"index": index, "status": 202, "id": str(record.id)})
@@ -229,17 +293,26 @@ async def get_session(request: web.Request) -> web.Response:
     owner = session["session_project"] if session["builtin"] else session["gpt_project"]
     if not principal.can_see_project(owner):
         raise not_found("session_not_found", "session not found")
-    return responses.json({
-        "id": str(session["id"]), "gpt_id": session["gpt_id"],
-        "usuario_id": session["usuario_id"],
-        "timestamp_inicio": session["timestamp_inicio"].isoformat(),
-        "events": [
-            {"id": str(e["id"]), "tipo": e["tipo"], "contenido": e["contenido"],
-             "latency_ms": e["latency_ms"], "tokens_entrada": e["tokens_entrada"],
-             "tokens_salida": e["tokens_salida"], "timestamp": e["ts"].isoformat()}
-            for e in events
-        ],
-    })
+    return responses.json(
+        {
+            "id": str(session["id"]),
+            "gpt_id": session["gpt_id"],
+            "usuario_id": session["usuario_id"],
+            "timestamp_inicio": session["timestamp_inicio"].isoformat(),
+            "events": [
+                {
+                    "id": str(e["id"]),
+                    "tipo": e["tipo"],
+                    "contenido": e["contenido"],
+                    "latency_ms": e["latency_ms"],
+                    "tokens_entrada": e["tokens_entrada"],
+                    "tokens_salida": e["tokens_salida"],
+                    "timestamp": e["ts"].isoformat(),
+                }
+                for e in events
+            ],
+        }
+    )
 
 
 def _query_time(request: web.Request, name: str) -> datetime | None:
@@ -249,30 +322,57 @@ def _query_time(request: web.Request, name: str) -> datetime | None:
     try:
         value = datetime.fromisoformat(raw.replace(" ", "+"))
     except ValueError as exc:
-        raise ApiError(422, "validation_error", f"invalid fields: {name}",
-                       [{"field": name, "message": "must be an ISO 8601 timestamp"}]) from exc
+        raise ApiError(
+            422,
+            "validation_error",
+            f"invalid fields: {name}",
+            [{"field": name, "message": "must be an ISO 8601 timestamp"}],
+        ) from exc
     if value.tzinfo is None:
-        raise ApiError(422, "validation_error", f"invalid fields: {name}",
-                       [{"field": name, "message": "needs a Z or an offset"}])
+        raise ApiError(
+            422,
+            "validation_error",
+            f"invalid fields: {name}",
+            [{"field": name, "message": "needs a Z or an offset"}],
+        )
     return value
 
 
 @routes.get("/api/gpts/{gpt_id}/stats")
-@doc(summary="Usage statistics of a GPT", tags=("metrics",), query=("from", "to", "bucket"),
-     responses={200: "", 401: "", 404: "", 422: ""})
+@doc(
+    summary="Usage statistics of a GPT",
+    tags=("metrics",),
+    query=("from", "to", "bucket"),
+    responses={200: "", 401: "", 404: "", 422: ""},
+)
 async def gpt_stats(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     gpt = await visible_gpt(request, principal, request.match_info["gpt_id"])
     bucket = request.query.get("bucket", "day")
     if bucket not in get_args(metrics_repo.Bucket):
-        raise ApiError(422, "validation_error", "invalid fields: bucket",
-                       [{"field": "bucket", "message": "one of day, week, month"}])
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: bucket",
+            [{"field": "bucket", "message": "one of day, week, month"}],
+        )
     end = _query_time(request, "to") or datetime.now(UTC)
     start = _query_time(request, "from") or end - timedelta(days=DEFAULT_STATS_DAYS)
     if start >= end:
-        raise ApiError(422, "validation_error", "invalid fields: from",
-                       [{"field": "from", "message": "must be before to"}])
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: from",
+            [{"field": "from", "message": "must be before to"}],
+        )
     project = principal.project_id if gpt.builtin else None
     data = await metrics_repo.stats(request.app[POOL], gpt.pk, start, end, bucket, project)  # type: ignore[arg-type]
-    return responses.json({"gpt_id": gpt.gpt_id, "from": start.isoformat(),
-                           "to": end.isoformat(), "bucket": bucket, **data})
+    return responses.json(
+        {
+            "gpt_id": gpt.gpt_id,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "bucket": bucket,
+            **data,
+        }
+    )

@@ -28,7 +28,10 @@ async def create_gpt(
         row = await pool.fetchrow(
             f"""INSERT INTO gpts (gpt_id, name, project_id, keyless_ingest)
                 VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}""",
-            gpt_id, name, project_id, keyless,
+            gpt_id,
+            name,
+            project_id,
+            keyless,
         )
     except asyncpg.UniqueViolationError as exc:
         raise GptExists(gpt_id) from exc
@@ -38,11 +41,13 @@ async def create_gpt(
 
 async def list_gpts(pool: asyncpg.Pool, project_id: int | None) -> list[asyncpg.Record]:
     """All GPTs for an admin (project_id None); else the project's and the built-in one."""
-    return list(await pool.fetch(
-        f"""SELECT {COLUMNS}, created_at FROM gpts
+    return list(
+        await pool.fetch(
+            f"""SELECT {COLUMNS}, created_at FROM gpts
             WHERE $1::bigint IS NULL OR project_id = $1 OR builtin ORDER BY pk""",
-        project_id,
-    ))
+            project_id,
+        )
+    )
 
 
 async def get_session(
@@ -80,7 +85,7 @@ async def stats(
                 FROM sessions
                 WHERE gpt_pk = $1 AND timestamp_inicio >= $2 AND timestamp_inicio < $3
                   AND ($4::bigint IS NULL OR project_id = $4)
-                GROUP BY 1 ORDER BY 1""",  # noqa: S608 - bucket is a Literal
+                GROUP BY 1 ORDER BY 1""",
             *args,
         )
         types = await conn.fetch(
@@ -128,8 +133,12 @@ async def stats(
         "latency": {"avg": agg["avg"], "p50": agg["p50"], "p95": agg["p95"]},
         "tokens": {"entrada": agg["entrada"], "salida": agg["salida"]},
         "users": [
-            {"usuario_id": r["usuario_id"], "sessions": r["sessions"], "events": r["events"],
-             "lastSeen": r["last_seen"].isoformat() if r["last_seen"] else None}
+            {
+                "usuario_id": r["usuario_id"],
+                "sessions": r["sessions"],
+                "events": r["events"],
+                "lastSeen": r["last_seen"].isoformat() if r["last_seen"] else None,
+            }
             for r in users
         ],
     }

@@ -9,9 +9,9 @@ from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
-
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
+
 from chatbeto_gateway import responses
 from chatbeto_gateway.errors import ApiError
 
@@ -33,9 +33,16 @@ def error_body(path: str, status: int, code: str, message: str, details: Any = N
     return {"error": error}
 
 
-HTTP_CODES = {400: "bad_request", 401: "unauthorized", 404: "not_found",
-              405: "method_not_allowed", 413: "payload_too_large", 415: "unsupported_media_type",
-              429: "rate_limited", 503: "unavailable"}
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
 
 
 @web.middleware
@@ -53,7 +60,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         except ApiError as exc:
             response = responses.json(
                 error_body(request.path, exc.status, exc.code, exc.message, exc.details),
-                status=exc.status, headers=exc.headers,
+                status=exc.status,
+                headers=exc.headers,
             )
         except web.HTTPException as exc:
             if exc.status < 400:
@@ -62,7 +70,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             message = exc.reason if exc.status != 413 else "request body is larger than 1 MiB"
             headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
             response = responses.json(
-                error_body(request.path, exc.status, code, message), status=exc.status,
+                error_body(request.path, exc.status, code, message),
+                status=exc.status,
                 headers=headers,
             )
         except Exception:
@@ -78,6 +87,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         HTTP_REQUESTS.labels(request.method, route_name, str(status)).inc()
         HTTP_LATENCY.labels(route_name).observe(elapsed)
         level = log.debug if route_name in QUIET_ROUTES else log.info
-        level("request", method=request.method, route=route_name, status=status,
-              duration_ms=round(elapsed * 1000, 2))
+        level(
+            "request",
+            method=request.method,
+            route=route_name,
+            status=status,
+            duration_ms=round(elapsed * 1000, 2),
+        )
         REQUEST_ID.reset(token)

@@ -43,15 +43,28 @@ def route_doc(route: web.AbstractRoute) -> RouteDoc | None:
     return getattr(route.handler, "__openapi__", None)
 
 
-STATUS_TEXT = {200: "OK", 201: "Created", 202: "Accepted", 204: "No Content",
-               207: "Multi-Status", 400: "Invalid JSON", 401: "Missing or invalid key",
-               404: "Not found", 409: "Conflict", 413: "Body over 1 MiB",
-               422: "Schema violation, naming each field", 429: "Rate limited",
-               502: "Upstream error", 503: "Broker or database unavailable",
-               504: "Upstream timeout"}
+STATUS_TEXT = {
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    207: "Multi-Status",
+    400: "Invalid JSON",
+    401: "Missing or invalid key",
+    404: "Not found",
+    409: "Conflict",
+    413: "Body over 1 MiB",
+    422: "Schema violation, naming each field",
+    429: "Rate limited",
+    502: "Upstream error",
+    503: "Broker or database unavailable",
+    504: "Upstream timeout",
+}
 
 
-def build(app: web.Application, title: str = "chatbeto gateway", version: str = "0.1.0") -> dict[str, Any]:
+def build(
+    app: web.Application, title: str = "chatbeto gateway", version: str = "0.1.0"
+) -> dict[str, Any]:
     paths: dict[str, dict[str, Any]] = {}
     schemas: dict[str, Any] = {}
     for route in app.router.routes():
@@ -62,14 +75,19 @@ def build(app: web.Application, title: str = "chatbeto gateway", version: str = 
         rdoc = route_doc(route)
         if rdoc is None:
             continue
-        op: dict[str, Any] = {"summary": rdoc.summary, "tags": list(rdoc.tags) or ["misc"],
-                              "operationId": f"{route.method.lower()}_{path}"}
+        op: dict[str, Any] = {
+            "summary": rdoc.summary,
+            "tags": list(rdoc.tags) or ["misc"],
+            "operationId": f"{route.method.lower()}_{path}",
+        }
         params = [
             {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
             for name in _path_params(path)
         ]
-        params += [{"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
-                   for q in rdoc.query]
+        params += [
+            {"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
+            for q in rdoc.query
+        ]
         if params:
             op["parameters"] = params
         if rdoc.auth in ("key", "admin"):
@@ -82,8 +100,14 @@ def build(app: web.Application, title: str = "chatbeto gateway", version: str = 
             schema = rdoc.body.model_json_schema(ref_template="#/components/schemas/{model}")
             schemas.update(schema.pop("$defs", {}))
             schemas[rdoc.body.__name__] = schema
-            op["requestBody"] = {"required": True, "content": {
-                rdoc.body_content_type: {"schema": {"$ref": f"#/components/schemas/{rdoc.body.__name__}"}}}}
+            op["requestBody"] = {
+                "required": True,
+                "content": {
+                    rdoc.body_content_type: {
+                        "schema": {"$ref": f"#/components/schemas/{rdoc.body.__name__}"}
+                    }
+                },
+            }
         responses: dict[str, Any] = {}
         for status, text in (rdoc.responses or {200: "OK"}).items():
             entry: dict[str, Any] = {"description": text or STATUS_TEXT.get(status, "")}
@@ -91,10 +115,13 @@ def build(app: web.Application, title: str = "chatbeto gateway", version: str = 
                 content: dict[str, Any] = {"schema": {}}
                 if rdoc.response_model is not None:
                     schema = rdoc.response_model.model_json_schema(
-                        ref_template="#/components/schemas/{model}")
+                        ref_template="#/components/schemas/{model}"
+                    )
                     schemas.update(schema.pop("$defs", {}))
                     schemas[rdoc.response_model.__name__] = schema
-                    content = {"schema": {"$ref": f"#/components/schemas/{rdoc.response_model.__name__}"}}
+                    content = {
+                        "schema": {"$ref": f"#/components/schemas/{rdoc.response_model.__name__}"}
+                    }
                 entry["content"] = {rdoc.content_type: content}
             responses[str(status)] = entry
         op["responses"] = responses

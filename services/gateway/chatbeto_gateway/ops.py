@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
+from chatbeto import health
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from chatbeto import health
 from chatbeto_gateway import openapi, responses
 from chatbeto_gateway.openapi import doc
 from chatbeto_gateway.state import BROKER, POOL
@@ -27,16 +27,24 @@ async def healthz(_: web.Request) -> web.Response:
 
 
 @routes.get("/readyz")
-@doc(summary="Readiness: Postgres and the broker answer", auth="none", tags=("operations",),
-     responses={200: "", 503: ""})
+@doc(
+    summary="Readiness: Postgres and the broker answer",
+    auth="none",
+    tags=("operations",),
+    responses={200: "", 503: ""},
+)
 async def readyz(request: web.Request) -> web.Response:
     ok, status = await health.readiness(checks(request.app))
     if ok:
         return responses.json({"status": "ready", "checks": status})
     failing = [name for name, value in status.items() if value != "ok"]
     return responses.json(
-        {"status": "unavailable", "checks": status, "failing": failing,
-         "error": {"code": "not_ready", "message": f"unavailable: {', '.join(failing)}"}},
+        {
+            "status": "unavailable",
+            "checks": status,
+            "failing": failing,
+            "error": {"code": "not_ready", "message": f"unavailable: {', '.join(failing)}"},
+        },
         status=503,
     )
 

@@ -29,19 +29,21 @@ class Input(BaseModel):
 
 
 class GptIn(Input):
-    id: GptId = Field(description="The GPT's id, as its clients send it", examples=["devops-expert"])
+    id: GptId = Field(
+        description="The GPT's id, as its clients send it", examples=["devops-expert"]
+    )
     name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    projectId: int | None = Field(default=None, gt=0)  # noqa: N815 - wire name
-    keylessIngest: bool = False  # noqa: N815 - wire name
+    projectId: int | None = Field(default=None, gt=0)
+    keylessIngest: bool = False
 
 
 class GptOut(BaseModel):
     id: str
     name: str
-    projectId: int | None  # noqa: N815
-    keylessIngest: bool  # noqa: N815
+    projectId: int | None
+    keylessIngest: bool
     builtin: bool
-    createdAt: datetime | None = None  # noqa: N815
+    createdAt: datetime | None = None
 
 
 class SessionIn(Input):
@@ -72,7 +74,10 @@ class EventIn(Input):
     @field_validator("contenido")
     @classmethod
     def _contenido_bytes(cls, value: str) -> str:
-        if len(value) * 4 > MAX_CONTENIDO_BYTES and len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENIDO_BYTES:
+        if (
+            len(value) * 4 > MAX_CONTENIDO_BYTES
+            and len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENIDO_BYTES
+        ):
             raise ValueError("at most 32 KiB of UTF-8")
         if "\x00" in value:
             raise ValueError("must not contain NUL characters")

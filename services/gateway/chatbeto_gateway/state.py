@@ -5,9 +5,9 @@ from __future__ import annotations
 import asyncpg
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
-
 from chatbeto.broker import GroupPublisher, Publisher
 from chatbeto.settings import GatewaySettings
+
 from chatbeto_gateway.auth import KeyCache
 from chatbeto_gateway.gpt_cache import GptCache
 

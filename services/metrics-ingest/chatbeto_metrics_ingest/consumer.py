@@ -6,7 +6,6 @@ from collections.abc import Sequence
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-
 from chatbeto import health, topology
 from chatbeto.broker import connect
 from chatbeto.consumer import BatchConsumer
@@ -15,6 +14,7 @@ from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, parse
 from chatbeto.observability import ROWS_STORED
 from chatbeto.settings import MetricsIngestSettings
+
 from chatbeto_metrics_ingest import repo
 
 log = get_logger(__name__)
@@ -44,7 +44,8 @@ class MetricsIngest:
         self.connection = await connect(self.settings.amqp_url, attempts=30)
         self.consumer = BatchConsumer(
             self.connection,
-            topology.METRICS_INGEST,
+            self.settings.topology,
+            self.settings.topology.queue(topology.METRICS_INGEST),
             self.handle,
             prefetch=self.settings.ingest_prefetch,
             max_batch=self.settings.ingest_prefetch,

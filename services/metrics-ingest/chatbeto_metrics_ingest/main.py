@@ -5,6 +5,7 @@ from __future__ import annotations
 from chatbeto.logging import configure
 from chatbeto.service import run_worker
 from chatbeto.settings import MetricsIngestSettings, load
+
 from chatbeto_metrics_ingest.consumer import MetricsIngest
 
 

@@ -5,8 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
-import asyncpg
-
+from chatbeto.db import Conn
 from chatbeto.messages import EventRecord, SessionRecord
 
 
@@ -15,7 +14,7 @@ class SessionNotStored(Exception):
 
 
 async def store(
-    conn: asyncpg.Connection, sessions: Sequence[SessionRecord], events: Sequence[EventRecord]
+    conn: Conn, sessions: Sequence[SessionRecord], events: Sequence[EventRecord]
 ) -> tuple[int, int]:
     """Store in the caller's transaction; returns (sessions inserted, events inserted)."""
     new_sessions = 0
@@ -38,7 +37,8 @@ async def store(
         return new_sessions, 0
     wanted = list({e.sesion_id for e in events})
     missing: list[uuid.UUID] = [
-        r["id"] for r in await conn.fetch(
+        r["id"]
+        for r in await conn.fetch(
             """SELECT x.id FROM unnest($1::uuid[]) AS x(id)
                WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = x.id)""",
             wanted,
