@@ -34,7 +34,9 @@ T = TypeVar("T")
 def _answers(url: str, default_port: int) -> bool:
     parts = urlsplit(url)
     try:
-        with socket.create_connection((parts.hostname or "127.0.0.1", parts.port or default_port), 2):
+        with socket.create_connection(
+            (parts.hostname or "127.0.0.1", parts.port or default_port), 2
+        ):
             return True
     except OSError:
         return False
@@ -101,8 +103,14 @@ async def namespace(amqp_url: str) -> AsyncIterator[str]:
 def env(database: str, amqp_url: str, namespace: str) -> dict[str, str]:
     """Environment for a service started as a process in this test's database and names."""
     out = {k: v for k, v in os.environ.items() if not k.startswith(("OPENAI_", "WEBHOOK_"))}
-    out.update(DATABASE_URL=database, AMQP_URL=amqp_url, AMQP_NAMESPACE=namespace,
-               LOG_LEVEL="info", LOG_FORMAT="json", HEALTH_PORT="0")
+    out.update(
+        DATABASE_URL=database,
+        AMQP_URL=amqp_url,
+        AMQP_NAMESPACE=namespace,
+        LOG_LEVEL="info",
+        LOG_FORMAT="json",
+        HEALTH_PORT="0",
+    )
     return out
 
 
@@ -110,7 +118,9 @@ def env(database: str, amqp_url: str, namespace: str) -> dict[str, str]:
 def gateway_settings(database: str, amqp_url: str, namespace: str) -> GatewaySettings:
     return GatewaySettings(
         _env_file=None,  # type: ignore[call-arg]
-        database_url=database, amqp_url=amqp_url, amqp_namespace=namespace,
+        database_url=database,
+        amqp_url=amqp_url,
+        amqp_namespace=namespace,
         gateway_port=0,
     )
 
@@ -119,7 +129,10 @@ def gateway_settings(database: str, amqp_url: str, namespace: str) -> GatewaySet
 def ingest_settings(database: str, amqp_url: str, namespace: str) -> MetricsIngestSettings:
     return MetricsIngestSettings(
         _env_file=None,  # type: ignore[call-arg]
-        database_url=database, amqp_url=amqp_url, amqp_namespace=namespace, health_port=0,
+        database_url=database,
+        amqp_url=amqp_url,
+        amqp_namespace=namespace,
+        health_port=0,
     )
 
 
@@ -168,18 +181,24 @@ class Factory:
         )
         return value
 
-    async def key(self, project_id: int | None = None, *, admin: bool = False,
-                  rate_limit: str | None = None) -> str:
-        plain, _ = await api_keys.create(self.conn, is_admin=admin, project_id=project_id,
-                                         rate_limit=rate_limit)
+    async def key(
+        self, project_id: int | None = None, *, admin: bool = False, rate_limit: str | None = None
+    ) -> str:
+        plain, _ = await api_keys.create(
+            self.conn, is_admin=admin, project_id=project_id, rate_limit=rate_limit
+        )
         return plain
 
-    async def gpt(self, gpt_id: str | None = None, project_id: int | None = None, *,
-                  keyless: bool = False) -> str:
+    async def gpt(
+        self, gpt_id: str | None = None, project_id: int | None = None, *, keyless: bool = False
+    ) -> str:
         gpt_id = gpt_id or f"gpt-{uuid.uuid4().hex[:8]}"
         await self.conn.execute(
             "INSERT INTO gpts (gpt_id, name, project_id, keyless_ingest) VALUES ($1, $2, $3, $4)",
-            gpt_id, gpt_id.title(), project_id, keyless,
+            gpt_id,
+            gpt_id.title(),
+            project_id,
+            keyless,
         )
         return gpt_id
 
@@ -191,8 +210,12 @@ def factory(db: asyncpg.Connection) -> Factory:
 
 def make_event(session_id: str, **overrides: Any) -> dict[str, Any]:
     event: dict[str, Any] = {
-        "sesion_id": session_id, "tipo": "query", "contenido": "¿Cómo despliego?",
-        "latency_ms": 120, "tokens_entrada": 10, "tokens_salida": 42,
+        "sesion_id": session_id,
+        "tipo": "query",
+        "contenido": "¿Cómo despliego?",
+        "latency_ms": 120,
+        "tokens_entrada": 10,
+        "tokens_salida": 42,
     }
     event.update(overrides)
     return event
