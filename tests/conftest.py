@@ -19,7 +19,6 @@ import aio_pika
 import asyncpg
 import pytest
 from aiohttp.test_utils import TestClient
-
 from chatbeto import api_keys
 from chatbeto.db import with_database
 from chatbeto.migrate import apply_migrations
