@@ -194,7 +194,7 @@ async def create_conversation(request: web.Request) -> web.Response:
     failed = await provoke(request, " ".join(text_of(i.get("content")) for i in items))
     if failed is not None:
         return failed
-    conv = {
+    conv: dict[str, Any] = {
         "id": f"conv_{uuid.uuid4().hex}",
         "object": "conversation",
         "created_at": int(time.time()),
