@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, TypeVar, cast
+from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import aio_pika
 import orjson
@@ -54,6 +54,69 @@ class MetricsBatch(Frozen):
     VERSION: ClassVar[int] = 1
     sessions: tuple[SessionRecord, ...] = ()
     events: tuple[EventRecord, ...] = ()
+
+
+class ChatMessage(Frozen):
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str
+
+
+class OpenAIRequest(Frozen):
+    """A request the gateway hands to an openai-worker and waits for (request/reply).
+
+    The AMQP `correlation_id` and `reply_to` say where the answer goes; `deadline` is when the
+    gateway stops waiting, after which a worker skips the request rather than answer nobody.
+    """
+
+    TYPE: ClassVar[str] = "openai.request"
+    VERSION: ClassVar[int] = 1
+    action: Literal["conversation.create", "conversation.message", "chat"]
+    project_id: int | None = None
+    conversation_id: int | None = None
+    title: str | None = None
+    # create: the initial message (if any); message: the new one; chat: the whole history.
+    messages: tuple[ChatMessage, ...] = ()
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stream: bool = False
+    source: Literal["api", "chat", "v1"] = "api"
+    # Who asked (the API key's public prefix): the metrics event's `usuario_id`.
+    user: str = "chatbeto"
+    deadline: datetime
+
+
+class Usage(Frozen):
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    total_tokens: int = 0
+
+
+class OpenAIReply(Frozen):
+    """One answer message: streamed `chunk`s, then one `result` or `error`."""
+
+    TYPE: ClassVar[str] = "openai.reply"
+    VERSION: ClassVar[int] = 1
+    kind: Literal["chunk", "result", "error"]
+    delta: str = ""
+    content: str | None = None
+    model: str | None = None
+    usage: Usage | None = None
+    latency_ms: int | None = None
+    conversation: dict[str, Any] | None = None
+    # error: the HTTP status and code the gateway answers with.
+    status: int | None = None
+    code: str | None = None
+    message: str | None = None
+
+
+class SyncJob(Frozen):
+    """Copy stored conversations without a remote id to OpenAI's Conversations API."""
+
+    TYPE: ClassVar[str] = "openai.job.sync"
+    VERSION: ClassVar[int] = 1
+    job_id: uuid.UUID
+    project_id: int | None = None
 
 
 P = TypeVar("P", bound=Frozen)
