@@ -21,7 +21,12 @@ import time
 from collections.abc import Awaitable, Callable, Sequence
 
 import aio_pika
-from aio_pika.abc import AbstractIncomingMessage, AbstractQueue, AbstractRobustConnection
+from aio_pika.abc import (
+    AbstractChannel,
+    AbstractIncomingMessage,
+    AbstractQueue,
+    AbstractRobustConnection,
+)
 
 from chatbeto import topology
 from chatbeto.broker import Publisher
@@ -166,35 +171,134 @@ class BatchConsumer:
         )
 
     async def _fail(self, message: AbstractIncomingMessage, exc: Exception) -> None:
-        attempt = attempt_of(message)
-        fields = {
-            "message_id": message.message_id,
-            "attempt": attempt,
-            "error": f"{type(exc).__name__}: {exc}"[:500],
-        }
-        if isinstance(exc, InvalidMessage) or attempt >= self._max_tries:
-            log.error("dead-lettering message", **fields)
-            MESSAGES_CONSUMED.labels(self._queue_def.name, "dead_lettered").inc()
-            await message.reject(requeue=False)
-            return
-        retry = aio_pika.Message(
-            body=message.body,
-            content_type=message.content_type,
-            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-            message_id=message.message_id,
-            type=message.type,
-            timestamp=message.timestamp,
-            correlation_id=message.correlation_id,
-            reply_to=message.reply_to,
-            headers={**(message.headers or {}), ATTEMPT_HEADER: attempt + 1},
-        )
+        await settle_failure(message, exc, self._queue_def, self._publisher, self._max_tries)
+
+
+async def settle_failure(
+    message: AbstractIncomingMessage,
+    exc: Exception,
+    queue: topology.WorkQueue,
+    publisher: Publisher,
+    max_tries: int,
+) -> None:
+    """Dead-letter an invalid or exhausted message; park any other on the retry ladder."""
+    attempt = attempt_of(message)
+    fields = {
+        "message_id": message.message_id,
+        "attempt": attempt,
+        "error": f"{type(exc).__name__}: {exc}"[:500],
+    }
+    if isinstance(exc, InvalidMessage) or attempt >= max_tries:
+        log.error("dead-lettering message", **fields)
+        MESSAGES_CONSUMED.labels(queue.name, "dead_lettered").inc()
+        await message.reject(requeue=False)
+        return
+    retry = aio_pika.Message(
+        body=message.body,
+        content_type=message.content_type,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        message_id=message.message_id,
+        type=message.type,
+        timestamp=message.timestamp,
+        correlation_id=message.correlation_id,
+        reply_to=message.reply_to,
+        headers={**(message.headers or {}), ATTEMPT_HEADER: attempt + 1},
+    )
+    try:
+        await publisher.publish(retry, queue.retry_queue(attempt), exchange="")
+    except Exception as pub_exc:
+        # Could not park it: leave it to the broker's redelivery instead of losing it.
+        log.warning("retry publish failed, requeueing", error=str(pub_exc), **fields)
+        await message.nack(requeue=True)
+        return
+    log.warning("message failed, will retry", **fields)
+    MESSAGES_CONSUMED.labels(queue.name, "retried").inc()
+    await message.ack()
+
+
+MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class ConcurrentConsumer:
+    """Handles up to `concurrency` messages at once, each in its own task, so one slow message
+    (a long upstream call) never holds back the others. Same outcomes as `BatchConsumer`: ack
+    after the handler returns, `InvalidMessage` dead-letters, other errors take the retry ladder.
+    """
+
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        topo: topology.Topology,
+        queue: topology.WorkQueue,
+        handler: MessageHandler,
+        *,
+        concurrency: int = 64,
+        max_tries: int = 5,
+    ) -> None:
+        self._connection = connection
+        self._topology = topo
+        self._queue_def = queue
+        self._handler = handler
+        self._concurrency = concurrency
+        self._max_tries = max_tries
+        self._publisher = Publisher(connection, topo)
+        self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._consumer_tag: str | None = None
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._stopping = asyncio.Event()
+
+    @property
+    def in_flight(self) -> int:
+        return len(self._tasks)
+
+    async def start(self) -> None:
+        self._channel = await self._connection.channel()
+        await self._channel.set_qos(prefetch_count=self._concurrency)
+        await self._topology.declare(self._channel)
+        self._queue = await self._channel.get_queue(self._queue_def.name, ensure=False)
+        self._consumer_tag = await self._queue.consume(self._on_message)
+        log.info("consuming", queue=self._queue_def.name, concurrency=self._concurrency)
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        task = asyncio.create_task(self._handle(message))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _handle(self, message: AbstractIncomingMessage) -> None:
+        started = time.perf_counter()
         try:
-            await self._publisher.publish(retry, self._queue_def.retry_queue(attempt), exchange="")
-        except Exception as pub_exc:
-            # Could not park it: leave it to the broker's redelivery instead of losing it.
-            log.warning("retry publish failed, requeueing", error=str(pub_exc), **fields)
-            await message.nack(requeue=True)
+            await self._handler(message)
+        except Exception as exc:
+            await settle_failure(message, exc, self._queue_def, self._publisher, self._max_tries)
             return
-        log.warning("message failed, will retry", **fields)
-        MESSAGES_CONSUMED.labels(self._queue_def.name, "retried").inc()
         await message.ack()
+        MESSAGES_CONSUMED.labels(self._queue_def.name, "ok").inc()
+        log.debug(
+            "message handled",
+            message_id=message.message_id,
+            duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        )
+
+    async def wait(self) -> None:
+        await self._stopping.wait()
+
+    async def close(self, drain_timeout_seconds: float = 30.0) -> None:
+        """Stop taking messages, finish those in hand; unacked ones return to the queue."""
+        if self._queue is not None and self._consumer_tag is not None:
+            try:
+                await self._queue.cancel(self._consumer_tag)
+            except Exception as exc:  # the channel may already be gone
+                log.warning("cancel failed", error=str(exc))
+            self._consumer_tag = None
+        self._stopping.set()
+        if self._tasks:
+            _, pending = await asyncio.wait(set(self._tasks), timeout=drain_timeout_seconds)
+            if pending:
+                log.warning("drain timed out; unacked messages return to the queue")
+                for task in pending:
+                    task.cancel()
+                await asyncio.gather(*pending, return_exceptions=True)
+        await self._publisher.close()
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
 
 # A message redelivered this often (its consumer died each time) is dead-lettered.
 MAX_REDELIVERIES = 20
@@ -124,6 +124,18 @@ class Topology:
                     },
                 )
         return exchange
+
+    def reply_queue_name(self, process_id: str) -> str:
+        return f"{self.namespace}chatbeto.replies.{process_id}"
+
+    async def declare_reply_queue(self, channel: AbstractChannel, process_id: str) -> AbstractQueue:
+        """One gateway process's own reply queue: exclusive, so it dies with the connection
+        (answers nobody waits for anymore are dropped), bound by its name on the replies
+        exchange so only this process receives its replies."""
+        name = self.reply_queue_name(process_id)
+        queue = await channel.declare_queue(name, exclusive=True, auto_delete=True)
+        await queue.bind(self.replies_exchange, routing_key=name)
+        return queue
 
     async def delete(self, channel: AbstractChannel) -> None:
         """Remove everything `declare` made (tests clean up their namespace with it)."""
