@@ -73,6 +73,9 @@ class Publisher:
         exchange: str | None = None,
         timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS,
     ) -> None:
+        if not self._connection.connected.is_set():
+            # Fail fast while the robust connection is reconnecting: the caller answers 503.
+            raise BrokerUnavailable("not connected to the broker")
         try:
             target: AbstractExchange
             if exchange is None:

@@ -48,7 +48,7 @@ OPENAI_JOBS = "openai.jobs"
 WEBHOOK_DELIVERIES = "webhook.deliveries"
 IMPORTS = "imports"
 
-_QUEUES: dict[str, tuple[str, ...]] = {
+QUEUE_BINDINGS: dict[str, tuple[str, ...]] = {
     METRICS_INGEST: ("metrics.#",),
     OPENAI_REQUESTS: ("openai.request.#",),
     OPENAI_JOBS: ("openai.job.#",),
@@ -76,11 +76,11 @@ class Topology:
         return f"{self.namespace}chatbeto.replies"
 
     def queue(self, base: str) -> WorkQueue:
-        return WorkQueue(f"{self.namespace}{base}", _QUEUES[base])
+        return WorkQueue(f"{self.namespace}{base}", QUEUE_BINDINGS[base])
 
     @property
     def work_queues(self) -> list[WorkQueue]:
-        return [self.queue(base) for base in _QUEUES]
+        return [self.queue(base) for base in QUEUE_BINDINGS]
 
     async def declare(self, channel: AbstractChannel) -> AbstractExchange:
         """Declare exchanges, work queues, delay ladders and dead-letter queues. Idempotent."""
