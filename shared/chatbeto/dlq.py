@@ -40,8 +40,9 @@ async def _peek(settings: BaseServiceSettings, base: str, limit: int) -> list[di
             if message is None:
                 break
             held.append(message)
-            deaths = (message.headers or {}).get("x-death") or []
-            reason = deaths[0].get("reason") if deaths and isinstance(deaths[0], dict) else None
+            deaths = (message.headers or {}).get("x-death")
+            first = deaths[0] if isinstance(deaths, list) and deaths else None
+            reason = first.get("reason") if isinstance(first, dict) else None
             seen.append(
                 {
                     "message_id": message.message_id,
