@@ -56,6 +56,47 @@ class MetricsBatch(Frozen):
     events: tuple[EventRecord, ...] = ()
 
 
+class LiveEvent(Frozen):
+    """A stored event as the live dashboards see it (no `contenido`: it stays in the database)."""
+
+    id: uuid.UUID
+    sesion_id: uuid.UUID
+    gpt_pk: int
+    project_id: int | None = None
+    usuario_id: str
+    tipo: str
+    latency_ms: int
+    tokens_entrada: int
+    tokens_salida: int
+    timestamp: datetime
+
+
+class LiveEvents(Frozen):
+    """What metrics-ingest just committed, fanned out to every gateway; transient."""
+
+    TYPE: ClassVar[str] = "live.events"
+    VERSION: ClassVar[int] = 1
+    events: tuple[LiveEvent, ...] = ()
+
+
+class WebhookDelivery(Frozen):
+    """A webhook whose signature the gateway verified; the webhook service acts on it once.
+
+    `delivery_key` names the delivery across redeliveries (`std:<webhook-id>`, or for the legacy
+    scheme `legacy:<timestamp>:<signature>`); a unique constraint on it makes processing
+    exactly-once.
+    """
+
+    TYPE: ClassVar[str] = "webhook.delivery"
+    VERSION: ClassVar[int] = 1
+    source: str = Field(description="endpoint it arrived on", examples=["chatgpt", "openai"])
+    delivery_key: str
+    webhook_id: str | None = None
+    event_type: str = Field(examples=["conversation.created", "response.completed"])
+    received_at: datetime
+    payload: dict[str, Any] = Field(description="the verified JSON body")
+
+
 class ChatMessage(Frozen):
     role: Literal["system", "user", "assistant", "tool"]
     content: str

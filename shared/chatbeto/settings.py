@@ -137,8 +137,11 @@ class OpenAIWorkerSettings(WorkerSettings, OpenAISettings):
     openai_worker_concurrency: int = Field(default=64, gt=0)
 
 
-class WebhookSettings(WorkerSettings):
+class WebhookSettings(WorkerSettings, OpenAISettings):
+    # OpenAI settings: `response.completed` is fetched from OpenAI by this service.
     health_port: int = Field(default=8083, ge=0, le=65535)
+    webhook_prefetch: int = Field(default=32, gt=0)
+    webhook_max_tries: int = Field(default=5, gt=0)
 
 
 S = TypeVar("S", bound=BaseSettings)

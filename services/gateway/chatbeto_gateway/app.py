@@ -13,14 +13,16 @@ from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
 from chatbeto.settings import GatewaySettings
 
-from chatbeto_gateway import metrics_api, ops
+from chatbeto_gateway import keys_api, metrics_api, ops, webhooks_api
 from chatbeto_gateway.auth import KeyCache
 from chatbeto_gateway.gpt_cache import GptCache
 from chatbeto_gateway.middleware import observe
+from chatbeto_gateway.ratelimit import Limiter, add_headers
 from chatbeto_gateway.state import (
     BROKER,
     GPTS,
     KEYS,
+    LIMITER,
     METRICS_PUBLISHER,
     POOL,
     PUBLISHER,
@@ -34,7 +36,12 @@ METRICS_ROUTING_KEY = "metrics.batch"
 
 # Every feature's routes and extra resources, listed here so the factory is the one place the
 # app is assembled.
-ROUTE_TABLES: list[web.RouteTableDef] = [ops.routes, metrics_api.routes]
+ROUTE_TABLES: list[web.RouteTableDef] = [
+    ops.routes,
+    metrics_api.routes,
+    webhooks_api.routes,
+    keys_api.routes,
+]
 EXTRA_CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = []
 
 
@@ -59,7 +66,11 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     keys = KeyCache(pool)
     keys.start()
     app[KEYS] = keys
+    limiter = Limiter(pool)
+    limiter.start()
+    app[LIMITER] = limiter
     yield
+    await limiter.close()
     await keys.close()
     await pool.close()
 
@@ -82,6 +93,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe])
     app[SETTINGS] = settings
+    app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(broker_ctx)
     for ctx in EXTRA_CONTEXTS:

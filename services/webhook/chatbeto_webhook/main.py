@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from chatbeto.logging import configure
+from chatbeto.service import run_worker
 from chatbeto.settings import WebhookSettings, load
+
+from chatbeto_webhook.consumer import WebhookService
 
 
 def main() -> int:
     settings = load(WebhookSettings)
     configure(settings.log_level, settings.log_format, "webhook")
-    raise SystemExit("webhook: not built yet")
+    return run_worker(WebhookService(settings), settings.health_host, settings.health_port)
