@@ -1,0 +1,269 @@
+"""One ChatGPT export conversation → the conversation and messages chatbeto stores.
+
+A conversation is a tree in `mapping` (regenerated answers and edited prompts are sibling
+branches); what the user saw is the path from the root to `current_node`, so that path — and
+only that path — is imported, in order. Content parts are reduced to readable text.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+ROLES = frozenset({"user", "assistant", "tool", "system"})
+# Context ChatGPT injects but never shows: custom instructions and memory.
+HIDDEN_CONTENT_TYPES = frozenset({"user_editable_context", "model_editable_context"})
+TITLE_WORDS = 8
+TITLE_MAX_CHARS = 80
+DEFAULT_TITLE = "Imported conversation"
+PLACEHOLDER_RE = re.compile(r"\[(?:image|audio): [^\]]*\]")
+
+
+class MalformedConversation(ValueError):
+    """This conversation can't be imported; the others still can."""
+
+
+@dataclass(frozen=True)
+class Message:
+    external_id: str
+    role: str
+    content: str
+    model: str | None
+    created_at: datetime | None
+    metadata: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class Conversation:
+    external_id: str
+    title: str
+    created_at: datetime
+    updated_at: datetime
+    model: str | None
+    gizmo_id: str | None
+    metadata: dict[str, Any]
+    messages: list[Message] = field(default_factory=list)
+
+
+def label(raw: Any, index: int) -> tuple[str, str]:
+    """(title, id) to name a conversation in a report, whatever shape it has."""
+    if not isinstance(raw, dict):
+        return "", f"#{index}"
+    title = raw.get("title")
+    cid = raw.get("conversation_id") or raw.get("id")
+    return (title if isinstance(title, str) else ""), (
+        cid if isinstance(cid, str) and cid else f"#{index}"
+    )
+
+
+def timestamp(value: Any) -> datetime | None:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    try:
+        return datetime.fromtimestamp(value, UTC)
+    except (OverflowError, OSError, ValueError):
+        return None
+
+
+def clean(text: str) -> str:
+    # Postgres text can't hold NUL.
+    return text.replace("\x00", "") if "\x00" in text else text
+
+
+def branch(mapping: dict[str, Any], current: Any) -> list[dict[str, Any]]:
+    """The nodes from the root to `current`, in order."""
+    if not isinstance(current, str) or current not in mapping:
+        current = _last_leaf(mapping)
+    path: list[dict[str, Any]] = []
+    node_id: Any = current
+    while node_id is not None:
+        node = mapping.get(node_id)
+        if not isinstance(node, dict):
+            raise MalformedConversation(f"node {node_id!r} is missing from mapping")
+        path.append(node)
+        if len(path) > len(mapping):
+            raise MalformedConversation("mapping has a cycle")
+        node_id = node.get("parent")
+    path.reverse()
+    return path
+
+
+def _last_leaf(mapping: dict[str, Any]) -> str:
+    """Old exports without `current_node`: follow the newest child from the root."""
+    roots = [k for k, n in mapping.items() if isinstance(n, dict) and n.get("parent") is None]
+    if not roots:
+        raise MalformedConversation("mapping has no root node")
+    node_id, seen = roots[0], 0
+    while True:
+        children = mapping[node_id].get("children") or []
+        children = [c for c in children if c in mapping]
+        seen += 1
+        if not children or seen > len(mapping):
+            return node_id
+        node_id = children[-1]
+
+
+def _part_text(part: Any) -> str:
+    if isinstance(part, str):
+        return part
+    if not isinstance(part, dict):
+        return ""
+    kind = part.get("content_type", "")
+    if kind == "image_asset_pointer":
+        return f"[image: {_asset_name(part.get('asset_pointer'))}]"
+    if kind == "audio_asset_pointer":
+        return f"[audio: {_asset_name(part.get('asset_pointer'))}]"
+    if kind == "audio_transcription":
+        return str(part.get("text") or "")
+    if isinstance(part.get("text"), str):
+        return str(part["text"])
+    return f"[{kind or 'attachment'}]"
+
+
+def _asset_name(pointer: Any) -> str:
+    # "file-service://file-abc123" / "sediment://file_…" → the asset's own id.
+    if not isinstance(pointer, str) or not pointer:
+        return "unknown"
+    return pointer.rsplit("://", 1)[-1]
+
+
+def _join(parts: Any) -> str:
+    if not isinstance(parts, list):
+        raise MalformedConversation("content parts is not a list")
+    return "\n".join(t for t in (_part_text(p) for p in parts) if t)
+
+
+def render(content: Any) -> str:
+    """A message's content as readable text."""
+    if not isinstance(content, dict):
+        raise MalformedConversation("message content is not an object")
+    kind = content.get("content_type")
+    if kind in ("text", "multimodal_text"):
+        return _join(content.get("parts", []))
+    if kind == "code":
+        text = str(content.get("text") or "")
+        language = content.get("language")
+        if language and language != "unknown" and text:
+            return f"```{language}\n{text}\n```"
+        return text
+    if kind == "execution_output":
+        return str(content.get("text") or "")
+    if kind == "tether_browsing_display":
+        return str(content.get("result") or content.get("summary") or "")
+    if kind == "tether_quote":
+        title, url = content.get("title") or "", content.get("url") or ""
+        head = " — ".join(x for x in (title, url) if x)
+        text = str(content.get("text") or "")
+        return f"{head}\n{text}" if head else text
+    if kind == "thoughts":
+        out = []
+        for thought in content.get("thoughts") or []:
+            if isinstance(thought, dict):
+                summary, body = thought.get("summary") or "", thought.get("content") or ""
+                out.append(f"{summary}\n{body}".strip())
+        return "\n\n".join(o for o in out if o)
+    if kind == "reasoning_recap":
+        return str(content.get("content") or "")
+    if kind == "system_error":
+        name, text = content.get("name") or "error", content.get("text") or ""
+        return f"[{name}] {text}".strip()
+    # Newer or rarer types: whatever text they carry.
+    if isinstance(content.get("parts"), list):
+        return _join(content["parts"])
+    if isinstance(content.get("text"), str):
+        return str(content["text"])
+    if isinstance(content.get("result"), str):
+        return str(content["result"])
+    return f"[{kind or 'unknown content'}]"
+
+
+def _message(node: dict[str, Any]) -> Message | None:
+    raw = node.get("message")
+    if raw is None:
+        return None  # the empty root
+    if not isinstance(raw, dict):
+        raise MalformedConversation("message is not an object")
+    meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        meta = {}
+    author = raw.get("author") or {}
+    role = author.get("role") if isinstance(author, dict) else None
+    if role not in ROLES:
+        raise MalformedConversation(f"unknown author role {role!r}")
+    content = raw.get("content")
+    kind = content.get("content_type") if isinstance(content, dict) else None
+    if meta.get("is_visually_hidden_from_conversation") or kind in HIDDEN_CONTENT_TYPES:
+        return None
+    text = clean(render(content)).strip()
+    if not text:
+        return None  # empty system prompts, tool-call placeholders: nothing was shown
+    extra: dict[str, Any] = {"contentType": kind}
+    name = author.get("name")
+    if name:
+        extra["author"] = name
+    recipient = raw.get("recipient")
+    if recipient and recipient != "all":
+        extra["recipient"] = recipient
+    model = meta.get("model_slug")
+    return Message(
+        external_id=str(raw.get("id") or node.get("id")),
+        role=role,
+        content=text,
+        model=model if isinstance(model, str) else None,
+        created_at=timestamp(raw.get("create_time")),
+        metadata=extra,
+    )
+
+
+def default_title(messages: list[Message]) -> str:
+    for m in messages:
+        if m.role == "user":
+            words = " ".join(PLACEHOLDER_RE.sub(" ", m.content).split()[:TITLE_WORDS])
+            if words:
+                return words[:TITLE_MAX_CHARS]
+    return DEFAULT_TITLE
+
+
+def convert(raw: Any) -> Conversation:
+    """The branch the user saw, or `MalformedConversation` saying why not."""
+    if not isinstance(raw, dict):
+        raise MalformedConversation("not a JSON object")
+    external_id = raw.get("conversation_id") or raw.get("id")
+    if not isinstance(external_id, str) or not external_id:
+        raise MalformedConversation("no conversation id")
+    mapping = raw.get("mapping")
+    if not isinstance(mapping, dict) or not mapping:
+        raise MalformedConversation("mapping is missing or empty")
+    messages: list[Message] = []
+    seen: set[str] = set()
+    for node in branch(mapping, raw.get("current_node")):
+        message = _message(node)
+        if message is not None and message.external_id not in seen:
+            seen.add(message.external_id)
+            messages.append(message)
+    created = timestamp(raw.get("create_time"))
+    updated = timestamp(raw.get("update_time"))
+    if created is None:
+        created = next((m.created_at for m in messages if m.created_at), None) or datetime.now(UTC)
+    title = raw.get("title")
+    title = clean(title).strip() if isinstance(title, str) else ""
+    model = raw.get("default_model_slug")
+    if not isinstance(model, str):
+        model = next((m.model for m in reversed(messages) if m.model), None)
+    gizmo = raw.get("gizmo_id")
+    metadata: dict[str, Any] = {"importedFrom": "chatgpt-export"}
+    for key, name in (("is_archived", "isArchived"), ("conversation_template_id", "templateId")):
+        if raw.get(key):
+            metadata[name] = raw[key]
+    return Conversation(
+        external_id=external_id,
+        title=title or default_title(messages),
+        created_at=created,
+        updated_at=updated or created,
+        model=model,
+        gizmo_id=gizmo if isinstance(gizmo, str) and gizmo else None,
+        metadata=metadata,
+        messages=messages,
+    )

@@ -1,0 +1,130 @@
+"""SQL of the importer: whole conversations in one transaction, batched with unnest and COPY.
+
+Idempotency rests on ids from the export: a conversation is (project, 'import', its export id),
+a message is (conversation, its node id). Only what is missing is written, so a re-import adds
+nothing and a grown export adds only new conversations and the messages appended to them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import orjson
+
+from chatbeto.db import Conn
+from chatbeto.importer.convert import Conversation
+
+SOURCE = "import"
+# Serialises imports into one project, so the "what is missing" read stays true until commit.
+LOCK_CLASS = 0x1A7C
+MESSAGE_COLUMNS = (
+    "conversation_id",
+    "position",
+    "role",
+    "content",
+    "model",
+    "external_id",
+    "metadata",
+    "created_at",
+)
+
+
+@dataclass(frozen=True)
+class Stored:
+    """What one conversation contributed: new conversation? how many new messages?"""
+
+    created: bool
+    new_messages: int
+
+
+async def store(conn: Conn, project_id: int, batch: Sequence[Conversation]) -> list[Stored]:
+    """Store whole conversations; call inside a transaction. One result per conversation.
+
+    `conn` is a plain connection (no JSON codec): metadata goes to COPY as JSON text. Export
+    ids must be unique within `batch`.
+    """
+    await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, project_id)
+    ids = [c.external_id for c in batch]
+    inserted = await conn.fetch(
+        """INSERT INTO conversations
+               (project_id, source, external_id, title, model, gizmo_id, metadata,
+                created_at, updated_at)
+           SELECT $1, $2, x, t, m, g, md::jsonb, c, u
+           FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
+                       $8::timestamptz[], $9::timestamptz[]) AS v(x, t, m, g, md, c, u)
+           ON CONFLICT (project_id, source, external_id) WHERE external_id IS NOT NULL
+           DO NOTHING
+           RETURNING id, external_id""",
+        project_id,
+        SOURCE,
+        ids,
+        [c.title for c in batch],
+        [c.model for c in batch],
+        [c.gizmo_id for c in batch],
+        [orjson.dumps(c.metadata).decode() for c in batch],
+        [c.created_at for c in batch],
+        [c.updated_at for c in batch],
+    )
+    pk = {r["external_id"]: r["id"] for r in inserted}
+    fresh = set(pk.values())
+    # Conversations imported before: what they already hold, to append only what is new.
+    known: dict[int, tuple[int, set[str]]] = {}
+    old_ids = [x for x in ids if x not in pk]
+    if old_ids:
+        rows = await conn.fetch(
+            """SELECT c.id, c.external_id,
+                      coalesce(max(m.position), -1) AS last,
+                      coalesce(array_agg(m.external_id) FILTER (WHERE m.external_id IS NOT NULL),
+                               '{}') AS seen
+               FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
+               WHERE c.project_id = $1 AND c.source = $2 AND c.external_id = ANY($3::text[])
+               GROUP BY c.id""",
+            project_id,
+            SOURCE,
+            old_ids,
+        )
+        for r in rows:
+            pk[r["external_id"]] = r["id"]
+            known[r["id"]] = (r["last"], set(r["seen"]))
+    records: list[tuple[object, ...]] = []
+    results: list[Stored] = []
+    grown: list[Conversation] = []
+    for conv in batch:
+        cid = pk[conv.external_id]
+        last, seen = known.get(cid, (-1, set()))
+        count = 0
+        for message in conv.messages:
+            if message.external_id in seen:
+                continue
+            last += 1
+            count += 1
+            records.append(
+                (
+                    cid,
+                    last,
+                    message.role,
+                    message.content,
+                    message.model,
+                    message.external_id,
+                    orjson.dumps(message.metadata).decode(),
+                    message.created_at or conv.created_at,
+                )
+            )
+        results.append(Stored(created=cid in fresh, new_messages=count))
+        if count and cid not in fresh:
+            grown.append(conv)
+    if records:
+        await conn.copy_records_to_table("messages", records=records, columns=MESSAGE_COLUMNS)
+    if grown:
+        await conn.execute(
+            """UPDATE conversations c SET title = v.t, updated_at = greatest(c.updated_at, v.u)
+               FROM unnest($3::text[], $4::text[], $5::timestamptz[]) AS v(x, t, u)
+               WHERE c.project_id = $1 AND c.source = $2 AND c.external_id = v.x""",
+            project_id,
+            SOURCE,
+            [c.external_id for c in grown],
+            [c.title for c in grown],
+            [c.updated_at for c in grown],
+        )
+    return results
