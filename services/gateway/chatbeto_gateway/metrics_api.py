@@ -13,7 +13,7 @@ from chatbeto.logging import REQUEST_ID
 from chatbeto.messages import EventRecord, SessionRecord
 from pydantic import ValidationError
 
-from chatbeto_gateway import metrics_repo, responses
+from chatbeto_gateway import metrics_repo, ratelimit, responses
 from chatbeto_gateway.auth import Principal, optional_principal, require_principal
 from chatbeto_gateway.errors import (
     ApiError,
@@ -25,6 +25,7 @@ from chatbeto_gateway.errors import (
 )
 from chatbeto_gateway.gpt_cache import Gpt
 from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.ratelimit import RateLimited
 from chatbeto_gateway.schemas import (
     MAX_BATCH_EVENTS,
     BatchIn,
@@ -35,7 +36,15 @@ from chatbeto_gateway.schemas import (
     SessionIn,
     SessionOut,
 )
-from chatbeto_gateway.state import GPTS, KEYS, METRICS_PUBLISHER, POOL, SESSION_KEY
+from chatbeto_gateway.state import (
+    GPTS,
+    KEYS,
+    LIMITER,
+    METRICS_PUBLISHER,
+    POOL,
+    SESSION_KEY,
+    SETTINGS,
+)
 
 routes = web.RouteTableDef()
 DEFAULT_STATS_DAYS = 30
@@ -52,6 +61,11 @@ def parse_model(model: type[Any], body: bytes) -> Any:
         if is_json_error(exc):
             raise ApiError(400, "invalid_json", "body is not valid JSON") from exc
         raise validation_error(exc) from exc
+
+
+async def keyless_charge(request: web.Request, gpt: Gpt) -> None:
+    """Keyless ingest is counted per GPT (keyed requests were counted by the middleware)."""
+    await ratelimit.charge_gpt(request, request.app[LIMITER], request.app[SETTINGS], gpt.pk)
 
 
 def may_ingest(principal: Principal | None, gpt: Gpt) -> bool:
@@ -146,6 +160,8 @@ async def create_session(request: web.Request) -> web.Response:
         raise not_found("gpt_not_found", f"GPT {body.gpt_id!r} is not registered")
     if not may_ingest(principal, gpt):
         raise unauthorized()
+    if principal is None:
+        await keyless_charge(request, gpt)
     record = SessionRecord(
         id=session_ids.issue(request.app[SESSION_KEY], gpt.pk),
         gpt_pk=gpt.pk,
@@ -178,6 +194,8 @@ async def _event_record(
         raise not_found("session_not_found", "session not found")
     if not may_ingest(principal, gpt):
         raise unauthorized()
+    if principal is None:
+        await keyless_charge(request, gpt)
     return EventRecord.model_construct(
         id=event.id or uuid.uuid4(),
         sesion_id=event.sesion_id,
@@ -260,6 +278,8 @@ async def create_events_batch(request: web.Request) -> web.Response:
                 }
             )
             continue
+        except RateLimited:
+            raise
         except ApiError as exc:
             results.append(
                 {

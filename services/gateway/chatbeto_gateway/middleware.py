@@ -12,8 +12,9 @@ from aiohttp.typedefs import Handler
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
 
-from chatbeto_gateway import responses
+from chatbeto_gateway import ratelimit, responses
 from chatbeto_gateway.errors import ApiError
+from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
 
 log = get_logger("chatbeto.gateway.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -56,6 +57,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
     try:
         try:
+            limiter = request.app.get(LIMITER)
+            if limiter is not None:
+                await ratelimit.charge_key(
+                    request, limiter, request.app[KEYS], request.app[SETTINGS]
+                )
             response = await handler(request)
         except ApiError as exc:
             response = responses.json(

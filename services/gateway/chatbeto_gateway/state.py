@@ -10,6 +10,7 @@ from chatbeto.settings import GatewaySettings
 
 from chatbeto_gateway.auth import KeyCache
 from chatbeto_gateway.gpt_cache import GptCache
+from chatbeto_gateway.ratelimit import Limiter
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -19,3 +20,4 @@ METRICS_PUBLISHER = web.AppKey("metrics_publisher", GroupPublisher)
 KEYS = web.AppKey("keys", KeyCache)
 GPTS = web.AppKey("gpts", GptCache)
 SESSION_KEY = web.AppKey("session_key", bytes)
+LIMITER = web.AppKey("limiter", Limiter)
