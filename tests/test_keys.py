@@ -34,12 +34,19 @@ async def create_key(gateway: Any, admin_key: str, /, **body: Any) -> dict[str, 
     return data
 
 
-async def test_admin_creates_lists_and_revokes(gateway: Any, factory: Factory, admin: str, db: Any) -> None:
+async def test_admin_creates_lists_and_revokes(
+    gateway: Any, factory: Factory, admin: str, db: Any
+) -> None:
     project = await factory.project()
     data = await create_key(gateway, admin, projectId=project, name="ci", rateLimit="100/1h")
     plain, info = data["key"], data["apiKey"]
     assert plain.startswith(f"cbk_{info['prefix']}_")
-    assert info == info | {"projectId": project, "admin": False, "name": "ci", "rateLimit": "100/1h"}
+    assert info == info | {
+        "projectId": project,
+        "admin": False,
+        "name": "ci",
+        "rateLimit": "100/1h",
+    }
 
     resp = await gateway.get("/api/gpts", headers={"Authorization": f"Bearer {plain}"})
     assert resp.status == 200
@@ -152,7 +159,7 @@ async def test_revoked_key_refused_by_another_gateway_within_5s(
 
 def test_cli_keys_create_list_revoke(env: dict[str, str], database: str) -> None:
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(  # noqa: S603
+        return subprocess.run(
             [CHATBETO, *args], env=env, capture_output=True, text=True, timeout=60, check=False
         )
 
