@@ -1,0 +1,219 @@
+"""SQL of the openai-worker: conversations, their messages, sync jobs.
+
+Writes are idempotent per request: each stored row carries an `external_id` derived from the
+broker message id, so a redelivered request stores nothing twice.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+from chatbeto.db import Conn
+from chatbeto.messages import ChatMessage
+
+
+@dataclass(frozen=True)
+class Conversation:
+    id: int
+    project_id: int
+    title: str
+    model: str | None
+    created_at: datetime
+    metrics_session_id: uuid.UUID | None
+
+    def out(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "projectId": self.project_id,
+            "title": self.title,
+            "createdAt": self.created_at.isoformat(),
+        }
+
+
+@dataclass(frozen=True)
+class NewMessage:
+    role: str
+    content: str
+    external_id: str
+    model: str | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    latency_ms: int | None = None
+    request_id: str | None = None
+
+
+_CONV_COLUMNS = "id, project_id, title, model, created_at, metrics_session_id"
+
+
+def _conversation(row: asyncpg.Record) -> Conversation:
+    return Conversation(**{k: row[k] for k in _CONV_COLUMNS.split(", ")})
+
+
+async def create_conversation(
+    conn: Conn,
+    *,
+    project_id: int,
+    title: str | None,
+    model: str | None,
+    source: str,
+    external_id: str,
+    session_id: uuid.UUID,
+) -> Conversation:
+    row = await conn.fetchrow(
+        f"""INSERT INTO conversations (project_id, title, model, source, external_id,
+                                       metrics_session_id)
+            VALUES ($1, coalesce($2, 'New conversation'), $3, $4, $5, $6)
+            ON CONFLICT (project_id, source, external_id) WHERE external_id IS NOT NULL
+            DO NOTHING
+            RETURNING {_CONV_COLUMNS}""",
+        project_id,
+        title,
+        model,
+        source,
+        external_id,
+        session_id,
+    )
+    if row is None:  # a redelivered request: the conversation is already there
+        row = await conn.fetchrow(
+            f"""SELECT {_CONV_COLUMNS} FROM conversations
+                WHERE project_id = $1 AND source = $2 AND external_id = $3""",
+            project_id,
+            source,
+            external_id,
+        )
+    assert row is not None
+    return _conversation(row)
+
+
+async def lock_conversation(conn: Conn, conversation_id: int) -> Conversation | None:
+    """The conversation, locked for this transaction so message positions stay in order."""
+    row = await conn.fetchrow(
+        f"SELECT {_CONV_COLUMNS} FROM conversations WHERE id = $1 FOR UPDATE", conversation_id
+    )
+    return None if row is None else _conversation(row)
+
+
+async def set_session(conn: Conn, conversation_id: int, session_id: uuid.UUID) -> None:
+    await conn.execute(
+        """UPDATE conversations SET metrics_session_id = $2
+           WHERE id = $1 AND metrics_session_id IS NULL""",
+        conversation_id,
+        session_id,
+    )
+
+
+async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewMessage]) -> None:
+    """Append in order (the caller holds the conversation's lock); already stored ones skip."""
+    if not messages:
+        return
+    await conn.execute(
+        """INSERT INTO messages (conversation_id, position, role, content, model, prompt_tokens,
+                                 completion_tokens, latency_ms, external_id, request_id)
+           SELECT $1, base.n + u.ord, u.role, u.content, u.model, u.pt, u.ct, u.lat, u.ext, u.rid
+           FROM (SELECT coalesce(max(position), -1) AS n FROM messages
+                 WHERE conversation_id = $1) AS base,
+                unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[],
+                       $8::text[], $9::text[]) WITH ORDINALITY
+                AS u(role, content, model, pt, ct, lat, ext, rid, ord)
+           WHERE NOT EXISTS (SELECT 1 FROM messages m
+                             WHERE m.conversation_id = $1 AND m.external_id = u.ext)
+           ORDER BY u.ord""",
+        conversation_id,
+        [m.role for m in messages],
+        [m.content for m in messages],
+        [m.model for m in messages],
+        [m.prompt_tokens for m in messages],
+        [m.completion_tokens for m in messages],
+        [m.latency_ms for m in messages],
+        [m.external_id for m in messages],
+        [m.request_id for m in messages],
+    )
+    await conn.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", conversation_id)
+
+
+async def history(conn: Conn, conversation_id: int) -> list[ChatMessage]:
+    rows = await conn.fetch(
+        "SELECT role, content FROM messages WHERE conversation_id = $1 ORDER BY position",
+        conversation_id,
+    )
+    return [ChatMessage(role=r["role"], content=r["content"]) for r in rows]
+
+
+async def stored_answer(
+    conn: Conn, conversation_id: int, external_id: str
+) -> asyncpg.Record | None:
+    """The assistant message a previous delivery of this request already stored."""
+    return await conn.fetchrow(
+        """SELECT content, model, prompt_tokens, completion_tokens, latency_ms FROM messages
+           WHERE conversation_id = $1 AND external_id = $2""",
+        conversation_id,
+        external_id,
+    )
+
+
+# --- sync jobs ---------------------------------------------------------------------------
+
+
+async def start_job(conn: Conn, job_id: uuid.UUID, project_id: int | None) -> bool:
+    """Mark the job running with its total; False if it is unknown or already finished."""
+    status = await conn.execute(
+        """UPDATE jobs SET state = 'running', updated_at = now(),
+               total = (SELECT count(*) FROM conversations
+                        WHERE remote_id IS NULL AND ($2::bigint IS NULL OR project_id = $2))
+           WHERE id = $1 AND state IN ('queued', 'running')""",
+        job_id,
+        project_id,
+    )
+    return status != "UPDATE 0"
+
+
+async def unsynced_ids(conn: Conn, project_id: int | None) -> list[int]:
+    rows = await conn.fetch(
+        """SELECT id FROM conversations
+           WHERE remote_id IS NULL AND ($1::bigint IS NULL OR project_id = $1) ORDER BY id""",
+        project_id,
+    )
+    return [r["id"] for r in rows]
+
+
+async def claim_unsynced(conn: Conn, conversation_id: int) -> asyncpg.Record | None:
+    """Lock one conversation still without a remote id (another sync may hold it: skip)."""
+    return await conn.fetchrow(
+        """SELECT id, project_id, title FROM conversations
+           WHERE id = $1 AND remote_id IS NULL FOR UPDATE SKIP LOCKED""",
+        conversation_id,
+    )
+
+
+async def set_remote_id(conn: Conn, conversation_id: int, remote_id: str) -> None:
+    await conn.execute(
+        "UPDATE conversations SET remote_id = $2, updated_at = now() WHERE id = $1",
+        conversation_id,
+        remote_id,
+    )
+
+
+async def job_progress(
+    conn: Conn, job_id: uuid.UUID, *, done: int = 0, failed: int = 0, error: str | None = None
+) -> None:
+    await conn.execute(
+        """UPDATE jobs SET done = done + $2, failed = failed + $3, updated_at = now(),
+               errors = CASE WHEN $4::text IS NULL THEN errors
+                             ELSE errors || jsonb_build_array($4::text) END
+           WHERE id = $1""",
+        job_id,
+        done,
+        failed,
+        error,
+    )
+
+
+async def finish_job(conn: Conn, job_id: uuid.UUID, state: str) -> None:
+    await conn.execute(
+        "UPDATE jobs SET state = $2, updated_at = now() WHERE id = $1", job_id, state
+    )
