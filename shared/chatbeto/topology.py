@@ -137,6 +137,21 @@ class Topology:
         await queue.bind(self.replies_exchange, routing_key=name)
         return queue
 
+    def live_queue_name(self, process_id: str) -> str:
+        return f"{self.live_exchange}.{process_id}"
+
+    async def declare_live_queue(self, channel: AbstractChannel, process_id: str) -> AbstractQueue:
+        """One gateway process's subscription to the live fan-out: exclusive (dies with the
+        connection) and bounded, so a stalled gateway drops old live events, not memory."""
+        queue = await channel.declare_queue(
+            self.live_queue_name(process_id),
+            exclusive=True,
+            auto_delete=True,
+            arguments={"x-max-length": 10_000, "x-overflow": "drop-head"},
+        )
+        await queue.bind(self.live_exchange)
+        return queue
+
     async def delete(self, channel: AbstractChannel) -> None:
         """Remove everything `declare` made (tests clean up their namespace with it)."""
         for queue in self.work_queues:

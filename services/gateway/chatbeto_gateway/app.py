@@ -13,7 +13,7 @@ from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
 from chatbeto.settings import GatewaySettings
 
-from chatbeto_gateway import keys_api, metrics_api, ops, webhooks_api
+from chatbeto_gateway import dashboard, imports_api, keys_api, live, metrics_api, ops, webhooks_api
 from chatbeto_gateway.auth import KeyCache
 from chatbeto_gateway.gpt_cache import GptCache
 from chatbeto_gateway.middleware import observe
@@ -41,8 +41,12 @@ ROUTE_TABLES: list[web.RouteTableDef] = [
     metrics_api.routes,
     webhooks_api.routes,
     keys_api.routes,
+    imports_api.routes,
 ]
 EXTRA_CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = []
+# Live dashboards: one broker subscription per process (needs the broker context above).
+ROUTE_TABLES += [live.routes, dashboard.routes]
+EXTRA_CONTEXTS.append(live.live_ctx)
 
 
 def build_metrics_message(items: Sequence[Any]) -> Any:
@@ -98,6 +102,8 @@ def create_app(settings: GatewaySettings) -> web.Application:
     app.cleanup_ctx.append(broker_ctx)
     for ctx in EXTRA_CONTEXTS:
         app.cleanup_ctx.append(ctx)
+    # Before aiohttp waits for open handlers: end live streams so shutdown isn't held up.
+    app.on_shutdown.append(live.end_live_streams)
     for table in ROUTE_TABLES:
         app.router.add_routes(table)
     return app

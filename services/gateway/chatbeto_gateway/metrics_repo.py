@@ -3,14 +3,25 @@
 from __future__ import annotations
 
 import uuid
-from datetime import datetime
+from collections import defaultdict
+from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
 import asyncpg
 
 from chatbeto_gateway.gpt_cache import COLUMNS, Gpt
 
-Bucket = Literal["day", "week", "month"]
+# "hour" is an addition to the contract's day/week/month, for the dashboard's one-day view.
+Bucket = Literal["hour", "day", "week", "month"]
+# Lower bounds of the latency histogram bins; must match latency_bin() in 0006_rollups.sql.
+LATENCY_BIN_LOWER_MS = (
+    0, 10, 25, 50, 75, 100, 150, 200, 300, 400, 500, 750, 1000,
+    1500, 2000, 3000, 5000, 7500, 10000, 15000, 20000, 30000, 60000, 120000,
+)  # fmt: skip
+# Up to this many events in the period, percentiles are computed exactly from the raw rows
+# (an index-only scan); above it, from the rollups' histogram.
+EXACT_PERCENTILE_MAX_EVENTS = 20_000
+MAX_FILLED_BUCKETS = 2_000
 
 
 class GptExists(Exception):
@@ -69,6 +80,65 @@ async def get_session(
     return session, list(events)
 
 
+def _floor(t: datetime, unit: Literal["hour", "day"]) -> datetime:
+    t = t.astimezone(UTC)
+    return (
+        t.replace(minute=0, second=0, microsecond=0)
+        if unit == "hour"
+        else datetime(t.year, t.month, t.day, tzinfo=UTC)
+    )
+
+
+def _aligned(
+    start: datetime, end: datetime, unit: Literal["hour", "day"]
+) -> tuple[datetime, datetime]:
+    """The whole hours/days inside [start, end), read from rollups; the edges come from raw rows.
+    An empty range (lo == hi == end) when no whole unit fits."""
+    step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
+    lo = _floor(start, unit)
+    if lo < start:
+        lo += step
+    hi = _floor(end, unit)
+    return (lo, hi) if lo < hi else (end, end)
+
+
+def percentile_from_histogram(hist: dict[int, int], q: float) -> float | None:
+    """Linear interpolation inside the latency bin holding the q-th event."""
+    total = sum(hist.values())
+    if total == 0:
+        return None
+    rank, seen = q * total, 0
+    for bin_ in sorted(hist):
+        count = hist[bin_]
+        if count and seen + count >= rank:
+            low = LATENCY_BIN_LOWER_MS[bin_ - 1]
+            high = LATENCY_BIN_LOWER_MS[bin_] if bin_ < len(LATENCY_BIN_LOWER_MS) else low * 2
+            return low + (rank - seen) / count * (high - low)
+        seen += count
+    return float(LATENCY_BIN_LOWER_MS[-1])
+
+
+def bucket_starts(start: datetime, end: datetime, bucket: Bucket) -> list[datetime]:
+    """Every bucket of [start, end), so the charts show empty periods as zero."""
+    t = _floor(start, "hour" if bucket == "hour" else "day")
+    if bucket == "week":
+        t -= timedelta(days=t.weekday())
+    elif bucket == "month":
+        t = t.replace(day=1)
+    out: list[datetime] = []
+    while t < end and len(out) < MAX_FILLED_BUCKETS:
+        out.append(t)
+        if bucket == "hour":
+            t += timedelta(hours=1)
+        elif bucket == "day":
+            t += timedelta(days=1)
+        elif bucket == "week":
+            t += timedelta(weeks=1)
+        else:
+            t = t.replace(year=t.year + t.month // 12, month=t.month % 12 + 1)
+    return out
+
+
 async def stats(
     pool: asyncpg.Pool,
     gpt_pk: int,
@@ -77,61 +147,169 @@ async def stats(
     bucket: Bucket,
     project_id: int | None,
 ) -> dict[str, Any]:
-    """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows."""
-    args = (gpt_pk, start, end, project_id)
+    """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows.
+
+    Whole hours (days for the user table) come from the rollups metrics-ingest maintains
+    (0006_rollups.sql), the partial edges of the period from the raw rows, so the answer is exact
+    for counts, sums and averages whatever the period. Percentiles are exact up to
+    EXACT_PERCENTILE_MAX_EVENTS events, above that interpolated from the latency histogram.
+    """
+    h0, h1 = _aligned(start, end, "hour")
+    d0, d1 = _aligned(start, end, "day")
     async with pool.acquire() as conn:
-        sessions = await conn.fetch(
-            f"""SELECT date_trunc('{bucket}', timestamp_inicio, 'UTC') AS bucket, count(*) AS n
-                FROM sessions
-                WHERE gpt_pk = $1 AND timestamp_inicio >= $2 AND timestamp_inicio < $3
-                  AND ($4::bigint IS NULL OR project_id = $4)
+        event_rows = await conn.fetch(
+            f"""SELECT date_trunc('{bucket}', t, 'UTC') AS b, tipo, bin, sum(n)::bigint AS n,
+                       sum(lat)::bigint AS lat, sum(tin)::bigint AS tin, sum(tout)::bigint AS tout
+                FROM (
+                    SELECT hour AS t, tipo, bin, events AS n, latency_sum AS lat,
+                           tokens_entrada AS tin, tokens_salida AS tout
+                    FROM event_rollups
+                    WHERE gpt_pk = $1 AND hour >= $2 AND hour < $3
+                      AND ($6::bigint IS NULL OR project_key = $6)
+                    UNION ALL
+                    SELECT ts, tipo, latency_bin(latency_ms), 1, latency_ms, tokens_entrada,
+                           tokens_salida
+                    FROM events
+                    WHERE gpt_pk = $1 AND ((ts >= $4 AND ts < $2) OR (ts >= $3 AND ts < $5))
+                      AND ($6::bigint IS NULL OR project_id = $6)
+                ) AS x
+                GROUP BY 1, 2, 3""",
+            gpt_pk,
+            h0,
+            h1,
+            start,
+            end,
+            project_id,
+        )
+        session_rows = await conn.fetch(
+            f"""SELECT date_trunc('{bucket}', t, 'UTC') AS b, sum(n)::bigint AS n
+                FROM (
+                    SELECT hour AS t, sessions AS n FROM session_rollups
+                    WHERE gpt_pk = $1 AND hour >= $2 AND hour < $3
+                      AND ($6::bigint IS NULL OR project_key = $6)
+                    UNION ALL
+                    SELECT timestamp_inicio, 1 FROM sessions
+                    WHERE gpt_pk = $1
+                      AND ((timestamp_inicio >= $4 AND timestamp_inicio < $2)
+                           OR (timestamp_inicio >= $3 AND timestamp_inicio < $5))
+                      AND ($6::bigint IS NULL OR project_id = $6)
+                ) AS x
                 GROUP BY 1 ORDER BY 1""",
-            *args,
-        )
-        types = await conn.fetch(
-            """SELECT tipo, count(*) AS n FROM events
-               WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3
-                 AND ($4::bigint IS NULL OR project_id = $4)
-               GROUP BY tipo ORDER BY n DESC, tipo LIMIT 50""",
-            *args,
-        )
-        agg = await conn.fetchrow(
-            """SELECT avg(latency_ms)::float8 AS avg,
-                      percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
-                      percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95,
-                      coalesce(sum(tokens_entrada), 0)::bigint AS entrada,
-                      coalesce(sum(tokens_salida), 0)::bigint AS salida
-               FROM events
-               WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3
-                 AND ($4::bigint IS NULL OR project_id = $4)""",
-            *args,
+            gpt_pk,
+            h0,
+            h1,
+            start,
+            end,
+            project_id,
         )
         users = await conn.fetch(
-            """WITH s AS (
-                   SELECT usuario_id, count(*) AS sessions, max(timestamp_inicio) AS last_session
-                   FROM sessions
-                   WHERE gpt_pk = $1 AND timestamp_inicio >= $2 AND timestamp_inicio < $3
-                     AND ($4::bigint IS NULL OR project_id = $4)
-                   GROUP BY usuario_id),
-               e AS (
-                   SELECT usuario_id, count(*) AS events, max(ts) AS last_event
-                   FROM events
-                   WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3
-                     AND ($4::bigint IS NULL OR project_id = $4)
-                   GROUP BY usuario_id)
-               SELECT coalesce(s.usuario_id, e.usuario_id) AS usuario_id,
-                      coalesce(s.sessions, 0) AS sessions, coalesce(e.events, 0) AS events,
-                      greatest(s.last_session, e.last_event) AS last_seen
-               FROM s FULL JOIN e ON e.usuario_id = s.usuario_id
+            """SELECT usuario_id, sum(sessions)::bigint AS sessions, sum(events)::bigint AS events,
+                      max(last_seen) AS last_seen
+               FROM (
+                   SELECT usuario_id, sessions, events, last_seen FROM user_rollups
+                   WHERE gpt_pk = $1 AND day >= $2 AND day < $3
+                     AND ($6::bigint IS NULL OR project_key = $6)
+                   UNION ALL
+                   SELECT usuario_id, 1, 0, timestamp_inicio FROM sessions
+                   WHERE gpt_pk = $1
+                     AND ((timestamp_inicio >= $4 AND timestamp_inicio < $2)
+                          OR (timestamp_inicio >= $3 AND timestamp_inicio < $5))
+                     AND ($6::bigint IS NULL OR project_id = $6)
+                   UNION ALL
+                   SELECT usuario_id, 0, 1, ts FROM events
+                   WHERE gpt_pk = $1 AND ((ts >= $4 AND ts < $2) OR (ts >= $3 AND ts < $5))
+                     AND ($6::bigint IS NULL OR project_id = $6)
+               ) AS x
+               GROUP BY usuario_id
                ORDER BY events DESC, sessions DESC, usuario_id LIMIT 500""",
-            *args,
+            gpt_pk,
+            d0,
+            d1,
+            start,
+            end,
+            project_id,
         )
-    assert agg is not None
+        total_events = sum(r["n"] for r in event_rows)
+        exact: dict[datetime | None, tuple[float, float]] = {}
+        if 0 < total_events <= EXACT_PERCENTILE_MAX_EVENTS:
+            exact = {
+                r["b"]: (r["p50"], r["p95"])
+                for r in await conn.fetch(
+                    f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b,
+                               percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
+                               percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
+                        FROM events
+                        WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3
+                          AND ($4::bigint IS NULL OR project_id = $4)
+                        GROUP BY ROLLUP (1)""",
+                    gpt_pk,
+                    start,
+                    end,
+                    project_id,
+                )
+            }
+    return _shape(start, end, bucket, event_rows, session_rows, users, exact)
+
+
+def _shape(
+    start: datetime,
+    end: datetime,
+    bucket: Bucket,
+    event_rows: list[asyncpg.Record],
+    session_rows: list[asyncpg.Record],
+    users: list[asyncpg.Record],
+    exact: dict[datetime | None, tuple[float, float]],
+) -> dict[str, Any]:
+    series: dict[datetime, dict[str, Any]] = {
+        b: {"sessions": 0, "events": 0, "lat": 0, "tin": 0, "tout": 0, "hist": defaultdict(int)}
+        for b in bucket_starts(start, end, bucket)
+    }
+
+    def at(b: datetime) -> dict[str, Any]:
+        return series.setdefault(
+            b, {"sessions": 0, "events": 0, "lat": 0, "tin": 0, "tout": 0, "hist": defaultdict(int)}
+        )
+
+    types: dict[str, int] = defaultdict(int)
+    hist: dict[int, int] = defaultdict(int)
+    for r in session_rows:
+        at(r["b"])["sessions"] += r["n"]
+    for r in event_rows:
+        point = at(r["b"])
+        point["events"] += r["n"]
+        point["lat"] += r["lat"]
+        point["tin"] += r["tin"]
+        point["tout"] += r["tout"]
+        point["hist"][r["bin"]] += r["n"]
+        types[r["tipo"]] += r["n"]
+        hist[r["bin"]] += r["n"]
+    total_events = sum(hist.values())
+    total_lat = sum(p["lat"] for p in series.values())
+
+    def p95(b: datetime, point: dict[str, Any]) -> float | None:
+        if b in exact:
+            return exact[b][1]
+        return percentile_from_histogram(point["hist"], 0.95)
+
+    overall = exact.get(None)
+    ordered = sorted(series.items())
     return {
-        "sessions": [{"bucket": r["bucket"].isoformat(), "count": r["n"]} for r in sessions],
-        "eventTypes": [{"tipo": r["tipo"], "count": r["n"]} for r in types],
-        "latency": {"avg": agg["avg"], "p50": agg["p50"], "p95": agg["p95"]},
-        "tokens": {"entrada": agg["entrada"], "salida": agg["salida"]},
+        "sessions": [
+            {"bucket": b.isoformat(), "count": p["sessions"]} for b, p in ordered if p["sessions"]
+        ],
+        "eventTypes": [
+            {"tipo": t, "count": n} for t, n in sorted(types.items(), key=lambda x: (-x[1], x[0]))
+        ][:50],
+        "latency": {
+            "avg": total_lat / total_events if total_events else None,
+            "p50": overall[0] if overall else percentile_from_histogram(hist, 0.5),
+            "p95": overall[1] if overall else percentile_from_histogram(hist, 0.95),
+            "percentiles": "exact" if overall or not total_events else "histogram",
+        },
+        "tokens": {
+            "entrada": sum(p["tin"] for p in series.values()),
+            "salida": sum(p["tout"] for p in series.values()),
+        },
         "users": [
             {
                 "usuario_id": r["usuario_id"],
@@ -140,5 +318,18 @@ async def stats(
                 "lastSeen": r["last_seen"].isoformat() if r["last_seen"] else None,
             }
             for r in users
+        ],
+        "totals": {"sessions": sum(p["sessions"] for p in series.values()), "events": total_events},
+        "series": [
+            {
+                "bucket": b.isoformat(),
+                "sessions": p["sessions"],
+                "events": p["events"],
+                "latencyAvg": p["lat"] / p["events"] if p["events"] else None,
+                "latencyP95": p95(b, p),
+                "tokensEntrada": p["tin"],
+                "tokensSalida": p["tout"],
+            }
+            for b, p in ordered
         ],
     }

@@ -16,6 +16,7 @@ from chatbeto.observability import ROWS_STORED
 from chatbeto.settings import MetricsIngestSettings
 
 from chatbeto_metrics_ingest import repo
+from chatbeto_metrics_ingest.live import LivePublisher
 
 log = get_logger(__name__)
 ACCEPTED_VERSIONS = frozenset({1})
@@ -31,6 +32,7 @@ class MetricsIngest:
         self.pool: asyncpg.Pool | None = None
         self.connection: AbstractRobustConnection | None = None
         self.consumer: BatchConsumer | None = None
+        self.live = LivePublisher(None, settings.topology)
 
     def checks(self) -> dict[str, health.Check]:
         return {
@@ -51,6 +53,7 @@ class MetricsIngest:
             max_batch=self.settings.ingest_prefetch,
             max_tries=self.settings.ingest_max_tries,
         )
+        self.live = LivePublisher(self.connection, self.settings.topology)
         await self.consumer.start()
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
@@ -61,10 +64,13 @@ class MetricsIngest:
             sessions.extend(batch.sessions)
             events.extend(batch.events)
         assert self.pool is not None
+        stored: list[asyncpg.Record] = []
         async with self.pool.acquire() as conn, conn.transaction():
-            new_sessions, new_events = await repo.store(conn, sessions, events)
+            new_sessions, new_events = await repo.store(conn, sessions, events, stored)
         ROWS_STORED.labels("sessions").inc(new_sessions)
         ROWS_STORED.labels("events").inc(new_events)
+        if stored:
+            await self.live.publish(stored)
 
     async def run(self) -> None:
         assert self.consumer is not None
@@ -73,6 +79,7 @@ class MetricsIngest:
     async def close(self) -> None:
         if self.consumer is not None:
             await self.consumer.close()
+        await self.live.close()
         if self.connection is not None:
             await self.connection.close()
         if self.pool is not None:

@@ -5,8 +5,51 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 
+import asyncpg
 from chatbeto.db import Conn
 from chatbeto.messages import EventRecord, SessionRecord
+
+# Rollup upserts fed by the `ins` CTE (the rows inserted now). Sorted by key, so concurrent
+# workers take the row locks in the same order.
+SESSION_ROLLUPS = """
+    s_hourly AS (
+        INSERT INTO session_rollups AS r (gpt_pk, project_key, hour, sessions)
+        SELECT gpt_pk, project_key, date_trunc('hour', timestamp_inicio, 'UTC'), count(*)
+        FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 3, 2
+        ON CONFLICT (gpt_pk, hour, project_key)
+        DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions),
+    s_users AS (
+        INSERT INTO user_rollups AS r (gpt_pk, project_key, day, usuario_id, sessions, events,
+                                       last_seen)
+        SELECT gpt_pk, project_key, date_trunc('day', timestamp_inicio, 'UTC'), usuario_id,
+               count(*), 0, max(timestamp_inicio)
+        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        ON CONFLICT (gpt_pk, day, project_key, usuario_id)
+        DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
+                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
+
+EVENT_ROLLUPS = """
+    e_hourly AS (
+        INSERT INTO event_rollups AS r (gpt_pk, project_key, hour, tipo, bin, events,
+                                        latency_sum, tokens_entrada, tokens_salida)
+        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC'), tipo,
+               latency_bin(latency_ms), count(*), sum(latency_ms), sum(tokens_entrada),
+               sum(tokens_salida)
+        FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
+        ON CONFLICT (gpt_pk, hour, project_key, tipo, bin)
+        DO UPDATE SET events = r.events + EXCLUDED.events,
+                      latency_sum = r.latency_sum + EXCLUDED.latency_sum,
+                      tokens_entrada = r.tokens_entrada + EXCLUDED.tokens_entrada,
+                      tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida),
+    e_users AS (
+        INSERT INTO user_rollups AS r (gpt_pk, project_key, day, usuario_id, sessions, events,
+                                       last_seen)
+        SELECT gpt_pk, project_key, date_trunc('day', ts, 'UTC'), usuario_id, 0, count(*),
+               max(ts)
+        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        ON CONFLICT (gpt_pk, day, project_key, usuario_id)
+        DO UPDATE SET events = r.events + EXCLUDED.events,
+                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
 
 
 class SessionNotStored(Exception):
@@ -14,17 +57,30 @@ class SessionNotStored(Exception):
 
 
 async def store(
-    conn: Conn, sessions: Sequence[SessionRecord], events: Sequence[EventRecord]
+    conn: Conn,
+    sessions: Sequence[SessionRecord],
+    events: Sequence[EventRecord],
+    stored: list[asyncpg.Record] | None = None,
 ) -> tuple[int, int]:
-    """Store in the caller's transaction; returns (sessions inserted, events inserted)."""
+    """Store in the caller's transaction; returns (sessions inserted, events inserted).
+
+    Only rows inserted now feed the rollups (0006_rollups.sql), in the same statement, so a
+    redelivered message counts once. The new events' rows are appended to `stored` (the live
+    feed publishes them after commit).
+    """
     new_sessions = 0
     if sessions:
-        status = await conn.execute(
-            """INSERT INTO sessions (id, gpt_pk, usuario_id, timestamp_inicio, project_id,
-                                     request_id)
-               SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[], $4::timestamptz[],
-                                    $5::bigint[], $6::text[])
-               ON CONFLICT (id) DO NOTHING""",
+        new_sessions = await conn.fetchval(
+            f"""WITH ins AS (
+                   INSERT INTO sessions (id, gpt_pk, usuario_id, timestamp_inicio, project_id,
+                                         request_id)
+                   SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[],
+                                        $4::timestamptz[], $5::bigint[], $6::text[])
+                   ON CONFLICT (id) DO NOTHING
+                   RETURNING gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id,
+                             timestamp_inicio),
+               {SESSION_ROLLUPS}
+               SELECT count(*) FROM ins""",
             [s.id for s in sessions],
             [s.gpt_pk for s in sessions],
             [s.usuario_id for s in sessions],
@@ -32,7 +88,6 @@ async def store(
             [s.project_id for s in sessions],
             [s.request_id for s in sessions],
         )
-        new_sessions = int(status.rsplit(" ", 1)[-1])
     if not events:
         return new_sessions, 0
     wanted = list({e.sesion_id for e in events})
@@ -46,17 +101,26 @@ async def store(
     ]
     if missing:
         raise SessionNotStored(f"{len(missing)} session(s) not stored yet")
-    status = await conn.execute(
-        """INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo, contenido,
-                               latency_ms, tokens_entrada, tokens_salida, ts, request_id)
-           SELECT u.id, u.session_id, s.gpt_pk, s.usuario_id, s.project_id, u.tipo, u.contenido,
-                  u.latency_ms, u.tokens_entrada, u.tokens_salida, u.ts, u.request_id
-           FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[],
-                       $7::int[], $8::timestamptz[], $9::text[])
-                AS u(id, session_id, tipo, contenido, latency_ms, tokens_entrada,
-                     tokens_salida, ts, request_id)
-           JOIN sessions s ON s.id = u.session_id
-           ON CONFLICT (id) DO NOTHING""",
+    rows = await conn.fetch(
+        f"""WITH ins AS (
+               INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo,
+                                   contenido, latency_ms, tokens_entrada, tokens_salida, ts,
+                                   request_id)
+               SELECT u.id, u.session_id, s.gpt_pk, s.usuario_id, s.project_id, u.tipo,
+                      u.contenido, u.latency_ms, u.tokens_entrada, u.tokens_salida, u.ts,
+                      u.request_id
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[],
+                           $7::int[], $8::timestamptz[], $9::text[])
+                    AS u(id, session_id, tipo, contenido, latency_ms, tokens_entrada,
+                         tokens_salida, ts, request_id)
+               JOIN sessions s ON s.id = u.session_id
+               ON CONFLICT (id) DO NOTHING
+               RETURNING id, session_id, gpt_pk, project_id, coalesce(project_id, 0) AS project_key,
+                         usuario_id, tipo, latency_ms, tokens_entrada, tokens_salida, ts),
+           {EVENT_ROLLUPS}
+           SELECT id, session_id, gpt_pk, project_id, usuario_id, tipo, latency_ms,
+                  tokens_entrada, tokens_salida, ts
+           FROM ins""",
         [e.id for e in events],
         [e.sesion_id for e in events],
         [e.tipo for e in events],
@@ -67,4 +131,6 @@ async def store(
         [e.timestamp for e in events],
         [e.request_id for e in events],
     )
-    return new_sessions, int(status.rsplit(" ", 1)[-1])
+    if stored is not None:
+        stored.extend(rows)
+    return new_sessions, len(rows)
