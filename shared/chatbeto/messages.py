@@ -160,6 +160,15 @@ class SyncJob(Frozen):
     project_id: int | None = None
 
 
+class ImportJob(Frozen):
+    """Import the ChatGPT export uploaded as `job_id` (chunks in `import_chunks`)."""
+
+    TYPE: ClassVar[str] = "import.job"
+    VERSION: ClassVar[int] = 1
+    job_id: uuid.UUID
+    project_id: int
+
+
 P = TypeVar("P", bound=Frozen)
 
 

@@ -110,16 +110,19 @@ def _zip_member(counter: CountingReader) -> Iterator[IO[bytes]]:
 
 
 def _check_tail(raw: IO[bytes], size: int) -> None:
-    """A JSON array ends with `]`: catch a cut-off download before importing any of it."""
+    """Refuse a non-export or a cut-off download before importing any of it."""
     raw.seek(max(0, size - TAIL_PROBE_BYTES))
     tail = raw.read().rstrip()
     raw.seek(0)
-    if tail and not tail.endswith(b"]"):
-        head = raw.read(64).lstrip()
-        raw.seek(0)
-        if head.startswith(b"["):
-            raise ExportError("the file is truncated: conversations.json does not end with ']'")
+    head = raw.read(64).removeprefix(UTF8_BOM).lstrip()
+    raw.seek(0)
+    # An export starts with an array of objects: `[{` (or `[]`).
+    if not head.startswith(b"[") or head[1:].lstrip()[:1] not in (b"{", b"]"):
+        if head.startswith(b"{"):
+            raise ExportError("not a ChatGPT export: a JSON object, expected an array")
         raise ExportError("not a ChatGPT export: expected a JSON array of conversations")
+    if not tail.endswith(b"]"):
+        raise ExportError("the file is truncated: it does not end with ']'")
 
 
 def conversations(stream: IO[bytes]) -> Iterator[Any]:

@@ -1,0 +1,199 @@
+"""ChatGPT export imports (contract 3.1): `POST /api/v1/imports`, `GET /api/v1/imports/{jobId}`.
+
+Exports are far bigger than the 1 MiB body limit of every other route, so this handler reads the
+multipart stream itself, with its own limit (`MAX_UPLOAD_BYTES`), and streams the file part into
+Postgres in chunks — never whole in memory — where any import worker can read it. The 202 comes
+only after the job message is confirmed on the broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import BodyPartReader, web
+from chatbeto.broker import BrokerUnavailable
+from chatbeto.importer import jobs
+from chatbeto.logging import REQUEST_ID, get_logger
+from chatbeto.messages import ImportJob, envelope, to_amqp
+from pydantic import BaseModel, Field
+
+from chatbeto_gateway import metrics_repo, responses
+from chatbeto_gateway.auth import Principal, require_principal
+from chatbeto_gateway.errors import ApiError, not_found
+from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.state import KEYS, POOL, PUBLISHER
+
+routes = web.RouteTableDef()
+log = get_logger(__name__)
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024
+CHUNK_BYTES = 1024 * 1024
+MAX_FIELD_BYTES = 64
+ROUTING_KEY = "import.job"
+# What an export starts with: a zip, or a JSON array (possibly after a BOM and whitespace).
+ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+class ImportForm(BaseModel):
+    """multipart/form-data fields of an import."""
+
+    file: bytes = Field(
+        description="conversations.json or the export .zip, up to 512 MiB",
+        json_schema_extra={"format": "binary", "type": "string"},
+    )
+    projectId: int | None = Field(
+        default=None, description="Target project; a project key may omit it (its own project)"
+    )
+
+
+def invalid(field: str, message: str) -> ApiError:
+    return ApiError(
+        422, "validation_error", f"invalid fields: {field}", [{"field": field, "message": message}]
+    )
+
+
+def looks_like_export(head: bytes) -> bool:
+    if head.startswith(ZIP_MAGIC):
+        return True
+    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"["
+
+
+async def target_project(pool: asyncpg.Pool, principal: Principal, raw: str | None) -> int:
+    """The project to import into; another project's id answers 404, as everywhere."""
+    if raw is None or not raw.strip():
+        if principal.project_id is None:
+            raise invalid("projectId", "required with an admin key")
+        return principal.project_id
+    try:
+        project_id = int(raw.strip())
+    except ValueError as exc:
+        raise invalid("projectId", "must be an integer") from exc
+    if project_id <= 0 or project_id >= 2**63:
+        raise invalid("projectId", "must be a positive integer")
+    if not principal.can_see_project(project_id) or not await metrics_repo.project_exists(
+        pool, project_id
+    ):
+        raise not_found("project_not_found", "project not found")
+    return project_id
+
+
+async def store_file(conn: Any, upload_id: uuid.UUID, part: BodyPartReader) -> int:
+    """Stream the file part into `import_chunks`; returns its size or raises 413/422."""
+    size, seq, buffer = 0, 0, bytearray()
+    while True:
+        data = await part.read_chunk(CHUNK_BYTES)
+        if not data:
+            break
+        if size == 0 and not looks_like_export(data):
+            raise invalid("file", "not a ChatGPT export (conversations.json or the export .zip)")
+        size += len(data)
+        if size > MAX_UPLOAD_BYTES:
+            raise ApiError(
+                413, "payload_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES >> 20} MiB"
+            )
+        buffer += data
+        if len(buffer) >= CHUNK_BYTES:
+            await jobs.add_chunk(conn, upload_id, seq, bytes(buffer))
+            seq, buffer = seq + 1, bytearray()
+    if buffer:
+        await jobs.add_chunk(conn, upload_id, seq, bytes(buffer))
+    return size
+
+
+async def read_field(part: BodyPartReader) -> str:
+    data = bytearray()
+    while chunk := await part.read_chunk(MAX_FIELD_BYTES):
+        data += chunk
+        if len(data) > MAX_FIELD_BYTES:
+            raise invalid(part.name or "field", "too long")
+    return data.decode("utf-8", "replace")
+
+
+@routes.post("/api/v1/imports")
+@doc(
+    summary="Import a ChatGPT data export (multipart upload, up to 512 MiB) as a background job",
+    body=ImportForm,
+    body_content_type="multipart/form-data",
+    tags=("imports",),
+    responses={202: "", 401: "", 404: "", 413: "Upload over 512 MiB", 415: "", 422: "", 503: ""},
+)
+async def create_import(request: web.Request) -> web.Response:
+    principal = await require_principal(request, request.app[KEYS])
+    if request.content_type != "multipart/form-data":
+        raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a file field")
+    if (request.content_length or 0) > MAX_UPLOAD_BYTES + CHUNK_BYTES:
+        raise ApiError(
+            413, "payload_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES >> 20} MiB"
+        )
+    pool = request.app[POOL]
+    upload_id = uuid.uuid4()
+    project_id: int | None = None
+    project_given = False
+    size: int | None = None
+    queued = False
+    async with pool.acquire() as conn:
+        try:
+            try:
+                reader = await request.multipart()
+            except (AssertionError, ValueError) as exc:
+                raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from exc
+            while (part := await reader.next()) is not None:
+                if not isinstance(part, BodyPartReader):
+                    continue  # a nested multipart: not ours
+                if part.name == "projectId":
+                    project_id = await target_project(pool, principal, await read_field(part))
+                    project_given = True
+                elif part.name == "file" and size is None:
+                    await jobs.create_upload(conn, upload_id, part.filename)
+                    size = await store_file(conn, upload_id, part)
+                else:
+                    await part.release()
+            if size is None:
+                raise invalid("file", "a file field is required")
+            if size == 0:
+                raise invalid("file", "the file is empty")
+            if not project_given:
+                project_id = await target_project(pool, principal, None)
+            assert project_id is not None
+            await jobs.queue_job(conn, upload_id, project_id, size, REQUEST_ID.get())
+            try:
+                message = to_amqp(envelope(ImportJob(job_id=upload_id, project_id=project_id)))
+                await request.app[PUBLISHER].publish(message, ROUTING_KEY)
+            except BrokerUnavailable as exc:
+                raise ApiError(
+                    503, "broker_unavailable", "the message broker is unavailable; retry later"
+                ) from exc
+            queued = True
+        finally:
+            if not queued and size is not None:
+                await jobs.discard(conn, upload_id)
+    log.info("import queued", job_id=str(upload_id), size_bytes=size, project_id=project_id)
+    return responses.envelope({"jobId": str(upload_id)}, status=202)
+
+
+@routes.get("/api/v1/imports/{jobId}")
+@doc(summary="Progress of an import job", tags=("imports",), responses={200: "", 401: "", 404: ""})
+async def get_import(request: web.Request) -> web.Response:
+    principal = await require_principal(request, request.app[KEYS])
+    try:
+        job_id = uuid.UUID(request.match_info["jobId"])
+    except ValueError as exc:
+        raise not_found("job_not_found", "import job not found") from exc
+    row = await jobs.get_job(request.app[POOL], job_id)
+    if row is None or not principal.can_see_project(row["project_id"]):
+        raise not_found("job_not_found", "import job not found")
+    return responses.envelope(
+        {
+            "jobId": str(row["id"]),
+            "projectId": row["project_id"],
+            "state": row["state"],
+            "total": row["total"],
+            "done": row["done"],
+            "failed": row["failed"],
+            "failures": orjson.loads(row["errors"]),
+            "createdAt": row["created_at"].isoformat(),
+            "updatedAt": row["updated_at"].isoformat(),
+        }
+    )

@@ -1,0 +1,150 @@
+"""The import worker: runs the ChatGPT export imports uploaded through `POST /api/v1/imports`.
+
+One job per message (prefetch 1: a job is long and memory-bound). The upload is spooled from
+Postgres to a temporary file and imported like the CLI does; progress lands in `jobs` as it
+goes. A job redelivered after a crash starts over — the import is idempotent, so that only adds
+what is still missing. A file that is not an export fails the job at once (no retry helps).
+"""
+
+from __future__ import annotations
+
+import tempfile
+import time
+from collections.abc import Sequence
+
+import asyncpg
+from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from chatbeto import health, topology
+from chatbeto.broker import connect
+from chatbeto.consumer import BatchConsumer
+from chatbeto.db import create_pool, mask_dsn
+from chatbeto.importer import jobs
+from chatbeto.importer.export import ExportError
+from chatbeto.importer.run import Summary, import_file
+from chatbeto.logging import REQUEST_ID, get_logger
+from chatbeto.messages import ImportJob, parse
+from chatbeto.settings import WorkerSettings
+
+log = get_logger(__name__)
+ACCEPTED_VERSIONS = frozenset({1})
+PROGRESS_EVERY_SECONDS = 0.5
+
+
+def failures_of(summary: Summary) -> list[dict[str, str]]:
+    return [{"title": f.title, "id": f.id, "reason": f.reason} for f in summary.failures]
+
+
+class ImportWorker:
+    def __init__(self, settings: WorkerSettings, *, max_tries: int = 5) -> None:
+        self.settings = settings
+        self.max_tries = max_tries
+        self.pool: asyncpg.Pool | None = None
+        self.connection: AbstractRobustConnection | None = None
+        self.consumer: BatchConsumer | None = None
+
+    def checks(self) -> dict[str, health.Check]:
+        return {
+            "database": health.postgres_check(lambda: self.pool),
+            "broker": health.broker_check(lambda: self.connection),
+        }
+
+    async def start(self) -> None:
+        log.info("connecting", dsn=mask_dsn(self.settings.database_url))
+        self.pool = await create_pool(self.settings.database_url, min_size=1, max_size=2)
+        self.connection = await connect(self.settings.amqp_url, attempts=30)
+        self.consumer = BatchConsumer(
+            self.connection,
+            self.settings.topology,
+            self.settings.topology.queue(topology.IMPORTS),
+            self.handle,
+            prefetch=1,
+            max_batch=1,
+            max_tries=self.max_tries,
+        )
+        await self.consumer.start()
+
+    async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        for message in messages:
+            envelope = parse(message.body, ImportJob, ImportJob.TYPE, ACCEPTED_VERSIONS)
+            token = REQUEST_ID.set(envelope.request_id)
+            try:
+                await self.run_job(envelope.data)
+            finally:
+                REQUEST_ID.reset(token)
+
+    async def run_job(self, job: ImportJob) -> None:
+        assert self.pool is not None
+        pool = self.pool
+        if not await jobs.start(pool, job.job_id):
+            log.info("import job already finished or gone", job_id=str(job.job_id))
+            return
+        started = time.monotonic()
+        last_write = 0.0
+
+        async def progress(summary: Summary, fraction: float) -> None:
+            nonlocal last_write
+            if time.monotonic() - last_write < PROGRESS_EVERY_SECONDS:
+                return
+            last_write = time.monotonic()
+            await jobs.progress(
+                pool,
+                job.job_id,
+                total=summary.seen,
+                done=summary.seen - summary.failed,
+                failed=summary.failed,
+                errors=failures_of(summary),
+            )
+
+        with tempfile.NamedTemporaryFile(prefix="chatbeto-import-", suffix=".export") as spool:
+            async with pool.acquire() as conn:
+                size = await jobs.spool(conn, job.job_id, spool)
+            try:
+                summary = await import_file(
+                    self.settings.database_url, spool.name, job.project_id, progress
+                )
+            except ExportError as exc:
+                await jobs.progress(
+                    pool,
+                    job.job_id,
+                    total=0,
+                    done=0,
+                    failed=0,
+                    errors=[{"title": "", "id": "", "reason": str(exc)}],
+                    state="failed",
+                )
+                await jobs.delete_upload(pool, job.job_id)
+                log.warning("import job failed: not an importable export", job_id=str(job.job_id))
+                return
+        await jobs.progress(
+            pool,
+            job.job_id,
+            total=summary.seen,
+            done=summary.seen - summary.failed,
+            failed=summary.failed,
+            errors=failures_of(summary),
+            state="done",
+        )
+        await jobs.delete_upload(pool, job.job_id)
+        log.info(
+            "import job done",
+            job_id=str(job.job_id),
+            size_bytes=size,
+            imported=summary.imported,
+            updated=summary.updated,
+            skipped=summary.skipped,
+            failed=summary.failed,
+            messages=summary.messages,
+            duration_ms=round((time.monotonic() - started) * 1000),
+        )
+
+    async def run(self) -> None:
+        assert self.consumer is not None
+        await self.consumer.wait()
+
+    async def close(self) -> None:
+        if self.consumer is not None:
+            await self.consumer.close()
+        if self.connection is not None:
+            await self.connection.close()
+        if self.pool is not None:
+            await self.pool.close()
