@@ -1,4 +1,5 @@
-"""Shared pieces of the webhook tests: secrets, signing helpers, the worker and a cuttable proxy."""
+"""Shared pieces of the webhook tests: secrets, signing helpers, fixtures (gateway with secrets,
+the webhook worker) and a cuttable proxy. Test modules load it with `pytest_plugins`."""
 
 from __future__ import annotations
 
@@ -6,12 +7,20 @@ import asyncio
 import base64
 import json
 import time
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
+import pytest
 from chatbeto import signatures
+from chatbeto.settings import GatewaySettings, WebhookSettings
+from pydantic import SecretStr
 from standardwebhooks import Webhook
 
+from tests.conftest import wait_for
+
+CHATGPT = "/webhook/chatgpt"
 LEGACY_SECRET = "legacy-s3cret"
 STD_SECRET = "whsec_" + base64.b64encode(b"chatgpt-standard-webhooks-key-32").decode()
 NEW_STD_SECRET = "whsec_" + base64.b64encode(b"rotated-standard-webhooks-key-32").decode()
@@ -98,3 +107,55 @@ class Proxy:
             w.close()
         self.writers.clear()
         await self.server.wait_closed()
+
+
+@pytest.fixture
+def hook_settings(gateway_settings: GatewaySettings) -> GatewaySettings:
+    return gateway_settings.model_copy(
+        update={
+            "webhook_secret": SecretStr(f"{LEGACY_SECRET},{STD_SECRET}"),
+            "openai_webhook_secret": SecretStr(OPENAI_SECRET),
+        }
+    )
+
+
+@pytest.fixture
+async def hooks(aiohttp_client: Any, hook_settings: GatewaySettings) -> Any:
+    from chatbeto_gateway.app import create_app
+
+    return await aiohttp_client(create_app(hook_settings))
+
+
+@pytest.fixture
+def worker_settings(database: str, amqp_url: str, namespace: str) -> WebhookSettings:
+    return WebhookSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database,
+        amqp_url=amqp_url,
+        amqp_namespace=namespace,
+        health_port=0,
+    )
+
+
+@pytest.fixture
+async def worker(worker_settings: WebhookSettings) -> AsyncIterator[Any]:
+    from chatbeto_webhook.consumer import WebhookService
+
+    service = WebhookService(worker_settings)
+    await service.start()
+    yield service
+    await service.close()
+
+
+async def delivery(db: asyncpg.Connection, webhook_id: str) -> Any:
+    return await wait_for(
+        lambda: db.fetchrow("SELECT * FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
+    )
+
+
+async def deliveries(db: asyncpg.Connection, n: int) -> list[Any]:
+    async def probe() -> list[Any]:
+        rows = await db.fetch("SELECT * FROM webhook_deliveries ORDER BY id")
+        return rows if len(rows) >= n else []
+
+    return await wait_for(probe)

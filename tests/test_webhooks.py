@@ -4,79 +4,28 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from typing import Any
 
 import asyncpg
-import pytest
 from chatbeto.messages import Envelope, WebhookDelivery, envelope
 from chatbeto.settings import GatewaySettings, WebhookSettings
 from pydantic import SecretStr
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Factory
 from tests.test_webhook_support import (
+    CHATGPT,
     LEGACY_SECRET,
     NEW_STD_SECRET,
     OPENAI_SECRET,
     STD_SECRET,
     conversation,
+    deliveries,
+    delivery,
     legacy,
     standard,
 )
 
-CHATGPT = "/webhook/chatgpt"
-
-
-@pytest.fixture
-def hook_settings(gateway_settings: GatewaySettings) -> GatewaySettings:
-    return gateway_settings.model_copy(
-        update={
-            "webhook_secret": SecretStr(f"{LEGACY_SECRET},{STD_SECRET}"),
-            "openai_webhook_secret": SecretStr(OPENAI_SECRET),
-        }
-    )
-
-
-@pytest.fixture
-async def hooks(aiohttp_client: Any, hook_settings: GatewaySettings) -> Any:
-    from chatbeto_gateway.app import create_app
-
-    return await aiohttp_client(create_app(hook_settings))
-
-
-@pytest.fixture
-def worker_settings(database: str, amqp_url: str, namespace: str) -> WebhookSettings:
-    return WebhookSettings(
-        _env_file=None,  # type: ignore[call-arg]
-        database_url=database,
-        amqp_url=amqp_url,
-        amqp_namespace=namespace,
-        health_port=0,
-    )
-
-
-@pytest.fixture
-async def worker(worker_settings: WebhookSettings) -> AsyncIterator[Any]:
-    from chatbeto_webhook.consumer import WebhookService
-
-    service = WebhookService(worker_settings)
-    await service.start()
-    yield service
-    await service.close()
-
-
-async def delivery(db: asyncpg.Connection, webhook_id: str) -> Any:
-    return await wait_for(
-        lambda: db.fetchrow("SELECT * FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
-    )
-
-
-async def deliveries(db: asyncpg.Connection, n: int) -> list[Any]:
-    async def probe() -> list[Any]:
-        rows = await db.fetch("SELECT * FROM webhook_deliveries ORDER BY id")
-        return rows if len(rows) >= n else []
-
-    return await wait_for(probe)
+pytest_plugins = ["tests.test_webhook_support"]
 
 
 async def test_legacy_conversation_created_is_stored_with_its_messages(
