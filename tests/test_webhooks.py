@@ -150,6 +150,11 @@ async def test_verified_but_unusable_bodies(hooks: Any, db: asyncpg.Connection) 
     resp = await hooks.post(CHATGPT, data=body, headers=headers)
     assert resp.status == 422
     assert (await resp.json())["error"]["details"][0]["field"] == "type"
+    # The unsigned legacy type header can't contradict the signed body.
+    body, headers = legacy("message.created", {"type": "conversation.created", "projectId": 1})
+    resp = await hooks.post(CHATGPT, data=body, headers=headers)
+    assert resp.status == 422
+    assert await db.fetchval("SELECT count(*) FROM webhook_deliveries") == 0
 
 
 async def test_redelivery_answers_2xx_and_changes_nothing(

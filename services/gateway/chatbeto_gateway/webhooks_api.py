@@ -77,7 +77,17 @@ def _payload(body: bytes) -> dict[str, Any]:
 
 
 def _event_type(header: str | None, payload: dict[str, Any]) -> str:
-    value = header if header else payload.get("type")
+    # The body's `type` is covered by the signature, the legacy X-Event-Type header is not:
+    # when both are given they must agree.
+    signed = payload.get("type")
+    if header and signed is not None and header != signed:
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: type",
+            [{"field": "type", "message": "X-Event-Type differs from the body's type"}],
+        )
+    value = signed if signed is not None else header
     if not isinstance(value, str) or not EVENT_TYPE_RE.match(value):
         raise ApiError(
             422,
