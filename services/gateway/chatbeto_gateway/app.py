@@ -13,7 +13,20 @@ from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
 from chatbeto.settings import GatewaySettings
 
-from chatbeto_gateway import dashboard, imports_api, keys_api, live, metrics_api, ops, webhooks_api
+from chatbeto_gateway import (
+    chat_api,
+    conversations_api,
+    dashboard,
+    imports_api,
+    keys_api,
+    live,
+    metrics_api,
+    openai_calls,
+    openai_compat,
+    ops,
+    projects_api,
+    webhooks_api,
+)
 from chatbeto_gateway.auth import KeyCache
 from chatbeto_gateway.gpt_cache import GptCache
 from chatbeto_gateway.middleware import observe
@@ -47,6 +60,14 @@ EXTRA_CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = []
 # Live dashboards: one broker subscription per process (needs the broker context above).
 ROUTE_TABLES += [live.routes, dashboard.routes]
 EXTRA_CONTEXTS.append(live.live_ctx)
+# Conversations and chat through the openai-worker (request/reply over the broker).
+ROUTE_TABLES += [
+    projects_api.routes,
+    conversations_api.routes,
+    chat_api.routes,
+    openai_compat.routes,
+]
+EXTRA_CONTEXTS.append(openai_calls.openai_ctx)
 
 
 def build_metrics_message(items: Sequence[Any]) -> Any:

@@ -11,6 +11,8 @@ from chatbeto.settings import GatewaySettings
 from chatbeto_gateway.auth import KeyCache
 from chatbeto_gateway.gpt_cache import GptCache
 from chatbeto_gateway.ratelimit import Limiter
+from chatbeto_gateway.rpc import Rpc
+from chatbeto_gateway.upstream_status import Upstream
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
@@ -20,4 +22,6 @@ METRICS_PUBLISHER = web.AppKey("metrics_publisher", GroupPublisher)
 KEYS = web.AppKey("keys", KeyCache)
 GPTS = web.AppKey("gpts", GptCache)
 SESSION_KEY = web.AppKey("session_key", bytes)
+RPC = web.AppKey("rpc", Rpc)
+UPSTREAM = web.AppKey("upstream", Upstream)
 LIMITER = web.AppKey("limiter", Limiter)

@@ -1,0 +1,94 @@
+"""`POST /api/v1/openai/chat/completions` (contract 3.1): a chat answered through the worker;
+with `projectId` the exchange is stored as a conversation; `stream: true` answers SSE."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from chatbeto.messages import ChatMessage, OpenAIReply
+from pydantic import BaseModel, ConfigDict, Field
+
+from chatbeto_gateway import responses
+from chatbeto_gateway.auth import require_principal
+from chatbeto_gateway.errors import ApiError
+from chatbeto_gateway.openai_calls import (
+    ask,
+    parse_body,
+    response_out,
+    stream,
+    user_of,
+    visible_project,
+)
+from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.state import KEYS
+
+routes = web.RouteTableDef()
+MAX_MESSAGES = 1000
+
+
+class ChatMessageIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    role: Literal["system", "user", "assistant", "tool"]
+    content: str = Field(max_length=200_000)
+
+
+class ChatIn(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
+    model: str | None = Field(default=None, min_length=1, max_length=100)
+    projectId: int | None = Field(default=None, gt=0)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    max_tokens: int | None = Field(default=None, gt=0)
+    stream: bool = False
+
+
+def _result(reply: OpenAIReply) -> dict[str, Any]:
+    out = response_out(reply)
+    data: dict[str, Any] = {
+        "response": {"role": "assistant", "content": out["content"]},
+        "model": out["model"],
+        "usage": out["usage"],
+    }
+    if reply.conversation is not None:
+        data["conversationId"] = reply.conversation["id"]
+    return data
+
+
+def _render(reply: OpenAIReply) -> list[Any]:
+    if reply.kind == "chunk":
+        return [{"delta": reply.delta}]
+    return [{"done": True, **_result(reply)}]
+
+
+def _render_error(exc: ApiError) -> Any:
+    return {"status": "error", "error": {"code": exc.code, "message": exc.message}}
+
+
+@routes.post("/api/v1/openai/chat/completions")
+@doc(
+    summary="Chat completion (stored as a conversation when projectId is given; SSE if stream)",
+    body=ChatIn,
+    tags=("conversations",),
+    responses={200: "", 400: "", 401: "", 404: "", 422: "", 502: "", 503: "", 504: ""},
+)
+async def chat_completions(request: web.Request) -> web.StreamResponse:
+    principal = await require_principal(request, request.app[KEYS])
+    body = await parse_body(request, ChatIn)
+    project_id = None
+    if body.projectId is not None:
+        project_id = await visible_project(request, principal, body.projectId)
+    fields: dict[str, Any] = {
+        "action": "chat",
+        "source": "chat",
+        "project_id": project_id,
+        "messages": tuple(ChatMessage(role=m.role, content=m.content) for m in body.messages),
+        "model": body.model,
+        "temperature": body.temperature,
+        "max_tokens": body.max_tokens,
+        "stream": body.stream,
+        "user": user_of(principal),
+    }
+    if body.stream:
+        return await stream(request, fields, _render, _render_error)
+    return responses.envelope(_result(await ask(request, fields)))

@@ -1,0 +1,184 @@
+"""SQL the gateway runs itself for contract 3.1: projects, reading conversations, sync jobs.
+Writes of conversations and messages are the openai-worker's (through the broker)."""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from datetime import datetime
+from typing import Any
+
+import asyncpg
+import orjson
+from chatbeto.db import Conn
+
+
+class BadCursor(ValueError):
+    pass
+
+
+def encode_cursor(created_at: datetime, conversation_id: int) -> str:
+    raw = orjson.dumps([created_at.isoformat(), conversation_id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    try:
+        raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        return datetime.fromisoformat(raw[0]), int(raw[1])
+    except (ValueError, TypeError, IndexError, orjson.JSONDecodeError) as exc:
+        raise BadCursor("cursor is not one this API gave out") from exc
+
+
+def conversation_out(row: asyncpg.Record) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "id": row["id"],
+        "projectId": row["project_id"],
+        "title": row["title"],
+        "model": row["model"],
+        "source": row["source"],
+        "createdAt": row["created_at"].isoformat(),
+        "updatedAt": row["updated_at"].isoformat(),
+    }
+    if row["remote_id"] is not None:
+        out["remoteId"] = row["remote_id"]
+    return out
+
+
+def message_out(row: asyncpg.Record) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "role": row["role"],
+        "content": row["content"],
+        "createdAt": row["created_at"].isoformat(),
+    }
+    if row["model"] is not None:
+        out["model"] = row["model"]
+    if row["prompt_tokens"] is not None or row["completion_tokens"] is not None:
+        prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
+        out["usage"] = {
+            "prompt_tokens": prompt,
+            "completion_tokens": completion,
+            "total_tokens": prompt + completion,
+        }
+    if row["latency_ms"] is not None:
+        out["latencyMs"] = row["latency_ms"]
+    return out
+
+
+# --- projects ------------------------------------------------------------------------------
+
+
+async def create_project(conn: Conn, name: str) -> asyncpg.Record:
+    row = await conn.fetchrow(
+        "INSERT INTO projects (name) VALUES ($1) RETURNING id, name, created_at", name
+    )
+    assert row is not None
+    return row
+
+
+async def list_projects(conn: Conn, only: int | None) -> list[asyncpg.Record]:
+    return list(
+        await conn.fetch(
+            """SELECT id, name, created_at FROM projects
+               WHERE $1::bigint IS NULL OR id = $1 ORDER BY id""",
+            only,
+        )
+    )
+
+
+async def project_exists(conn: Conn, project_id: int) -> bool:
+    return bool(
+        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM projects WHERE id = $1)", project_id)
+    )
+
+
+# --- conversations -------------------------------------------------------------------------
+
+_COLUMNS = "id, project_id, title, model, source, remote_id, created_at, updated_at"
+
+
+async def project_of(conn: Conn, conversation_id: int) -> int | None:
+    value: int | None = await conn.fetchval(
+        "SELECT project_id FROM conversations WHERE id = $1", conversation_id
+    )
+    return value
+
+
+async def get_conversation(
+    conn: Conn, conversation_id: int
+) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    row = await conn.fetchrow(
+        f"SELECT {_COLUMNS} FROM conversations WHERE id = $1", conversation_id
+    )
+    if row is None:
+        return None
+    messages = await conn.fetch(
+        """SELECT role, content, model, prompt_tokens, completion_tokens, latency_ms, created_at
+           FROM messages WHERE conversation_id = $1 ORDER BY position""",
+        conversation_id,
+    )
+    return row, list(messages)
+
+
+async def list_conversations(
+    conn: Conn,
+    *,
+    project_id: int | None,
+    limit: int,
+    after: tuple[datetime, int] | None,
+) -> tuple[list[asyncpg.Record], str | None]:
+    """Newest first; keyset pagination on (created_at, id), stable under inserts."""
+    rows = await conn.fetch(
+        f"""SELECT {_COLUMNS} FROM conversations
+            WHERE ($1::bigint IS NULL OR project_id = $1)
+              AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+            ORDER BY created_at DESC, id DESC
+            LIMIT $4""",
+        project_id,
+        after[0] if after else None,
+        after[1] if after else 0,
+        limit + 1,
+    )
+    page = list(rows[:limit])
+    next_cursor = (
+        encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
+    )
+    return page, next_cursor
+
+
+# --- sync jobs -----------------------------------------------------------------------------
+
+
+async def create_sync_job(
+    conn: Conn, project_id: int | None, request_id: str | None
+) -> tuple[uuid.UUID, int]:
+    """A queued job, and how many conversations it has to copy right now."""
+    job_id = uuid.uuid4()
+    queued: int = await conn.fetchval(
+        """WITH n AS (SELECT count(*)::int AS c FROM conversations
+                      WHERE remote_id IS NULL AND ($2::bigint IS NULL OR project_id = $2))
+           INSERT INTO jobs (id, kind, project_id, total, request_id)
+           SELECT $1, 'sync', $2, n.c, $3 FROM n RETURNING total""",
+        job_id,
+        project_id,
+        request_id,
+    )
+    return job_id, queued
+
+
+async def fail_job(conn: Conn, job_id: uuid.UUID, reason: str) -> None:
+    await conn.execute(
+        """UPDATE jobs SET state = 'failed', errors = errors || jsonb_build_array($2::text),
+               updated_at = now() WHERE id = $1""",
+        job_id,
+        reason,
+    )
+
+
+async def get_job(conn: Conn, job_id: uuid.UUID, kind: str) -> asyncpg.Record | None:
+    return await conn.fetchrow(
+        """SELECT id, project_id, state, total, done, failed, errors, created_at, updated_at
+           FROM jobs WHERE id = $1 AND kind = $2""",
+        job_id,
+        kind,
+    )

@@ -1,0 +1,131 @@
+"""What the conversation, chat and /v1 handlers share: body parsing, project visibility, and
+asking the openai-worker through the broker."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from chatbeto.logging import REQUEST_ID
+from chatbeto.messages import OpenAIReply
+from pydantic import BaseModel, ValidationError
+
+from chatbeto_gateway import conversations_repo
+from chatbeto_gateway.auth import Principal
+from chatbeto_gateway.errors import ApiError, is_json_error, not_found, validation_error
+from chatbeto_gateway.rpc import Rpc
+from chatbeto_gateway.state import BROKER, POOL, PUBLISHER, RPC, SETTINGS, UPSTREAM
+from chatbeto_gateway.upstream_status import Upstream
+
+M = TypeVar("M", bound=BaseModel)
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate_json(await request.read())
+    except ValidationError as exc:
+        if is_json_error(exc):
+            raise ApiError(400, "invalid_json", "body is not valid JSON") from exc
+        raise validation_error(exc) from exc
+
+
+def project_not_found() -> ApiError:
+    return not_found("project_not_found", "project not found")
+
+
+async def visible_project(request: web.Request, principal: Principal, project_id: int) -> int:
+    """The project, if this key may use it (another project's answers 404, as a missing one)."""
+    if not principal.can_see_project(project_id):
+        raise project_not_found()
+    if principal.is_admin:
+        async with request.app[POOL].acquire() as conn:
+            if not await conversations_repo.project_exists(conn, project_id):
+                raise project_not_found()
+    return project_id
+
+
+async def visible_conversation(request: web.Request, principal: Principal, raw_id: str) -> int:
+    try:
+        conversation_id = int(raw_id)
+    except ValueError:
+        raise not_found("conversation_not_found", "conversation not found") from None
+    async with request.app[POOL].acquire() as conn:
+        project_id = await conversations_repo.project_of(conn, conversation_id)
+    if project_id is None or not principal.can_see_project(project_id):
+        raise not_found("conversation_not_found", "conversation not found")
+    return conversation_id
+
+
+def user_of(principal: Principal) -> str:
+    """Who asked, for the metrics event: the key's public prefix, never the key."""
+    return f"key:{principal.key.prefix}"
+
+
+async def ask(request: web.Request, fields: dict[str, Any]) -> OpenAIReply:
+    """Publish a request and wait for its final reply (503 / 504 / the worker's error)."""
+    async with request.app[RPC].call(fields) as pending:
+        return await pending.result()
+
+
+def response_out(reply: OpenAIReply) -> dict[str, Any]:
+    usage = reply.usage
+    return {
+        "role": "assistant",
+        "content": reply.content or "",
+        "model": reply.model,
+        "usage": usage.model_dump()
+        if usage
+        else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+    }
+
+
+Render = Callable[[OpenAIReply], list[Any]]
+
+
+async def stream(
+    request: web.Request,
+    fields: dict[str, Any],
+    render: Render,
+    render_error: Callable[[ApiError], Any],
+) -> web.StreamResponse:
+    """Relay a streamed answer as Server-Sent Events: one `data:` line per rendered object,
+    then `data: [DONE]`. Nothing is sent before the worker's first reply, so a failure before
+    the first token still gets its own HTTP status (502/503/504)."""
+    async with request.app[RPC].call(fields) as pending:
+        reply = await pending.next()
+        response = web.StreamResponse(
+            headers={
+                "Content-Type": "text/event-stream",
+                "Cache-Control": "no-cache",
+                "X-Request-Id": REQUEST_ID.get() or "",
+            }
+        )
+        await response.prepare(request)
+        try:
+            while True:
+                for item in render(reply):
+                    await response.write(b"data: " + orjson.dumps(item) + b"\n\n")
+                if reply.kind == "result":
+                    break
+                reply = await pending.next()
+        except ApiError as exc:  # failed mid-answer: the status is sent already
+            await response.write(b"data: " + orjson.dumps(render_error(exc)) + b"\n\n")
+        except ConnectionResetError:
+            return response  # the client left; the worker still stores the answer
+        await response.write(b"data: [DONE]\n\n")
+        await response.write_eof()
+        return response
+
+
+async def openai_ctx(app: web.Application) -> AsyncIterator[None]:
+    """This process's reply queue (request/reply) and the gateway's own OpenAI probe."""
+    settings = app[SETTINGS]
+    rpc = Rpc(app[BROKER], app[PUBLISHER], settings.topology, settings.openai_timeout)
+    await rpc.start()
+    app[RPC] = rpc
+    app[UPSTREAM] = Upstream(settings)
+    yield
+    await app[UPSTREAM].close()
+    await rpc.close()
