@@ -708,3 +708,14 @@ def test_deploy_doc_covers_each_service() -> None:
     text = (ROOT / "docs" / "DEPLOY.md").read_text()
     for word in (*SERVICES, "migrate", "DLQ", "backup", "upgrade", "replicas"):
         assert word.lower() in text.lower(), word
+
+
+def test_commands_in_the_docs_exist() -> None:
+    cli = parser()
+    pattern = r"(?:^|exec gateway\s+|deploy/gateway\s+--\s+)chatbeto\s+([a-z][^\n`]*)"
+    found = 0
+    for path in (ROOT / "docs" / "DEPLOY.md", *K8S.glob("*.yaml")):
+        for command in re.findall(pattern, path.read_text(), re.M):
+            cli.parse_args(command.split())  # exits on an unknown command or argument
+            found += 1
+    assert found >= 5
