@@ -81,7 +81,7 @@ def settings_classes() -> list[type[BaseServiceSettings]]:
     """Every settings class, after importing every service's entry module."""
     for module in SERVICES.values():
         importlib.import_module(module)
-    return [BaseServiceSettings, *_subclasses(BaseServiceSettings)]
+    return list(dict.fromkeys([BaseServiceSettings, *_subclasses(BaseServiceSettings)]))
 
 
 def env_names(cls: type[BaseServiceSettings]) -> set[str]:
