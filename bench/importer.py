@@ -112,12 +112,19 @@ async def run(quick: bool) -> list[Row]:
         mb = path.stat().st_size / 1024 / 1024
         async with scratch() as s:
             conn = await asyncpg.connect(s.dsn)
-            project = await conn.fetchval("INSERT INTO projects (name) VALUES ('bench') RETURNING id")
+            project = await conn.fetchval(
+                "INSERT INTO projects (name) VALUES ('bench') RETURNING id"
+            )
             before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
             started = time.perf_counter()
             proc = await asyncio.create_subprocess_exec(
-                CHATBETO, "import", str(path), "--project", str(project),
-                env=s.env(), stdout=subprocess.DEVNULL,
+                CHATBETO,
+                "import",
+                str(path),
+                "--project",
+                str(project),
+                env=s.env(),
+                stdout=subprocess.DEVNULL,
             )
             code = await proc.wait()
             seconds = time.perf_counter() - started

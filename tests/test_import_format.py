@@ -6,9 +6,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-
 from chatbeto.importer.convert import MalformedConversation, convert
 from chatbeto.importer.export import ExportError, conversations, open_export
+
 from tests.fixtures.chatgpt_builder import Chat, dumps, simple, text, zipped
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chatgpt_export_small.json"

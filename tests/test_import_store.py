@@ -9,12 +9,12 @@ from typing import Any
 
 import asyncpg
 import pytest
-
 from chatbeto.importer import run
 from chatbeto.importer.export import ExportError
 from chatbeto.importer.run import import_file
+
 from tests.conftest import Factory
-from tests.fixtures.chatgpt_builder import Chat, dumps, simple, zipped
+from tests.fixtures.chatgpt_builder import dumps, simple, zipped
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chatgpt_export_small.json"
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))

@@ -9,6 +9,7 @@ only after the job message is confirmed on the broker.
 from __future__ import annotations
 
 import uuid
+from dataclasses import dataclass, field
 from typing import Any
 
 import asyncpg
@@ -54,6 +55,12 @@ def invalid(field: str, message: str) -> ApiError:
     )
 
 
+def too_large() -> ApiError:
+    return ApiError(
+        413, "payload_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES >> 20} MiB"
+    )
+
+
 def looks_like_export(head: bytes) -> bool:
     if head.startswith(ZIP_MAGIC):
         return True
@@ -90,9 +97,7 @@ async def store_file(conn: Any, upload_id: uuid.UUID, part: BodyPartReader) -> i
             raise invalid("file", "not a ChatGPT export (conversations.json or the export .zip)")
         size += len(data)
         if size > MAX_UPLOAD_BYTES:
-            raise ApiError(
-                413, "payload_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES >> 20} MiB"
-            )
+            raise too_large()
         buffer += data
         if len(buffer) >= CHUNK_BYTES:
             await jobs.add_chunk(conn, upload_id, seq, bytes(buffer))
@@ -111,6 +116,42 @@ async def read_field(part: BodyPartReader) -> str:
     return data.decode("utf-8", "replace")
 
 
+@dataclass
+class Upload:
+    id: uuid.UUID = field(default_factory=uuid.uuid4)
+    project_id: int | None = None
+    size: int | None = None
+    created: bool = False
+
+
+async def read_form(request: web.Request, conn: Any, principal: Principal, upload: Upload) -> None:
+    """Read the multipart form in whatever order its parts come, storing the file part."""
+    pool = request.app[POOL]
+    project_given = False
+    try:
+        reader = await request.multipart()
+    except (AssertionError, ValueError) as exc:
+        raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from exc
+    while (part := await reader.next()) is not None:
+        if not isinstance(part, BodyPartReader):
+            continue  # a nested multipart: not ours
+        if part.name == "projectId":
+            upload.project_id = await target_project(pool, principal, await read_field(part))
+            project_given = True
+        elif part.name == "file" and not upload.created:
+            await jobs.create_upload(conn, upload.id, part.filename)
+            upload.created = True
+            upload.size = await store_file(conn, upload.id, part)
+        else:
+            await part.release()
+    if upload.size is None:
+        raise invalid("file", "a file field is required")
+    if upload.size == 0:
+        raise invalid("file", "the file is empty")
+    if not project_given:
+        upload.project_id = await target_project(pool, principal, None)
+
+
 @routes.post("/api/v1/imports")
 @doc(
     summary="Import a ChatGPT data export (multipart upload, up to 512 MiB) as a background job",
@@ -124,53 +165,31 @@ async def create_import(request: web.Request) -> web.Response:
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a file field")
     if (request.content_length or 0) > MAX_UPLOAD_BYTES + CHUNK_BYTES:
-        raise ApiError(
-            413, "payload_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES >> 20} MiB"
-        )
-    pool = request.app[POOL]
-    upload_id = uuid.uuid4()
-    project_id: int | None = None
-    project_given = False
-    size: int | None = None
+        raise too_large()
+    upload = Upload()
     queued = False
-    async with pool.acquire() as conn:
+    async with request.app[POOL].acquire() as conn:
         try:
+            await read_form(request, conn, principal, upload)
+            assert upload.project_id is not None
+            assert upload.size is not None
+            await jobs.queue_job(conn, upload.id, upload.project_id, upload.size, REQUEST_ID.get())
+            job = ImportJob(job_id=upload.id, project_id=upload.project_id)
             try:
-                reader = await request.multipart()
-            except (AssertionError, ValueError) as exc:
-                raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from exc
-            while (part := await reader.next()) is not None:
-                if not isinstance(part, BodyPartReader):
-                    continue  # a nested multipart: not ours
-                if part.name == "projectId":
-                    project_id = await target_project(pool, principal, await read_field(part))
-                    project_given = True
-                elif part.name == "file" and size is None:
-                    await jobs.create_upload(conn, upload_id, part.filename)
-                    size = await store_file(conn, upload_id, part)
-                else:
-                    await part.release()
-            if size is None:
-                raise invalid("file", "a file field is required")
-            if size == 0:
-                raise invalid("file", "the file is empty")
-            if not project_given:
-                project_id = await target_project(pool, principal, None)
-            assert project_id is not None
-            await jobs.queue_job(conn, upload_id, project_id, size, REQUEST_ID.get())
-            try:
-                message = to_amqp(envelope(ImportJob(job_id=upload_id, project_id=project_id)))
-                await request.app[PUBLISHER].publish(message, ROUTING_KEY)
+                await request.app[PUBLISHER].publish(to_amqp(envelope(job)), ROUTING_KEY)
             except BrokerUnavailable as exc:
                 raise ApiError(
                     503, "broker_unavailable", "the message broker is unavailable; retry later"
                 ) from exc
             queued = True
         finally:
-            if not queued and size is not None:
-                await jobs.discard(conn, upload_id)
-    log.info("import queued", job_id=str(upload_id), size_bytes=size, project_id=project_id)
-    return responses.envelope({"jobId": str(upload_id)}, status=202)
+            # Refused, failed or abandoned mid-upload: leave no chunks behind.
+            if upload.created and not queued:
+                await jobs.discard(conn, upload.id)
+    log.info(
+        "import queued", job_id=str(upload.id), size_bytes=upload.size, project_id=upload.project_id
+    )
+    return responses.envelope({"jobId": str(upload.id)}, status=202)
 
 
 @routes.get("/api/v1/imports/{jobId}")

@@ -75,7 +75,9 @@ def cmd_import(args: argparse.Namespace) -> int:
     bar = Bar(sys.stderr)
     started = time.monotonic()
     try:
-        summary = asyncio.run(import_file(settings.database_url, args.file, args.project, bar.update))
+        summary = asyncio.run(
+            import_file(settings.database_url, args.file, args.project, bar.update)
+        )
     except ExportError as exc:
         bar.finish()
         print(f"chatbeto import: {args.file}: {exc}", file=sys.stderr)

@@ -8,6 +8,7 @@ only that path — is imported, in order. Content parts are reduced to readable 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -135,47 +136,61 @@ def _join(parts: Any) -> str:
     return "\n".join(t for t in (_part_text(p) for p in parts) if t)
 
 
+def _code(content: dict[str, Any]) -> str:
+    text = str(content.get("text") or "")
+    language = content.get("language")
+    if language and language != "unknown" and text:
+        return f"```{language}\n{text}\n```"
+    return text
+
+
+def _quote(content: dict[str, Any]) -> str:
+    title, url = content.get("title") or "", content.get("url") or ""
+    head = " — ".join(x for x in (title, url) if x)
+    text = str(content.get("text") or "")
+    return f"{head}\n{text}" if head else text
+
+
+def _thoughts(content: dict[str, Any]) -> str:
+    out = []
+    for thought in content.get("thoughts") or []:
+        if isinstance(thought, dict):
+            summary, body = thought.get("summary") or "", thought.get("content") or ""
+            out.append(f"{summary}\n{body}".strip())
+    return "\n\n".join(o for o in out if o)
+
+
+def _error(content: dict[str, Any]) -> str:
+    return f"[{content.get('name') or 'error'}] {content.get('text') or ''}".strip()
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], str]] = {
+    "text": lambda c: _join(c.get("parts", [])),
+    "multimodal_text": lambda c: _join(c.get("parts", [])),
+    "code": _code,
+    "execution_output": lambda c: str(c.get("text") or ""),
+    "tether_browsing_display": lambda c: str(c.get("result") or c.get("summary") or ""),
+    "tether_quote": _quote,
+    "thoughts": _thoughts,
+    "reasoning_recap": lambda c: str(c.get("content") or ""),
+    "system_error": _error,
+}
+
+
 def render(content: Any) -> str:
     """A message's content as readable text."""
     if not isinstance(content, dict):
         raise MalformedConversation("message content is not an object")
     kind = content.get("content_type")
-    if kind in ("text", "multimodal_text"):
-        return _join(content.get("parts", []))
-    if kind == "code":
-        text = str(content.get("text") or "")
-        language = content.get("language")
-        if language and language != "unknown" and text:
-            return f"```{language}\n{text}\n```"
-        return text
-    if kind == "execution_output":
-        return str(content.get("text") or "")
-    if kind == "tether_browsing_display":
-        return str(content.get("result") or content.get("summary") or "")
-    if kind == "tether_quote":
-        title, url = content.get("title") or "", content.get("url") or ""
-        head = " — ".join(x for x in (title, url) if x)
-        text = str(content.get("text") or "")
-        return f"{head}\n{text}" if head else text
-    if kind == "thoughts":
-        out = []
-        for thought in content.get("thoughts") or []:
-            if isinstance(thought, dict):
-                summary, body = thought.get("summary") or "", thought.get("content") or ""
-                out.append(f"{summary}\n{body}".strip())
-        return "\n\n".join(o for o in out if o)
-    if kind == "reasoning_recap":
-        return str(content.get("content") or "")
-    if kind == "system_error":
-        name, text = content.get("name") or "error", content.get("text") or ""
-        return f"[{name}] {text}".strip()
+    renderer = RENDERERS.get(kind) if isinstance(kind, str) else None
+    if renderer is not None:
+        return renderer(content)
     # Newer or rarer types: whatever text they carry.
     if isinstance(content.get("parts"), list):
         return _join(content["parts"])
-    if isinstance(content.get("text"), str):
-        return str(content["text"])
-    if isinstance(content.get("result"), str):
-        return str(content["result"])
+    for key in ("text", "result"):
+        if isinstance(content.get(key), str):
+            return str(content[key])
     return f"[{kind or 'unknown content'}]"
 
 

@@ -12,9 +12,9 @@ import zipfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, cast
 
-import ijson
+import ijson  # type: ignore[import-untyped]
 
 EXPORT_MEMBER = "conversations.json"
 READ_BUFFER_BYTES = 1024 * 1024
@@ -104,7 +104,7 @@ def _zip_member(counter: CountingReader) -> Iterator[IO[bytes]]:
         name = min(names, key=lambda n: (n.count("/"), n))
         try:
             with archive.open(name) as member:
-                yield io.BufferedReader(member, READ_BUFFER_BYTES)  # type: ignore[arg-type]
+                yield io.BufferedReader(cast(io.RawIOBase, member), READ_BUFFER_BYTES)
         except (zipfile.BadZipFile, EOFError) as exc:
             raise ExportError(f"the zip is damaged or truncated: {exc}") from exc
 

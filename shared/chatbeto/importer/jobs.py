@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import uuid
-from typing import IO, Any
+from typing import IO, Any, TypeAlias
 
+import asyncpg
 import orjson
 
 from chatbeto.db import Conn
 
 KIND = "import"
+# One-statement functions take a pool as well as a connection.
+Db: TypeAlias = "Conn | asyncpg.Pool"
 
 
 async def create_upload(conn: Conn, upload_id: uuid.UUID, filename: str | None) -> None:
@@ -55,7 +58,7 @@ async def discard(conn: Conn, upload_id: uuid.UUID) -> None:
         await conn.execute("DELETE FROM import_uploads WHERE id = $1", upload_id)
 
 
-async def get_job(conn: Conn, job_id: uuid.UUID) -> Any:
+async def get_job(conn: Db, job_id: uuid.UUID) -> Any:
     return await conn.fetchrow(
         """SELECT id, project_id, state, total, done, failed, errors::text AS errors,
                   created_at, updated_at
@@ -65,7 +68,7 @@ async def get_job(conn: Conn, job_id: uuid.UUID) -> Any:
     )
 
 
-async def start(conn: Conn, job_id: uuid.UUID) -> bool:
+async def start(conn: Db, job_id: uuid.UUID) -> bool:
     """Mark the job running (counters reset: a redelivered job starts over, idempotently).
 
     False when there is nothing to do: no such job, or it already finished.
@@ -82,7 +85,7 @@ async def start(conn: Conn, job_id: uuid.UUID) -> bool:
 
 
 async def progress(
-    conn: Conn,
+    conn: Db,
     job_id: uuid.UUID,
     *,
     total: int,
@@ -122,5 +125,5 @@ async def spool(conn: Conn, upload_id: uuid.UUID, out: IO[bytes]) -> int:
     return size
 
 
-async def delete_upload(conn: Conn, upload_id: uuid.UUID) -> None:
+async def delete_upload(conn: Db, upload_id: uuid.UUID) -> None:
     await conn.execute("DELETE FROM import_uploads WHERE id = $1", upload_id)

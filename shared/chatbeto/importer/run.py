@@ -64,7 +64,7 @@ class Batch:
 
 
 def _batches(source: Source) -> Iterator[Batch]:
-    batch, size, ids = Batch(), 0, set()
+    batch, size, ids = Batch(), 0, set[str]()
     for index, raw in enumerate(conversations(source.stream)):
         try:
             conv = convert(raw)
@@ -75,13 +75,13 @@ def _batches(source: Source) -> Iterator[Batch]:
         if conv.external_id in ids:
             # The same conversation twice: store the first before looking at the second.
             yield batch
-            batch, size, ids = Batch(), 0, set()
+            batch, size, ids = Batch(), 0, set[str]()
         batch.conversations.append(conv)
         ids.add(conv.external_id)
         size += len(conv.messages)
         if size >= BATCH_MESSAGES or len(batch.conversations) >= BATCH_CONVERSATIONS:
             yield batch
-            batch, size, ids = Batch(), 0, set()
+            batch, size, ids = Batch(), 0, set[str]()
     batch.done = True
     yield batch
 
