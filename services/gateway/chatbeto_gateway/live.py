@@ -72,6 +72,7 @@ class LiveHub:
     def __init__(self) -> None:
         self._subscribers: dict[int, set[Subscriber]] = defaultdict(set)
         self._channel: AbstractChannel | None = None
+        self.queue_name = ""
         self.closed = False
 
     @property
@@ -82,6 +83,7 @@ class LiveHub:
         channel = await app[BROKER].channel()
         await channel.set_qos(prefetch_count=64)
         queue = await app[SETTINGS].topology.declare_live_queue(channel, uuid.uuid4().hex[:12])
+        self.queue_name = queue.name
         # The robust channel re-declares the queue, its binding and this consumer after a
         # broker reconnect.
         await queue.consume(self._on_message, no_ack=True)
