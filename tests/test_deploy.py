@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import inspect
+import json
 import os
 import re
 import shutil
@@ -20,6 +21,7 @@ import sys
 import tomllib
 import zipfile
 from collections.abc import Iterator
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -242,6 +244,18 @@ def test_compose_has_backing_services_migrate_and_every_service() -> None:
         assert service["healthcheck"]["test"][0] == "CMD"
         mounts = {v.split(":", 1)[0] for v in service["volumes"]}
         assert mounts and mounts <= named_volumes, f"{name}: data must live in a named volume"
+
+
+def test_compose_matches_the_compose_spec_schema() -> None:
+    pytest.importorskip("check_jsonschema")
+    import jsonschema
+
+    vendor = resources.files("check_jsonschema.builtin_schemas.vendor")
+    schema = json.loads(vendor.joinpath("compose-spec.json").read_text())
+    validator = jsonschema.validators.validator_for(schema)(schema)
+    for doc in (yaml.safe_load(COMPOSE.read_text()), compose()):
+        errors = [f"{list(e.absolute_path)}: {e.message}" for e in validator.iter_errors(doc)]
+        assert not errors, "\n".join(errors)
 
 
 def test_compose_commands_exist_in_the_cli() -> None:
