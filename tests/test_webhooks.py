@@ -283,6 +283,17 @@ async def test_events_for_missing_project_or_conversation_are_recorded_failed(
     assert rows[1]["error"] == "conversation 424242 not found"
     assert rows[2]["error"] == "conversation nope not found"
     assert "projectId" in rows[3]["error"]
+    # Text Postgres refuses fails at once too, instead of riding the retry ladder.
+    body, headers = standard(
+        {
+            "type": "conversation.created",
+            "data": conversation(project, "nul") | {"messages": [{"content": "a\u0000b"}]},
+        }
+    )
+    assert (await hooks.post(CHATGPT, data=body, headers=headers)).status == 202
+    nul = await delivery(db, headers["webhook-id"])
+    assert nul["outcome"] == "failed" and "rejected by the database" in nul["error"]
+    assert nul["attempts"] == 1
     assert await db.fetchval("SELECT count(*) FROM conversations") == 0
     # The worker carries on (no crash loop) and the sender may resend a failed one once fixed.
     body, headers = standard({"type": "conversation.created", "data": conversation(project)})

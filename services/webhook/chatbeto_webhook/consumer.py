@@ -123,6 +123,11 @@ class WebhookService:
             except actions.EventFailed as exc:
                 await repo.finish(conn, row_id, "failed", error=str(exc))
                 return "failed"
+            except asyncpg.DataError as exc:
+                # Text Postgres can't hold (a NUL character, say): retrying can't fix it.
+                error = f"invalid body: rejected by the database ({type(exc).__name__})"
+                await repo.finish(conn, row_id, "failed", error=error)
+                return "failed"
             await repo.finish(
                 conn,
                 row_id,
