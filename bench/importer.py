@@ -21,7 +21,7 @@ import orjson
 from bench.common import CHATBETO, Row, scratch
 
 FULL_BYTES = 200 * 1024 * 1024
-QUICK_BYTES = 20 * 1024 * 1024
+QUICK_BYTES = 40 * 1024 * 1024
 TURNS = 10  # user/assistant pairs per conversation
 TARGET_RATE = 20_000
 TARGET_RSS_MB = 300

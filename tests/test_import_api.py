@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import signal
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,6 +22,7 @@ from tests.fixtures.chatgpt_builder import dumps, simple, zipped
 from tests.tcp_proxy import TcpProxy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chatgpt_export_small.json"
+CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
 DOCKER_ID = "67a1f0c2-1111-8000-9a3e-0d1c2b3a4f01"
 
 
@@ -339,3 +343,26 @@ async def test_broker_outage_is_503_and_leaves_nothing(
     assert body["error"]["code"] == "broker_unavailable"
     assert await db.fetchval("SELECT count(*) FROM jobs") == 1
     assert await db.fetchval("SELECT count(*) FROM import_uploads") == 1
+
+
+async def test_openai_worker_process_runs_imports(
+    gateway: Any, env: dict[str, str], factory: Factory, db: asyncpg.Connection
+) -> None:
+    """`chatbeto run openai-worker` carries the import worker, as deployed."""
+    project = await factory.project()
+    key = await factory.key(project)
+    body = await upload(gateway, key, form(FIXTURE.read_bytes()))
+    proc = await asyncio.create_subprocess_exec(
+        CHATBETO,
+        "run",
+        "openai-worker",
+        env=env,
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
+    )
+    try:
+        await wait_for(lambda: job_state(db, body["data"]["jobId"], "done"), timeout=30)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    assert await db.fetchval("SELECT count(*) FROM messages") == 15

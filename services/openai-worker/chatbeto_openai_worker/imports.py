@@ -44,8 +44,9 @@ class ImportWorker:
 
     def checks(self) -> dict[str, health.Check]:
         return {
-            "database": health.postgres_check(lambda: self.pool),
-            "broker": health.broker_check(lambda: self.connection),
+            # Own names: this worker runs next to others in one process (their checks merge).
+            "imports_database": health.postgres_check(lambda: self.pool),
+            "imports_broker": health.broker_check(lambda: self.connection),
         }
 
     async def start(self) -> None:

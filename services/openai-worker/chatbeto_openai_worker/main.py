@@ -6,6 +6,7 @@ from chatbeto.logging import configure
 from chatbeto.service import Worker, run_worker
 from chatbeto.settings import OpenAIWorkerSettings, load
 
+from chatbeto_openai_worker.imports import ImportWorker
 from chatbeto_openai_worker.worker import OpenAIWorker
 
 
@@ -14,7 +15,7 @@ def companions(settings: OpenAIWorkerSettings) -> list[Worker]:
 
     The import worker (`chatbeto_openai_worker.imports.ImportWorker`) belongs here.
     """
-    return []
+    return [ImportWorker(settings)]
 
 
 def main() -> int:
