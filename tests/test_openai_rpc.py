@@ -1,0 +1,185 @@
+"""The request/reply path: replies reach only the gateway that asked, a redelivered request is
+stored and answered once, and the concurrent consumer's retry and dead-letter paths."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import aio_pika
+import pytest
+from chatbeto.broker import Publisher
+from chatbeto.consumer import ConcurrentConsumer
+from chatbeto.messages import (
+    ChatMessage,
+    InvalidMessage,
+    OpenAIReply,
+    OpenAIRequest,
+    envelope,
+    parse,
+    to_amqp,
+)
+from chatbeto.topology import OPENAI_REQUESTS, Topology
+
+from tests.conftest import Factory, wait_for
+
+
+async def test_each_gateway_gets_only_its_own_replies(
+    aiohttp_client: Any, openai_gateway_settings: Any, openai_worker: Any, factory: Factory
+) -> None:
+    from chatbeto_gateway.app import create_app
+
+    one = await aiohttp_client(create_app(openai_gateway_settings))
+    two = await aiohttp_client(create_app(openai_gateway_settings))
+    key = await factory.key(await factory.project())
+
+    async def ask(client: Any, text: str) -> str:
+        resp = await client.post(
+            "/api/v1/openai/chat/completions",
+            json={"messages": [{"role": "user", "content": text}]},
+            headers={"X-API-Key": key},
+        )
+        assert resp.status == 200
+        content: str = (await resp.json())["data"]["response"]["content"]
+        return content
+
+    texts = [f"g{n % 2}-{n}" for n in range(20)]
+    answers = await asyncio.gather(
+        *(ask(one if n % 2 == 0 else two, t) for n, t in enumerate(texts))
+    )
+    assert answers == [f"echo[1]: {t}" for t in texts]
+
+
+@pytest.fixture
+async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Any]:
+    connection = await aio_pika.connect_robust(amqp_url)
+    channel = await connection.channel()
+    await Topology(namespace).declare(channel)
+    yield connection
+    await connection.close()
+
+
+async def test_a_redelivered_request_is_stored_and_answered_once(
+    broker: Any,
+    namespace: str,
+    openai_worker: Any,
+    openai_stub_server: Any,
+    factory: Factory,
+    db: Any,
+) -> None:
+    topo = Topology(namespace)
+    channel = await broker.channel()
+    replies_q = await topo.declare_reply_queue(channel, "test")
+    replies: list[OpenAIReply] = []
+
+    async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        replies.append(parse(message.body, OpenAIReply, OpenAIReply.TYPE, frozenset({1})).data)
+
+    await replies_q.consume(on_reply, no_ack=True)
+    project = await factory.project()
+    request = OpenAIRequest(
+        action="chat",
+        project_id=project,
+        messages=(ChatMessage(role="user", content="una vez"),),
+        deadline=datetime.now(UTC) + timedelta(seconds=30),
+    )
+    env = envelope(request)
+    publisher = Publisher(broker, topo)
+    for _ in range(2):  # the same message (same id) twice, as a redelivery would bring it
+        await publisher.publish(
+            to_amqp(env, correlation_id="c1", reply_to=topo.reply_queue_name("test")),
+            "openai.request.chat",
+        )
+    await wait_for(lambda: _count(replies, 2))
+    assert [r.content for r in replies] == ["echo[1]: una vez"] * 2
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 1
+    assert await db.fetchval("SELECT count(*) FROM messages") == 2
+    await publisher.close()
+
+
+async def _count(items: list[Any], n: int) -> bool:
+    return len(items) >= n
+
+
+async def test_expired_requests_are_skipped(
+    broker: Any, namespace: str, openai_worker: Any, factory: Factory, db: Any
+) -> None:
+    topo = Topology(namespace)
+    project = await factory.project()
+    publisher = Publisher(broker, topo)
+    late = OpenAIRequest(
+        action="conversation.create",
+        project_id=project,
+        deadline=datetime.now(UTC) - timedelta(seconds=1),
+    )
+    await publisher.publish(
+        to_amqp(envelope(late), correlation_id="c", reply_to="nobody"), "openai.request.x"
+    )
+    on_time = OpenAIRequest(
+        action="conversation.create",
+        project_id=project,
+        title="on time",
+        deadline=datetime.now(UTC) + timedelta(seconds=30),
+    )
+    await publisher.publish(
+        to_amqp(envelope(on_time), correlation_id="c", reply_to="nobody"), "openai.request.x"
+    )
+
+    async def stored() -> list[str]:
+        return [r["title"] for r in await db.fetch("SELECT title FROM conversations")]
+
+    assert await wait_for(stored) == ["on time"]
+    await publisher.close()
+
+
+async def test_concurrent_consumer_retries_then_dead_letters(broker: Any, namespace: str) -> None:
+    topo = Topology(namespace)
+    queue = topo.queue(OPENAI_REQUESTS)
+    calls: dict[str, int] = {}
+    handled: list[str] = []
+    gate = asyncio.Event()
+
+    async def handler(message: aio_pika.abc.AbstractIncomingMessage) -> None:
+        body = message.body.decode()
+        calls[body] = calls.get(body, 0) + 1
+        if body == "blocked":
+            await gate.wait()
+        if body == "invalid":
+            raise InvalidMessage("nope")
+        if body == "flaky" and calls[body] == 1:
+            raise RuntimeError("transient")
+        if body == "broken":
+            raise RuntimeError("always")
+        handled.append(body)
+
+    consumer = ConcurrentConsumer(broker, topo, queue, handler, concurrency=8, max_tries=2)
+    await consumer.start()
+    publisher = Publisher(broker, topo)
+    for body in ("blocked", "invalid", "flaky", "broken", "fine"):
+        await publisher.publish(
+            aio_pika.Message(body.encode(), message_id=str(uuid.uuid4())), "openai.request.t"
+        )
+    # "blocked" is in flight while the others proceed.
+    await wait_for(lambda: _has(handled, "fine"))
+    assert consumer.in_flight >= 1
+    gate.set()
+    await wait_for(lambda: _has(handled, "flaky"), timeout=15)
+    await wait_for(lambda: _has(handled, "blocked"))
+    channel = await broker.channel()
+
+    async def dead_lettered() -> bool:
+        q = await channel.declare_queue(queue.dlq, passive=True)
+        return int(q.declaration_result.message_count or 0) >= 2
+
+    await wait_for(dead_lettered, timeout=15)
+    assert calls["invalid"] == 1
+    assert calls["broken"] == 2
+    await consumer.close()
+    await publisher.close()
+
+
+async def _has(items: list[str], value: str) -> bool:
+    return value in items
