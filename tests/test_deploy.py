@@ -19,6 +19,7 @@ import socket
 import subprocess
 import sys
 import tomllib
+import urllib.request
 import zipfile
 from collections.abc import Iterator
 from importlib import resources
@@ -42,6 +43,7 @@ COMPOSE = ROOT / "docker-compose.yml"
 ENV_EXAMPLE = ROOT / ".env.example"
 K8S = ROOT / "deploy" / "k8s"
 BACKING = {"postgres", "rabbitmq"}
+STUB = "openai-stub"  # optional (profile "stub"): the local OpenAI-compatible stub
 
 # Contract section 2, with its defaults (None: unset by default).
 CONTRACT_DEFAULTS: dict[str, str | None] = {
@@ -211,7 +213,7 @@ def compose(env: dict[str, str] | None = None) -> dict[str, Any]:
 
 
 def app_services(doc: dict[str, Any]) -> dict[str, Any]:
-    return {k: v for k, v in doc["services"].items() if k not in BACKING}
+    return {k: v for k, v in doc["services"].items() if k not in {*BACKING, STUB}}
 
 
 def env_example_names() -> set[str]:
@@ -236,7 +238,8 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 def test_compose_has_backing_services_migrate_and_every_service() -> None:
     doc = compose()
-    assert set(doc["services"]) == BACKING | {"migrate"} | set(SERVICES)
+    assert set(doc["services"]) == BACKING | {"migrate", STUB} | set(SERVICES)
+    assert doc["services"][STUB]["profiles"] == ["stub"]  # never started unless asked for
     assert "management" in doc["services"]["rabbitmq"]["image"]
     named_volumes = set(doc["volumes"])
     for name in BACKING:
@@ -477,6 +480,33 @@ async def test_service_started_as_compose_does_becomes_healthy_and_stops_in_grac
         if proc.returncode is None:
             proc.kill()
             await proc.wait()
+
+
+async def test_compose_openai_stub_serves_the_openai_api() -> None:
+    """The stub service's entrypoint and command, on a free port of this host's loopback."""
+    spec = compose()["services"][STUB]
+    command = list(spec["command"])
+    command[command.index("--host") + 1] = "127.0.0.1"
+    port = _free_port()
+    command[command.index("--port") + 1] = str(port)
+    assert spec["entrypoint"][0] == "python"
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, *spec["entrypoint"][1:], *command, stdout=asyncio.subprocess.DEVNULL
+    )
+    url = f"http://127.0.0.1:{port}/v1/models"
+
+    def models() -> bool:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:
+                return bool(resp.status == 200)
+        except OSError:
+            return False
+
+    try:
+        assert await wait_for(lambda: asyncio.to_thread(models), timeout=30, interval=0.2)
+    finally:
+        proc.terminate()
+        await proc.wait()
 
 
 # --- .env.example ------------------------------------------------------------------------------
