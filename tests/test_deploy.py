@@ -754,6 +754,17 @@ def test_deploy_doc_covers_each_service() -> None:
         assert word.lower() in text.lower(), word
 
 
+def test_deploy_doc_lists_the_real_ports() -> None:
+    rows = {
+        m[0]: m[1]
+        for m in re.findall(r"^\| `([a-z-]+)` \|(.*)$", (ROOT / "docs/DEPLOY.md").read_text(), re.M)
+    }
+    for name in SERVICES:
+        cls = settings_class_of(name)
+        field = "gateway_port" if name == "gateway" else "health_port"
+        assert f" {cls.model_fields[field].default} (" in rows[name], name
+
+
 def test_commands_in_the_docs_exist() -> None:
     cli = parser()
     pattern = r"(?:^|exec gateway\s+|deploy/gateway\s+--\s+)chatbeto\s+([a-z][^\n`]*)"
