@@ -7,6 +7,7 @@ import time
 import uuid
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from chatbeto.logging import REQUEST_ID, get_logger
@@ -68,6 +69,19 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 error_body(request.path, exc.status, exc.code, exc.message, exc.details),
                 status=exc.status,
                 headers=exc.headers,
+            )
+        except asyncpg.DataError as exc:
+            # Input a handler let through that Postgres can't hold (a NUL byte, a number past
+            # bigint): the caller's error, not ours. Logged so the missing check gets added.
+            log.warning("input rejected by postgres", path=request.path, error=type(exc).__name__)
+            response = responses.json(
+                error_body(
+                    request.path,
+                    422,
+                    "validation_error",
+                    "a value is out of range or contains characters that cannot be stored",
+                ),
+                status=422,
             )
         except web.HTTPException as exc:
             if exc.status < 400:
