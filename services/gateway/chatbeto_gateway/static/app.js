@@ -112,7 +112,8 @@ function chart(id, config) {
   const base = {
     responsive: true, maintainAspectRatio: false, animation: false,
     plugins: { legend: { display: config.legend !== false, position: "bottom" } },
-    scales: { y: { beginAtZero: true } },
+    // Counts and milliseconds: whole-number ticks.
+    scales: { y: { beginAtZero: true, ticks: { precision: 0 } } },
   };
   state.charts[id] = new Chart($(id), { type: config.type, data: config.data, options: Object.assign(base, config.options || {}) });
 }
@@ -134,7 +135,7 @@ function render(stats) {
   });
   const types = stats.eventTypes.slice(0, 10);
   chart("chart-types", {
-    type: "bar", legend: false, options: { indexAxis: "y", scales: { x: { beginAtZero: true } } },
+    type: "bar", legend: false, options: { indexAxis: "y", scales: { x: { beginAtZero: true, ticks: { precision: 0 } } } },
     data: { labels: types.map((t) => t.tipo), datasets: [{ label: "events", data: types.map((t) => t.count), backgroundColor: "#7c3aed" }] },
   });
   chart("chart-latency", {
