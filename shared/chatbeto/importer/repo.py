@@ -46,7 +46,10 @@ async def store(conn: Conn, project_id: int, batch: Sequence[Conversation]) -> l
     """
     await conn.execute("SELECT pg_advisory_xact_lock($1, $2)", LOCK_CLASS, project_id)
     ids = [c.external_id for c in batch]
-    inserted = await conn.fetch(
+    # The no-op update makes RETURNING give the ids of known conversations too, through the
+    # unique index (a plain lookup here would depend on planner statistics, stale after a
+    # bulk load).
+    rows = await conn.fetch(
         """INSERT INTO conversations
                (project_id, source, external_id, title, model, gizmo_id, metadata,
                 created_at, updated_at)
@@ -54,8 +57,8 @@ async def store(conn: Conn, project_id: int, batch: Sequence[Conversation]) -> l
            FROM unnest($3::text[], $4::text[], $5::text[], $6::text[], $7::text[],
                        $8::timestamptz[], $9::timestamptz[]) AS v(x, t, m, g, md, c, u)
            ON CONFLICT (project_id, source, external_id) WHERE external_id IS NOT NULL
-           DO NOTHING
-           RETURNING id, external_id""",
+           DO UPDATE SET external_id = EXCLUDED.external_id
+           RETURNING id, external_id, xmax = 0 AS inserted""",
         project_id,
         SOURCE,
         ids,
@@ -66,27 +69,21 @@ async def store(conn: Conn, project_id: int, batch: Sequence[Conversation]) -> l
         [c.created_at for c in batch],
         [c.updated_at for c in batch],
     )
-    pk = {r["external_id"]: r["id"] for r in inserted}
-    fresh = set(pk.values())
+    pk = {r["external_id"]: r["id"] for r in rows}
+    fresh = {r["id"] for r in rows if r["inserted"]}
     # Conversations imported before: what they already hold, to append only what is new.
     known: dict[int, tuple[int, set[str]]] = {}
-    old_ids = [x for x in ids if x not in pk]
-    if old_ids:
-        rows = await conn.fetch(
-            """SELECT c.id, c.external_id,
-                      coalesce(max(m.position), -1) AS last,
-                      coalesce(array_agg(m.external_id) FILTER (WHERE m.external_id IS NOT NULL),
-                               '{}') AS seen
-               FROM conversations c LEFT JOIN messages m ON m.conversation_id = c.id
-               WHERE c.project_id = $1 AND c.source = $2 AND c.external_id = ANY($3::text[])
-               GROUP BY c.id""",
-            project_id,
-            SOURCE,
-            old_ids,
+    old = [r["id"] for r in rows if not r["inserted"]]
+    if old:
+        found = await conn.fetch(
+            """SELECT conversation_id, max(position) AS last,
+                      array_agg(external_id) FILTER (WHERE external_id IS NOT NULL) AS seen
+               FROM messages WHERE conversation_id = ANY($1::bigint[])
+               GROUP BY conversation_id""",
+            old,
         )
-        for r in rows:
-            pk[r["external_id"]] = r["id"]
-            known[r["id"]] = (r["last"], set(r["seen"]))
+        for r in found:
+            known[r["conversation_id"]] = (r["last"], set(r["seen"] or ()))
     records: list[tuple[object, ...]] = []
     results: list[Stored] = []
     grown: list[Conversation] = []
