@@ -509,6 +509,14 @@ async def test_compose_openai_stub_serves_the_openai_api() -> None:
         await proc.wait()
 
 
+def test_make_up_and_down_wrap_compose() -> None:
+    makefile = (ROOT / "Makefile").read_text()
+    up = re.search(r"^up:.*\n\t(.*)$", makefile, re.M)
+    down = re.search(r"^down:.*\n\t(.*)$", makefile, re.M)
+    assert up and up.group(1).startswith("docker compose up")
+    assert down and down.group(1).startswith("docker compose down")
+
+
 # --- .env.example ------------------------------------------------------------------------------
 
 
