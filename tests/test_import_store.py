@@ -269,3 +269,45 @@ async def test_cli_refuses_bad_files_with_one_line(
     lines = err.strip().splitlines()
     assert len(lines) == 1 and message in lines[0] and str(path) in lines[0]
     assert await counts(db) == (0, 0)
+
+
+async def test_cli_draws_a_progress_bar_on_a_terminal_only(
+    tmp_path: Path, env: dict[str, str], factory: Factory
+) -> None:
+    import os
+    import pty
+
+    project = await factory.project()
+    path = write(tmp_path, [simple(f"c{n}") for n in range(50)])
+    master, slave = pty.openpty()
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            CHATBETO,
+            "import",
+            str(path),
+            "--project",
+            str(project),
+            env=env,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=slave,
+        )
+        os.close(slave)
+        out, _ = await asyncio.wait_for(proc.communicate(), 60)
+        terminal = b""
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed its end
+                break
+            if not chunk:
+                break
+            terminal += chunk
+    finally:
+        os.close(master)
+    assert proc.returncode == 0
+    assert b"[##############################] 100% 50 conversations, 200 messages" in terminal
+    assert b"imported 50 conversations" in out
+    # stderr not a terminal (the other CLI tests): no bar at all.
+    code, _, err = await chatbeto(env, "import", str(path), "--project", str(project))
+    assert code == 0
+    assert err == ""
