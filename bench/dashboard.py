@@ -17,9 +17,9 @@ from importlib import resources
 
 import aiohttp
 import asyncpg
+from chatbeto import api_keys
 
 from bench.common import Row, Scratch, scratch
-from chatbeto import api_keys
 
 SECTION = "dashboard"
 TARGET_MS = 300
