@@ -11,7 +11,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aio_pika
 import asyncpg
+import orjson
 import pytest
 from aiohttp import FormData
 from chatbeto.messages import ImportJob
@@ -366,3 +368,42 @@ async def test_openai_worker_process_runs_imports(
         proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(proc.wait(), 30) == 0
     assert await db.fetchval("SELECT count(*) FROM messages") == 15
+
+
+async def test_a_job_that_keeps_failing_is_dead_lettered_and_marked_failed(
+    gateway: Any,
+    database: str,
+    amqp_url: str,
+    namespace: str,
+    factory: Factory,
+    db: asyncpg.Connection,
+) -> None:
+    from chatbeto_openai_worker.imports import ImportWorker
+
+    project = await factory.project()
+    key = await factory.key(project)
+    body = await upload(gateway, key, form(FIXTURE.read_bytes()))
+    job_id = body["data"]["jobId"]
+    # The worker's read of the upload fails every time (as if that table were unreachable).
+    await db.execute("ALTER TABLE import_chunks RENAME TO import_chunks_gone")
+    settings = WorkerSettings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database,
+        amqp_url=amqp_url,
+        amqp_namespace=namespace,
+    )
+    worker = ImportWorker(settings, max_tries=1)
+    await worker.start()
+    try:
+        row = await wait_for(lambda: job_state(db, job_id, "failed"))
+    finally:
+        await worker.close()
+    assert "gave up after 1 tries: UndefinedTableError" in orjson.loads(row["errors"])[0]["reason"]
+    connection = await aio_pika.connect(amqp_url)
+    async with connection:
+        channel = await connection.channel()
+        dlq = await channel.get_queue(f"{namespace}imports.dlq", ensure=False)
+        message = await wait_for(lambda: dlq.get(fail=False))
+        assert message is not None
+        assert orjson.loads(message.body)["data"]["job_id"] == job_id
+        await message.ack()

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
 
 import asyncpg
 import orjson
@@ -86,8 +85,12 @@ async def target_project(pool: asyncpg.Pool, principal: Principal, raw: str | No
     return project_id
 
 
-async def store_file(conn: Any, upload_id: uuid.UUID, part: BodyPartReader) -> int:
-    """Stream the file part into `import_chunks`; returns its size or raises 413/422."""
+async def store_file(pool: asyncpg.Pool, upload_id: uuid.UUID, part: BodyPartReader) -> int:
+    """Stream the file part into `import_chunks`; returns its size or raises 413/422.
+
+    A connection is borrowed per chunk, not for the whole upload: a slow client must not hold
+    one of the pool's connections for minutes.
+    """
     size, seq, buffer = 0, 0, bytearray()
     while True:
         data = await part.read_chunk(CHUNK_BYTES)
@@ -100,10 +103,10 @@ async def store_file(conn: Any, upload_id: uuid.UUID, part: BodyPartReader) -> i
             raise too_large()
         buffer += data
         if len(buffer) >= CHUNK_BYTES:
-            await jobs.add_chunk(conn, upload_id, seq, bytes(buffer))
+            await jobs.add_chunk(pool, upload_id, seq, bytes(buffer))
             seq, buffer = seq + 1, bytearray()
     if buffer:
-        await jobs.add_chunk(conn, upload_id, seq, bytes(buffer))
+        await jobs.add_chunk(pool, upload_id, seq, bytes(buffer))
     return size
 
 
@@ -124,7 +127,7 @@ class Upload:
     created: bool = False
 
 
-async def read_form(request: web.Request, conn: Any, principal: Principal, upload: Upload) -> None:
+async def read_form(request: web.Request, principal: Principal, upload: Upload) -> None:
     """Read the multipart form in whatever order its parts come, storing the file part."""
     pool = request.app[POOL]
     project_given = False
@@ -139,9 +142,9 @@ async def read_form(request: web.Request, conn: Any, principal: Principal, uploa
             upload.project_id = await target_project(pool, principal, await read_field(part))
             project_given = True
         elif part.name == "file" and not upload.created:
-            await jobs.create_upload(conn, upload.id, part.filename)
+            await jobs.create_upload(pool, upload.id, part.filename)
             upload.created = True
-            upload.size = await store_file(conn, upload.id, part)
+            upload.size = await store_file(pool, upload.id, part)
         else:
             await part.release()
     if upload.size is None:
@@ -166,26 +169,26 @@ async def create_import(request: web.Request) -> web.Response:
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a file field")
     if (request.content_length or 0) > MAX_UPLOAD_BYTES + CHUNK_BYTES:
         raise too_large()
+    pool = request.app[POOL]
     upload = Upload()
     queued = False
-    async with request.app[POOL].acquire() as conn:
+    try:
+        await read_form(request, principal, upload)
+        assert upload.project_id is not None
+        assert upload.size is not None
+        await jobs.queue_job(pool, upload.id, upload.project_id, upload.size, REQUEST_ID.get())
+        job = ImportJob(job_id=upload.id, project_id=upload.project_id)
         try:
-            await read_form(request, conn, principal, upload)
-            assert upload.project_id is not None
-            assert upload.size is not None
-            await jobs.queue_job(conn, upload.id, upload.project_id, upload.size, REQUEST_ID.get())
-            job = ImportJob(job_id=upload.id, project_id=upload.project_id)
-            try:
-                await request.app[PUBLISHER].publish(to_amqp(envelope(job)), ROUTING_KEY)
-            except BrokerUnavailable as exc:
-                raise ApiError(
-                    503, "broker_unavailable", "the message broker is unavailable; retry later"
-                ) from exc
-            queued = True
-        finally:
-            # Refused, failed or abandoned mid-upload: leave no chunks behind.
-            if upload.created and not queued:
-                await jobs.discard(conn, upload.id)
+            await request.app[PUBLISHER].publish(to_amqp(envelope(job)), ROUTING_KEY)
+        except BrokerUnavailable as exc:
+            raise ApiError(
+                503, "broker_unavailable", "the message broker is unavailable; retry later"
+            ) from exc
+        queued = True
+    finally:
+        # Refused, failed or abandoned mid-upload: leave no chunks behind.
+        if upload.created and not queued:
+            await jobs.discard(pool, upload.id)
     log.info(
         "import queued", job_id=str(upload.id), size_bytes=upload.size, project_id=upload.project_id
     )

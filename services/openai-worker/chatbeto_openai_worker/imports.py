@@ -16,7 +16,7 @@ import asyncpg
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from chatbeto import health, topology
 from chatbeto.broker import connect
-from chatbeto.consumer import BatchConsumer
+from chatbeto.consumer import BatchConsumer, attempt_of
 from chatbeto.db import create_pool, mask_dsn
 from chatbeto.importer import jobs
 from chatbeto.importer.export import ExportError
@@ -70,8 +70,29 @@ class ImportWorker:
             token = REQUEST_ID.set(envelope.request_id)
             try:
                 await self.run_job(envelope.data)
+            except Exception as exc:
+                if attempt_of(message) >= self.max_tries:
+                    # The consumer dead-letters it now: say so in the job instead of 'running'.
+                    await self.give_up(envelope.data, exc)
+                raise
             finally:
                 REQUEST_ID.reset(token)
+
+    async def give_up(self, job: ImportJob, exc: Exception) -> None:
+        assert self.pool is not None
+        reason = f"gave up after {self.max_tries} tries: {type(exc).__name__}: {exc}"[:500]
+        try:
+            await jobs.progress(
+                self.pool,
+                job.job_id,
+                total=0,
+                done=0,
+                failed=0,
+                errors=[{"title": "", "id": "", "reason": reason}],
+                state="failed",
+            )
+        except Exception as db_exc:  # the database may be what is failing
+            log.warning("could not mark import job failed", error=type(db_exc).__name__)
 
     async def run_job(self, job: ImportJob) -> None:
         assert self.pool is not None

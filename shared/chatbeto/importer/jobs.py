@@ -15,13 +15,13 @@ KIND = "import"
 Db: TypeAlias = "Conn | asyncpg.Pool"
 
 
-async def create_upload(conn: Conn, upload_id: uuid.UUID, filename: str | None) -> None:
+async def create_upload(conn: Db, upload_id: uuid.UUID, filename: str | None) -> None:
     await conn.execute(
         "INSERT INTO import_uploads (id, filename) VALUES ($1, $2)", upload_id, filename
     )
 
 
-async def add_chunk(conn: Conn, upload_id: uuid.UUID, seq: int, data: bytes) -> None:
+async def add_chunk(conn: Db, upload_id: uuid.UUID, seq: int, data: bytes) -> None:
     await conn.execute(
         "INSERT INTO import_chunks (upload_id, seq, data) VALUES ($1, $2, $3)",
         upload_id,
@@ -31,10 +31,14 @@ async def add_chunk(conn: Conn, upload_id: uuid.UUID, seq: int, data: bytes) -> 
 
 
 async def queue_job(
-    conn: Conn, upload_id: uuid.UUID, project_id: int, size_bytes: int, request_id: str | None
+    pool: asyncpg.Pool,
+    upload_id: uuid.UUID,
+    project_id: int,
+    size_bytes: int,
+    request_id: str | None,
 ) -> None:
     """The upload is complete: it becomes a queued job (same id)."""
-    async with conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         await conn.execute(
             "UPDATE import_uploads SET project_id = $2, size_bytes = $3 WHERE id = $1",
             upload_id,
@@ -51,9 +55,9 @@ async def queue_job(
         )
 
 
-async def discard(conn: Conn, upload_id: uuid.UUID) -> None:
+async def discard(pool: asyncpg.Pool, upload_id: uuid.UUID) -> None:
     """Forget an upload that never became a job (or whose job could not be queued)."""
-    async with conn.transaction():
+    async with pool.acquire() as conn, conn.transaction():
         await conn.execute("DELETE FROM jobs WHERE id = $1 AND kind = $2", upload_id, KIND)
         await conn.execute("DELETE FROM import_uploads WHERE id = $1", upload_id)
 
