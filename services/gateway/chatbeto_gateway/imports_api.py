@@ -161,7 +161,16 @@ async def read_form(request: web.Request, principal: Principal, upload: Upload) 
     body=ImportForm,
     body_content_type="multipart/form-data",
     tags=("imports",),
-    responses={202: "", 401: "", 404: "", 413: "Upload over 512 MiB", 415: "", 422: "", 503: ""},
+    responses={
+        202: "Queued: data.jobId",
+        400: "Malformed multipart body",
+        401: "",
+        404: "Project not found (or another project's)",
+        413: "Upload over 512 MiB",
+        415: "Not multipart/form-data",
+        422: "",
+        503: "",
+    },
 )
 async def create_import(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
@@ -196,7 +205,15 @@ async def create_import(request: web.Request) -> web.Response:
 
 
 @routes.get("/api/v1/imports/{jobId}")
-@doc(summary="Progress of an import job", tags=("imports",), responses={200: "", 401: "", 404: ""})
+@doc(
+    summary="Progress of an import job",
+    tags=("imports",),
+    responses={
+        200: "data: state, total, done, failed, failures [{title, id, reason}]",
+        401: "",
+        404: "",
+    },
+)
 async def get_import(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     try:
