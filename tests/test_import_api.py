@@ -407,3 +407,25 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_marked_failed(
         assert message is not None
         assert orjson.loads(message.body)["data"]["job_id"] == job_id
         await message.ack()
+
+
+@pytest.mark.parametrize(
+    ("content_type", "payload"),
+    [
+        ("multipart/form-data", b"--x\r\n\r\n"),
+        ("multipart/form-data; boundary=abc", b"not a multipart body at all"),
+        ("multipart/form-data; boundary=abc", b"--abc\r\nContent-Disposition: form-data\r\n"),
+    ],
+)
+async def test_malformed_multipart_is_400(
+    gateway: Any, factory: Factory, db: asyncpg.Connection, content_type: str, payload: bytes
+) -> None:
+    key = await factory.key(await factory.project())
+    resp = await gateway.post(
+        "/api/v1/imports",
+        data=payload,
+        headers={"X-API-Key": key, "Content-Type": content_type},
+    )
+    assert resp.status == 400, await resp.text()
+    assert (await resp.json())["error"]["code"] == "bad_request"
+    assert await db.fetchval("SELECT count(*) FROM import_uploads") == 0

@@ -133,20 +133,21 @@ async def read_form(request: web.Request, principal: Principal, upload: Upload) 
     project_given = False
     try:
         reader = await request.multipart()
+        while (part := await reader.next()) is not None:
+            if not isinstance(part, BodyPartReader):
+                continue  # a nested multipart: not ours
+            if part.name == "projectId":
+                upload.project_id = await target_project(pool, principal, await read_field(part))
+                project_given = True
+            elif part.name == "file" and not upload.created:
+                await jobs.create_upload(pool, upload.id, part.filename)
+                upload.created = True
+                upload.size = await store_file(pool, upload.id, part)
+            else:
+                await part.release()
     except (AssertionError, ValueError) as exc:
+        # aiohttp's multipart reader signals a malformed body this way.
         raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from exc
-    while (part := await reader.next()) is not None:
-        if not isinstance(part, BodyPartReader):
-            continue  # a nested multipart: not ours
-        if part.name == "projectId":
-            upload.project_id = await target_project(pool, principal, await read_field(part))
-            project_given = True
-        elif part.name == "file" and not upload.created:
-            await jobs.create_upload(pool, upload.id, part.filename)
-            upload.created = True
-            upload.size = await store_file(pool, upload.id, part)
-        else:
-            await part.release()
     if upload.size is None:
         raise invalid("file", "a file field is required")
     if upload.size == 0:
