@@ -429,3 +429,36 @@ async def test_malformed_multipart_is_400(
     assert resp.status == 400, await resp.text()
     assert (await resp.json())["error"]["code"] == "bad_request"
     assert await db.fetchval("SELECT count(*) FROM import_uploads") == 0
+
+
+async def test_upload_abandoned_midway_leaves_nothing(
+    gateway: Any, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from chatbeto_gateway import imports_api
+
+    monkeypatch.setattr(imports_api, "CHUNK_BYTES", 4096)
+    key = await factory.key(await factory.project())
+    payload = dumps([simple(f"c{n}") for n in range(100)])
+    head = (
+        b"--abc\r\nContent-Disposition: form-data; name=file; filename=conversations.json\r\n"
+        b"Content-Type: application/json\r\n\r\n"
+    )
+    _, writer = await asyncio.open_connection(gateway.server.host, gateway.server.port)
+    writer.write(
+        b"POST /api/v1/imports HTTP/1.1\r\nHost: x\r\n"
+        + f"X-API-Key: {key}\r\n".encode()
+        + b"Content-Type: multipart/form-data; boundary=abc\r\n"
+        + f"Content-Length: {len(head) + len(payload) + 100}\r\n\r\n".encode()
+        + head
+        + payload[: len(payload) // 2]
+    )
+    await writer.drain()
+    # Some chunks reached Postgres; then the client goes away.
+    await wait_for(lambda: db.fetchval("SELECT count(*) FROM import_chunks"))
+    writer.transport.abort()
+    await wait_for(lambda: _none_left(db))
+    assert await db.fetchval("SELECT count(*) FROM jobs") == 0
+
+
+async def _none_left(db: asyncpg.Connection) -> bool:
+    return await db.fetchval("SELECT count(*) FROM import_uploads") == 0
