@@ -311,3 +311,25 @@ async def test_cli_draws_a_progress_bar_on_a_terminal_only(
     code, _, err = await chatbeto(env, "import", str(path), "--project", str(project))
     assert code == 0
     assert err == ""
+
+
+async def test_branch_switched_since_the_last_import_is_mirrored(
+    tmp_path: Path, database: str, db: asyncpg.Connection, factory: Factory
+) -> None:
+    project = await factory.project()
+    chat = simple("switch", turns=2)
+    await import_file(database, write(tmp_path, [chat]), project)
+    # Back in ChatGPT the user edited the second prompt: a new branch from the first answer.
+    first_answer = [k for k, n in chat.mapping.items() if n["message"] and n["parent"]][2]
+    chat.add("user", "edited second question", parent=first_answer)
+    chat.add("assistant", "answer to the edited question")
+    summary = await import_file(database, write(tmp_path, [chat]), project)
+    assert (summary.updated, summary.messages) == (1, 2)
+    assert await branch(db, project, chat.id) == [
+        ("user", "question 0 of switch"),
+        ("assistant", "answer 0 of switch"),
+        ("user", "edited second question"),
+        ("assistant", "answer to the edited question"),
+    ]
+    again = await import_file(database, write(tmp_path, [chat]), project)
+    assert (again.skipped, again.messages) == (1, 0)

@@ -36,6 +36,9 @@ class Stored:
 
     created: bool
     new_messages: int
+    # Imported before but no longer on the branch the user sees (they edited an earlier prompt
+    # or regenerated an answer since): removed, so the conversation mirrors ChatGPT again.
+    removed_messages: int = 0
 
 
 async def store(conn: Conn, project_id: int, batch: Sequence[Conversation]) -> list[Stored]:
@@ -86,10 +89,16 @@ async def store(conn: Conn, project_id: int, batch: Sequence[Conversation]) -> l
             known[r["conversation_id"]] = (r["last"], set(r["seen"] or ()))
     records: list[tuple[object, ...]] = []
     results: list[Stored] = []
-    grown: list[Conversation] = []
+    grown: list[tuple[int, Conversation]] = []
+    stale: list[tuple[int, str]] = []
     for conv in batch:
         cid = pk[conv.external_id]
         last, seen = known.get(cid, (-1, set()))
+        if seen:
+            gone = seen - {m.external_id for m in conv.messages}
+            stale.extend((cid, x) for x in gone)
+        else:
+            gone = set()
         count = 0
         for message in conv.messages:
             if message.external_id in seen:
@@ -108,20 +117,25 @@ async def store(conn: Conn, project_id: int, batch: Sequence[Conversation]) -> l
                     message.created_at or conv.created_at,
                 )
             )
-        results.append(Stored(created=cid in fresh, new_messages=count))
-        if count and cid not in fresh:
-            grown.append(conv)
+        results.append(Stored(cid in fresh, count, len(gone)))
+        if (count or gone) and cid not in fresh:
+            grown.append((cid, conv))
+    if stale:
+        await conn.execute(
+            """DELETE FROM messages m USING unnest($1::bigint[], $2::text[]) AS v(c, x)
+               WHERE m.conversation_id = v.c AND m.external_id = v.x""",
+            [c for c, _ in stale],
+            [x for _, x in stale],
+        )
     if records:
         await conn.copy_records_to_table("messages", records=records, columns=MESSAGE_COLUMNS)
     if grown:
         await conn.execute(
             """UPDATE conversations c SET title = v.t, updated_at = greatest(c.updated_at, v.u)
-               FROM unnest($3::text[], $4::text[], $5::timestamptz[]) AS v(x, t, u)
-               WHERE c.project_id = $1 AND c.source = $2 AND c.external_id = v.x""",
-            project_id,
-            SOURCE,
-            [c.external_id for c in grown],
-            [c.title for c in grown],
-            [c.updated_at for c in grown],
+               FROM unnest($1::bigint[], $2::text[], $3::timestamptz[]) AS v(id, t, u)
+               WHERE c.id = v.id""",
+            [cid for cid, _ in grown],
+            [c.title for _, c in grown],
+            [c.updated_at for _, c in grown],
         )
     return results

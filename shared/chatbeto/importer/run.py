@@ -142,7 +142,7 @@ async def _store(
         summary.messages += result.new_messages
         if result.created:
             summary.imported += 1
-        elif result.new_messages:
+        elif result.new_messages or result.removed_messages:
             summary.updated += 1
         else:
             summary.skipped += 1
