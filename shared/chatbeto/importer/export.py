@@ -130,7 +130,7 @@ def conversations(stream: IO[bytes]) -> Iterator[Any]:
     _expect_array(stream)
     first = True
     try:
-        for item in ijson.items(stream, "item", use_float=True):
+        for item in ijson.items(stream, "item", use_float=True, buf_size=READ_BUFFER_BYTES):
             if first:
                 first = False
                 if not (isinstance(item, dict) and "mapping" in item):
