@@ -248,6 +248,8 @@ async def test_job_of_another_project_is_not_found(
         (lambda p: form(None, p), "file", "a file field is required"),
         (lambda p: form(b"", p), "file", "the file is empty"),
         (lambda p: form(b"<html>nope</html>", p), "file", "not a ChatGPT export"),
+        (lambda p: form(b"  \n\t  ", p), "file", "not a ChatGPT export"),
+        (lambda p: form(b"PK", p), "file", "not a ChatGPT export"),
         (lambda p: form(FIXTURE.read_bytes(), None), "projectId", "required with an admin key"),
         (lambda p: form(FIXTURE.read_bytes(), "abc"), "projectId", "must be an integer"),  # type: ignore[arg-type]
     ],
@@ -302,7 +304,7 @@ async def test_upload_over_the_limit_is_413_and_leaves_nothing(
     assert await db.fetchval("SELECT count(*) FROM import_chunks") == 0
 
 
-async def _stream(writer: Any) -> AsyncIterator[bytes]:
+async def _stream(writer: Any, piece: int = 4096) -> AsyncIterator[bytes]:
     import io
 
     buffer = io.BytesIO()
@@ -313,8 +315,8 @@ async def _stream(writer: Any) -> AsyncIterator[bytes]:
 
     await writer.write(Sink())
     data = buffer.getvalue()
-    for start in range(0, len(data), 4096):
-        yield data[start : start + 4096]
+    for start in range(0, len(data), piece):
+        yield data[start : start + piece]
 
 
 async def test_broker_outage_is_503_and_leaves_nothing(
@@ -462,3 +464,20 @@ async def test_upload_abandoned_midway_leaves_nothing(
 
 async def _none_left(db: asyncpg.Connection) -> bool:
     return await db.fetchval("SELECT count(*) FROM import_uploads") == 0
+
+
+async def test_leading_whitespace_in_small_pieces_is_still_an_export(
+    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+) -> None:
+    project = await factory.project()
+    key = await factory.key(project)
+    writer = form(b" \n" * 1500 + FIXTURE.read_bytes())()
+    resp = await gateway.post(
+        "/api/v1/imports",
+        data=_stream(writer, piece=7),
+        headers={"X-API-Key": key, "Content-Type": writer.content_type},
+    )
+    assert resp.status == 202, await resp.text()
+    job_id = (await resp.json())["data"]["jobId"]
+    row = await wait_for(lambda: job_state(db, job_id, "done"))
+    assert (row["total"], row["done"]) == (3, 3)

@@ -286,3 +286,13 @@ def test_truncated_zip_is_refused(tmp_path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
     with pytest.raises(ExportError, match="zip is damaged or truncated"):
         read(path)
+
+
+def test_long_whitespace_around_the_array_is_accepted(tmp_path: Path) -> None:
+    payload = b" \n" * 5000 + dumps([simple("spaced")]) + b"\n " * 5000
+    path = tmp_path / "conversations.json"
+    path.write_bytes(payload)
+    assert [r["title"] for r in read(path)] == ["spaced"]
+    path = tmp_path / "export.zip"
+    path.write_bytes(zipped(payload))
+    assert [r["title"] for r in read(path)] == ["spaced"]

@@ -31,9 +31,11 @@ log = get_logger(__name__)
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024
 CHUNK_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 64
+MAX_FILENAME_CHARS = 255
 ROUTING_KEY = "import.job"
 # What an export starts with: a zip, or a JSON array (possibly after a BOM and whitespace).
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
+UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class ImportForm(BaseModel):
@@ -60,10 +62,14 @@ def too_large() -> ApiError:
     )
 
 
-def looks_like_export(head: bytes) -> bool:
+def looks_like_export(head: bytes) -> bool | None:
+    """A zip or a JSON array? None while only whitespace (or a zip magic's prefix) came."""
     if head.startswith(ZIP_MAGIC):
         return True
-    return head.removeprefix(b"\xef\xbb\xbf").lstrip()[:1] == b"["
+    if len(head) < len(ZIP_MAGIC[0]) and any(m.startswith(head) for m in ZIP_MAGIC):
+        return None
+    rest = head.removeprefix(UTF8_BOM).lstrip()
+    return rest[:1] == b"[" if rest else None
 
 
 async def target_project(pool: asyncpg.Pool, principal: Principal, raw: str | None) -> int:
@@ -91,23 +97,37 @@ async def store_file(pool: asyncpg.Pool, upload_id: uuid.UUID, part: BodyPartRea
     A connection is borrowed per chunk, not for the whole upload: a slow client must not hold
     one of the pool's connections for minutes.
     """
-    size, seq, buffer = 0, 0, bytearray()
+    size, seq, buffer, checked = 0, 0, bytearray(), False
     while True:
         data = await part.read_chunk(CHUNK_BYTES)
         if not data:
             break
-        if size == 0 and not looks_like_export(data):
-            raise invalid("file", "not a ChatGPT export (conversations.json or the export .zip)")
         size += len(data)
         if size > MAX_UPLOAD_BYTES:
             raise too_large()
         buffer += data
+        if not checked:
+            checked = sniff(bytes(buffer))
         if len(buffer) >= CHUNK_BYTES:
             await jobs.add_chunk(pool, upload_id, seq, bytes(buffer))
             seq, buffer = seq + 1, bytearray()
+    if size and not checked:
+        raise not_an_export()
     if buffer:
         await jobs.add_chunk(pool, upload_id, seq, bytes(buffer))
     return size
+
+
+def not_an_export() -> ApiError:
+    return invalid("file", "not a ChatGPT export (conversations.json or the export .zip)")
+
+
+def sniff(head: bytes) -> bool:
+    """Refuse at once what can't be an export (the worker checks the rest); False: undecided."""
+    verdict = looks_like_export(head)
+    if verdict is False:
+        raise not_an_export()
+    return verdict is True
 
 
 async def read_field(part: BodyPartReader) -> str:
@@ -140,7 +160,8 @@ async def read_form(request: web.Request, principal: Principal, upload: Upload) 
                 upload.project_id = await target_project(pool, principal, await read_field(part))
                 project_given = True
             elif part.name == "file" and not upload.created:
-                await jobs.create_upload(pool, upload.id, part.filename)
+                filename = (part.filename or "").replace("\x00", "")[:MAX_FILENAME_CHARS]
+                await jobs.create_upload(pool, upload.id, filename or None)
                 upload.created = True
                 upload.size = await store_file(pool, upload.id, part)
             else:

@@ -111,10 +111,20 @@ def _zip_member(counter: CountingReader) -> Iterator[IO[bytes]]:
 
 def _check_tail(raw: IO[bytes], size: int) -> None:
     """Refuse a non-export or a cut-off download before importing any of it."""
-    raw.seek(max(0, size - TAIL_PROBE_BYTES))
-    tail = raw.read().rstrip()
+    end = size
+    tail = b""
+    while end > 0 and not tail:  # skip trailing whitespace, however long
+        start = max(0, end - TAIL_PROBE_BYTES)
+        raw.seek(start)
+        tail = raw.read(end - start).rstrip()
+        end = start
     raw.seek(0)
-    head = raw.read(64).removeprefix(UTF8_BOM).lstrip()
+    head = raw.read(TAIL_PROBE_BYTES).removeprefix(UTF8_BOM).lstrip()
+    while len(head) < 2:  # leading whitespace, however long
+        more = raw.read(TAIL_PROBE_BYTES)
+        if not more:
+            break
+        head = (head + more).lstrip()
     raw.seek(0)
     # An export starts with an array of objects: `[{` (or `[]`).
     if not head.startswith(b"[") or head[1:].lstrip()[:1] not in (b"{", b"]"):
@@ -153,6 +163,9 @@ def _expect_array(stream: IO[bytes]) -> None:
     if head.startswith(UTF8_BOM):
         stream.read(len(UTF8_BOM))
         head = head[len(UTF8_BOM) :]
+    while head and not head.lstrip() and peek is not None:
+        stream.read(len(head))  # only whitespace so far: JSON lets us drop it
+        head = peek(64)
     start = head.lstrip()[:1]
     if start == b"[":
         return
