@@ -1,5 +1,6 @@
-"""Answers one `OpenAIRequest`: store what was asked, call the model, store the answer, reply
-to the waiting gateway, record the call as a metrics event — then the consumer acks.
+"""Answers one `OpenAIRequest`: call the model, store the question and its answer in one
+transaction, reply to the waiting gateway, record the call as a metrics event — then the
+consumer acks.
 
 Upstream failures are answers too (an `error` reply, then ack): the gateway is waiting for one.
 A database or broker failure raises, so the request takes the retry ladder; stored rows carry
@@ -17,6 +18,7 @@ from datetime import UTC, datetime
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto import session_ids
+from chatbeto.consumer import attempt_of
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import (
     ChatMessage,
@@ -53,6 +55,8 @@ class Call:
     message_id: str
     request_id: str | None
     deadline: float  # time.monotonic()
+    # Delivered before (redelivery or retry): its answer may be stored already.
+    replay: bool
 
     async def chunk(self, delta: str) -> None:
         await self.replies.send(
@@ -111,6 +115,7 @@ class RequestHandler:
             message.message_id,
             env.request_id,
             time.monotonic() + remaining,
+            message.redelivered or attempt_of(message) > 1,
         )
         started = time.perf_counter()
         outcome = "ok"
@@ -135,66 +140,141 @@ class RequestHandler:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    def _incoming(self, call: Call, messages: Sequence[ChatMessage]) -> list[repo.NewMessage]:
-        return [
+    async def _create(self, call: Call, req: OpenAIRequest) -> None:
+        completion = None
+        if req.messages:
+            completion = await self._answer(call, req, req.messages, created=True)
+        conv = await self._store(call, req, None, req.title, req.messages, completion)
+        await call.result(completion, conv)
+        if completion is not None:
+            await self._record(call, req, completion, conv, conv.project_id)
+
+    async def _message(self, call: Call, req: OpenAIRequest) -> None:
+        if req.conversation_id is None or len(req.messages) != 1:
+            raise InvalidMessage("conversation.message needs conversation_id and one message")
+        async with self.pool.acquire() as conn:
+            conv = await repo.find_conversation(conn, req.conversation_id)
+            if conv is None:
+                raise ConversationNotFound
+            history = await repo.history(conn, conv.id) if req.messages[0].role == "user" else []
+        if req.messages[0].role != "user":
+            await self._store(call, req, conv.id, None, req.messages, None)
+            await call.result(conversation=conv)
+            return
+        completion = await self._answer(call, req, [*history, *req.messages], conv=conv)
+        await self._store(call, req, conv.id, None, req.messages, completion)
+        await call.result(completion, conv)
+        await self._record(call, req, completion, conv, conv.project_id)
+
+    async def _chat(self, call: Call, req: OpenAIRequest) -> None:
+        if req.project_id is None:  # not stored: one metrics session per call
+            completion = await self._complete(call, req, req.messages, None)
+            await call.result(completion)
+            await self._record(call, req, completion, None, None)
+            return
+        completion = await self._answer(call, req, req.messages, created=True)
+        first = next((m.content for m in req.messages if m.role == "user"), "")
+        conv = await self._store(
+            call, req, None, first[:TITLE_CHARS] or None, req.messages, completion
+        )
+        await call.result(completion, conv)
+        await self._record(call, req, completion, conv, conv.project_id)
+
+    async def _store(
+        self,
+        call: Call,
+        req: OpenAIRequest,
+        conversation_id: int | None,
+        title: str | None,
+        incoming: Sequence[ChatMessage],
+        completion: Completion | None,
+    ) -> repo.Conversation:
+        """One transaction per request, after the model answered: the question and the answer
+        are stored together or not at all (a failed call leaves nothing behind)."""
+        rows = [
             repo.NewMessage(
                 role=m.role,
                 content=m.content,
                 external_id=f"{call.message_id}:in:{n}",
                 request_id=call.request_id,
             )
-            for n, m in enumerate(messages)
+            for n, m in enumerate(incoming)
         ]
-
-    async def _start_conversation(
-        self, call: Call, req: OpenAIRequest, title: str | None
-    ) -> repo.Conversation:
-        if req.project_id is None:
-            raise InvalidMessage(f"{req.action} needs project_id")
-        async with self.pool.acquire() as conn, conn.transaction():
-            conv = await repo.create_conversation(
-                conn,
-                project_id=req.project_id,
-                title=title,
-                model=req.model,
-                source=req.source,
-                external_id=call.message_id,
-                session_id=session_ids.issue(self.session_key, self.usage.gpt_pk),
+        if completion is not None:
+            rows.append(
+                repo.NewMessage(
+                    role="assistant",
+                    content=completion.content,
+                    external_id=f"{call.message_id}:answer",
+                    model=completion.model,
+                    prompt_tokens=completion.usage.prompt_tokens,
+                    completion_tokens=completion.usage.completion_tokens,
+                    latency_ms=completion.latency_ms,
+                    request_id=call.request_id,
+                )
             )
-            await repo.add_messages(conn, conv.id, self._incoming(call, req.messages))
+        async with self.pool.acquire() as conn, conn.transaction():
+            if conversation_id is None:
+                if req.project_id is None:
+                    raise InvalidMessage(f"{req.action} needs project_id")
+                conv = await repo.create_conversation(
+                    conn,
+                    project_id=req.project_id,
+                    title=title,
+                    model=req.model,
+                    source=req.source,
+                    external_id=call.message_id,
+                    session_id=session_ids.issue(self.session_key, self.usage.gpt_pk),
+                )
+            else:
+                found = await repo.lock_conversation(conn, conversation_id)
+                if found is None:
+                    raise ConversationNotFound
+                conv = found
+            await repo.add_messages(conn, conv.id, rows)
         return conv
 
-    async def _create(self, call: Call, req: OpenAIRequest) -> None:
-        conv = await self._start_conversation(call, req, req.title)
-        if not req.messages:
-            await call.result(conversation=conv)
-            return
-        await self._answer(call, req, conv, list(req.messages))
+    async def _answer(
+        self,
+        call: Call,
+        req: OpenAIRequest,
+        history: Sequence[ChatMessage],
+        *,
+        conv: repo.Conversation | None = None,
+        created: bool = False,
+    ) -> Completion:
+        """The model's answer — or, for a redelivered request, the one already stored."""
+        if call.replay:
+            stored = await self._stored_answer(call, req, conv, created)
+            if stored is not None:
+                if req.stream:
+                    await call.chunk(stored.content)
+                return stored
+        return await self._complete(call, req, history, conv)
 
-    async def _message(self, call: Call, req: OpenAIRequest) -> None:
-        if req.conversation_id is None or len(req.messages) != 1:
-            raise InvalidMessage("conversation.message needs conversation_id and one message")
-        async with self.pool.acquire() as conn, conn.transaction():
-            conv = await repo.lock_conversation(conn, req.conversation_id)
-            if conv is None:
-                raise ConversationNotFound
-            await repo.add_messages(conn, conv.id, self._incoming(call, req.messages))
-            history = await repo.history(conn, conv.id)
-        if req.messages[0].role != "user":
-            await call.result(conversation=conv)
-            return
-        await self._answer(call, req, conv, history)
-
-    async def _chat(self, call: Call, req: OpenAIRequest) -> None:
-        if req.project_id is not None:
-            first = next((m.content for m in req.messages if m.role == "user"), "")
-            conv = await self._start_conversation(call, req, first[:TITLE_CHARS] or None)
-            await self._answer(call, req, conv, list(req.messages))
-            return
-        # Not stored: one metrics session per call.
-        completion = await self._complete(call, req, list(req.messages), None)
-        await call.result(completion)
-        await self._record(call, req, completion, None, None)
+    async def _stored_answer(
+        self, call: Call, req: OpenAIRequest, conv: repo.Conversation | None, created: bool
+    ) -> Completion | None:
+        async with self.pool.acquire() as conn:
+            conversation_id = conv.id if conv is not None else None
+            if created and req.project_id is not None:
+                conversation_id = await repo.find_created_by(
+                    conn, req.project_id, req.source, call.message_id
+                )
+            if conversation_id is None:
+                return None
+            row = await repo.stored_answer(conn, conversation_id, f"{call.message_id}:answer")
+        if row is None:
+            return None
+        prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
+        return Completion(
+            row["content"],
+            row["model"] or "",
+            Usage(
+                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
+            ),
+            row["latency_ms"] or 0,
+        )
 
     async def _complete(
         self,
@@ -215,53 +295,6 @@ class RequestHandler:
             deadline=call.deadline,
             on_delta=call.chunk if req.stream else None,
         )
-
-    async def _answer(
-        self,
-        call: Call,
-        req: OpenAIRequest,
-        conv: repo.Conversation,
-        history: Sequence[ChatMessage],
-    ) -> None:
-        answer_id = f"{call.message_id}:answer"
-        async with self.pool.acquire() as conn:
-            stored = await repo.stored_answer(conn, conv.id, answer_id)
-        if stored is not None:  # a redelivery: answer again from what is stored
-            completion = Completion(
-                stored["content"],
-                stored["model"] or "",
-                Usage(
-                    prompt_tokens=stored["prompt_tokens"] or 0,
-                    completion_tokens=stored["completion_tokens"] or 0,
-                    total_tokens=(stored["prompt_tokens"] or 0)
-                    + (stored["completion_tokens"] or 0),
-                ),
-                stored["latency_ms"] or 0,
-            )
-            if req.stream:
-                await call.chunk(completion.content)
-        else:
-            completion = await self._complete(call, req, history, conv)
-            async with self.pool.acquire() as conn, conn.transaction():
-                await repo.lock_conversation(conn, conv.id)
-                await repo.add_messages(
-                    conn,
-                    conv.id,
-                    [
-                        repo.NewMessage(
-                            role="assistant",
-                            content=completion.content,
-                            external_id=answer_id,
-                            model=completion.model,
-                            prompt_tokens=completion.usage.prompt_tokens,
-                            completion_tokens=completion.usage.completion_tokens,
-                            latency_ms=completion.latency_ms,
-                            request_id=call.request_id,
-                        )
-                    ],
-                )
-        await call.result(completion, conv)
-        await self._record(call, req, completion, conv, conv.project_id)
 
     async def _record(
         self,

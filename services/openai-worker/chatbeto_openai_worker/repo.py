@@ -90,6 +90,25 @@ async def create_conversation(
     return _conversation(row)
 
 
+async def find_conversation(conn: Conn, conversation_id: int) -> Conversation | None:
+    row = await conn.fetchrow(
+        f"SELECT {_CONV_COLUMNS} FROM conversations WHERE id = $1", conversation_id
+    )
+    return None if row is None else _conversation(row)
+
+
+async def find_created_by(conn: Conn, project_id: int, source: str, external_id: str) -> int | None:
+    """The conversation a request (by its message id) created, if a delivery of it did."""
+    value: int | None = await conn.fetchval(
+        """SELECT id FROM conversations
+           WHERE project_id = $1 AND source = $2 AND external_id = $3""",
+        project_id,
+        source,
+        external_id,
+    )
+    return value
+
+
 async def lock_conversation(conn: Conn, conversation_id: int) -> Conversation | None:
     """The conversation, locked for this transaction so message positions stay in order."""
     row = await conn.fetchrow(

@@ -327,7 +327,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     args = parser.parse_args()
-    web.run_app(create_stub_app(), host=args.host, port=args.port, access_log=None, print=None)
+    web.run_app(
+        create_stub_app(),
+        host=args.host,
+        port=args.port,
+        access_log=None,
+        print=None,
+        shutdown_timeout=1,
+    )
 
 
 if __name__ == "__main__":

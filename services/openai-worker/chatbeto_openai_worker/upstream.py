@@ -120,7 +120,12 @@ async def complete(
             delay = backoff_seconds(attempt)
             if time.monotonic() + delay >= deadline:
                 raise UpstreamUnavailable(f"OpenAI unavailable after {attempt} attempt(s)") from exc
-            log.warning("upstream failed, backing off", attempt=attempt, error=type(exc).__name__)
+            log.warning(
+                "upstream failed, backing off",
+                attempt=attempt,
+                error=type(exc).__name__,
+                cause=repr(exc.__cause__)[:200] if exc.__cause__ else None,
+            )
             await asyncio.sleep(delay)
             continue
         latency_ms = round((time.monotonic() - started) * 1000)
