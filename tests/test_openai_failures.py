@@ -166,3 +166,20 @@ async def test_broker_unreachable_is_503(
         headers={"Authorization": f"Bearer {key}"},
     )
     assert resp.status == 503
+
+
+async def test_stream_broken_mid_answer_ends_with_an_error_event_and_stores_nothing(
+    chat_gateway: Any, openai_worker: Any, factory: Factory, db: Any
+) -> None:
+    project = await factory.project()
+    key = await factory.key(project)
+    resp = await post_chat(
+        chat_gateway, key, "[[cut]] uno dos tres", stream=True, projectId=project
+    )
+    assert resp.status == 200
+    text = await resp.text()
+    events = [line[len("data: ") :] for line in text.splitlines() if line.startswith("data: ")]
+    assert '"delta"' in events[0]
+    assert '"upstream_unavailable"' in events[-2]
+    assert events[-1] == "[DONE]"
+    assert await db.fetchval("SELECT count(*) FROM messages") == 0

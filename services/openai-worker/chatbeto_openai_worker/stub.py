@@ -8,7 +8,8 @@ the whole history arrived. Tokens are counted as whitespace-separated words.
 Failures are provoked by magic text in the last message (or the `X-Stub` header):
 - `[[fail:401]]`, `[[fail:403]]`, `[[fail:429]]`, `[[fail:500]]`: that status, every time;
 - `[[fail:500x2]]`: that status for the first 2 requests with this exact text, then success;
-- `[[slow:1.5]]`: answer after 1.5 s (streamed answers wait before the first chunk).
+- `[[slow:1.5]]`: answer after 1.5 s (streamed answers wait before the first chunk);
+- `[[cut]]`: a streamed answer's connection drops after a few chunks.
 """
 
 from __future__ import annotations
@@ -30,6 +31,8 @@ FAILURES = web.AppKey("failures", Counter[str])
 RESPONSES = web.AppKey("responses", dict[str, dict[str, Any]])
 CONVERSATIONS = web.AppKey("conversations", dict[str, dict[str, Any]])
 MAX_SLOW_SECONDS = 120.0
+CUT_MAGIC = "[[cut]]"
+CUT_AFTER_CHUNKS = 2
 
 
 def count_tokens(text: str) -> int:
@@ -154,8 +157,11 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     parts.append(chunk({}, "stop"))
     if include_usage:
         parts.append({**chunk({}, None), "choices": [], "usage": usage})
-    for part in parts:
+    for n, part in enumerate(parts):
         await response.write(b"data: " + orjson.dumps(part) + b"\n\n")
+        if n == CUT_AFTER_CHUNKS and CUT_MAGIC in last and request.transport is not None:
+            request.transport.abort()  # the connection drops mid-answer
+            return response
     await response.write(b"data: [DONE]\n\n")
     await response.write_eof()
     return response

@@ -128,6 +128,11 @@ async def complete(
             )
             await asyncio.sleep(delay)
             continue
+        except Exception as exc:
+            # A stream that breaks mid-way may surface as a transport error, not an APIError.
+            if emitted:
+                raise UpstreamUnavailable("OpenAI failed mid-answer") from exc
+            raise
         latency_ms = round((time.monotonic() - started) * 1000)
         return Completion(content, used_model, usage, latency_ms)
 
