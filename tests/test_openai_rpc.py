@@ -23,6 +23,7 @@ from chatbeto.messages import (
     to_amqp,
 )
 from chatbeto.topology import OPENAI_REQUESTS, Topology
+from chatbeto_openai_worker.stub import SLOW_IN_FLIGHT
 
 from tests.conftest import Factory, wait_for
 
@@ -183,3 +184,55 @@ async def test_concurrent_consumer_retries_then_dead_letters(broker: Any, namesp
 
 async def _has(items: list[str], value: str) -> bool:
     return value in items
+
+
+async def test_worker_process_serves_and_drains_on_sigterm(
+    chat_gateway: Any,
+    env: dict[str, str],
+    openai_stub: str,
+    openai_stub_server: Any,
+    factory: Factory,
+    tmp_path: Any,
+) -> None:
+    """`chatbeto run openai-worker` as an operator starts it: answers, then SIGTERM drains an
+    in-flight slow request (answered, not lost) and exits 0."""
+    import signal
+    import sys
+    from pathlib import Path
+
+    exe = str(Path(sys.executable).with_name("chatbeto"))
+    log = (tmp_path / "worker.log").open("wb")
+    proc = await asyncio.create_subprocess_exec(
+        exe,
+        "run",
+        "openai-worker",
+        env={**env, "OPENAI_API_KEY": "sk-test", "OPENAI_BASE_URL": openai_stub},
+        stdout=log,
+        stderr=log,
+    )
+    key = await factory.key(await factory.project())
+
+    async def ask(text: str) -> Any:
+        return await chat_gateway.post(
+            "/api/v1/openai/chat/completions",
+            json={"messages": [{"role": "user", "content": text}]},
+            headers={"X-API-Key": key},
+        )
+
+    try:
+        resp = await ask("hola")  # waits for the worker to come up (its first reply)
+        assert resp.status == 200
+        slow = asyncio.create_task(ask("[[slow:1]] despacio"))
+
+        async def held() -> bool:  # the slow request is in flight at the worker
+            return bool(openai_stub_server.app[SLOW_IN_FLIGHT][0])
+
+        await wait_for(held)
+        proc.send_signal(signal.SIGTERM)
+        assert (await slow).status == 200
+        assert await asyncio.wait_for(proc.wait(), 30) == 0
+    finally:
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
+        log.close()

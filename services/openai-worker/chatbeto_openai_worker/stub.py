@@ -30,6 +30,8 @@ MODELS = ("gpt-4", "gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo")
 FAILURES = web.AppKey("failures", Counter[str])
 RESPONSES = web.AppKey("responses", dict[str, dict[str, Any]])
 CONVERSATIONS = web.AppKey("conversations", dict[str, dict[str, Any]])
+# How many `[[slow:…]]` requests are being held right now (tests poll it).
+SLOW_IN_FLIGHT = web.AppKey("slow_in_flight", list[int])
 MAX_SLOW_SECONDS = 120.0
 CUT_MAGIC = "[[cut]]"
 CUT_AFTER_CHUNKS = 2
@@ -62,7 +64,11 @@ async def provoke(request: web.Request, text: str) -> web.Response | None:
         return None
     kind, value, times = match.groups()
     if kind == "slow":
-        await asyncio.sleep(min(float(value), MAX_SLOW_SECONDS))
+        request.app[SLOW_IN_FLIGHT][0] += 1
+        try:
+            await asyncio.sleep(min(float(value), MAX_SLOW_SECONDS))
+        finally:
+            request.app[SLOW_IN_FLIGHT][0] -= 1
         return None
     status = int(float(value))
     if times is not None:
@@ -317,6 +323,7 @@ def create_stub_app() -> web.Application:
     app[FAILURES] = Counter()
     app[RESPONSES] = {}
     app[CONVERSATIONS] = {}
+    app[SLOW_IN_FLIGHT] = [0]
     app.router.add_post("/v1/chat/completions", chat_completions)
     app.router.add_get("/v1/models", models)
     app.router.add_post("/v1/conversations", create_conversation)
