@@ -167,6 +167,16 @@ async def test_broker_unreachable_is_503(
     )
     assert resp.status == 503
 
+    # The broker comes back: the publisher and this gateway's reply queue recover by themselves.
+    await proxy.start()
+
+    async def answered() -> bool:
+        resp = await post_chat(client, key, "después")
+        return resp.status == 200
+
+    await wait_for(answered, timeout=30)
+    await proxy.stop()
+
 
 async def test_stream_broken_mid_answer_ends_with_an_error_event_and_stores_nothing(
     chat_gateway: Any, openai_worker: Any, factory: Factory, db: Any
