@@ -160,6 +160,9 @@ async def test_rollups_count_each_event_once(
     assert await db.fetchval("SELECT sum(events) FROM user_rollups") == 40
     assert await db.fetchval("SELECT sum(sessions) FROM session_rollups") == 6
     assert await db.fetchval("SELECT sum(sessions) FROM user_rollups") == 6
+    assert await db.fetchval("SELECT sum(events) FROM event_rollups_daily") == 40
+    assert await db.fetchval("SELECT sum(events) FROM user_rollups_hourly") == 40
+    assert await db.fetchval("SELECT sum(sessions) FROM user_rollups_hourly") == 6
     by_bin = await db.fetchval(
         """SELECT count(*) FROM (SELECT latency_bin(latency_ms) AS b, count(*) AS n FROM events
            GROUP BY 1) e FULL JOIN (SELECT bin, sum(events) AS n FROM event_rollups GROUP BY 1) r
@@ -266,3 +269,24 @@ async def test_dashboard_page_and_static_files(gateway: Any) -> None:
         assert (await gateway.get(bad)).status == 404, bad
     spec = await (await gateway.get("/openapi.json")).json()
     assert "/dashboard" in spec["paths"] and "/api/gpts/{gpt_id}/live" in spec["paths"]
+
+
+def test_tiers_cut_a_period_into_days_hours_and_raw_edges() -> None:
+    t = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
+    cut = metrics_repo.tiers(t, t + timedelta(days=3))
+    h = timedelta(hours=1)
+    assert cut.raw == ((t, t + h / 2), (t + timedelta(days=3) - h / 2, t + timedelta(days=3)))
+    assert cut.daily == (datetime(2026, 3, 3, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
+    assert cut.hourly == (
+        (t + h / 2, datetime(2026, 3, 3, tzinfo=UTC)),
+        (datetime(2026, 3, 5, tzinfo=UTC), t + timedelta(days=3) - h / 2),
+    )
+    # Whole days only: nothing raw, nothing hourly (empty ranges sit at the end).
+    day = datetime(2026, 3, 1, tzinfo=UTC)
+    cut = metrics_repo.tiers(day, day + timedelta(days=30))
+    end = day + timedelta(days=30)
+    assert cut.daily == (day, end)
+    assert all(a == b for a, b in (*cut.raw, *cut.hourly))
+    # Inside one hour: all raw. Hourly buckets: no daily tier.
+    assert metrics_repo.tiers(t, t + h / 4).raw[0] == (t, t + h / 4)
+    assert metrics_repo.tiers(day, end, daily=False).daily == (end, end)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections import defaultdict
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 
@@ -90,17 +91,44 @@ def _floor(t: datetime, unit: Literal["hour", "day"]) -> datetime:
     )
 
 
-def _aligned(
-    start: datetime, end: datetime, unit: Literal["hour", "day"]
-) -> tuple[datetime, datetime]:
-    """The whole hours/days inside [start, end), read from rollups; the edges come from raw rows.
-    An empty range (lo == hi == end) when no whole unit fits."""
-    step = timedelta(hours=1) if unit == "hour" else timedelta(days=1)
-    lo = _floor(start, unit)
-    if lo < start:
-        lo += step
-    hi = _floor(end, unit)
-    return (lo, hi) if lo < hi else (end, end)
+Range = tuple[datetime, datetime]
+
+
+@dataclass(frozen=True)
+class Tiers:
+    """[start, end) cut into what each source answers: whole days (daily rollups), whole hours
+    around them (hourly rollups), partial hours at the very ends (raw rows). Unused pieces are
+    empty ranges (end, end), so every query keeps the same shape."""
+
+    raw: tuple[Range, Range]
+    hourly: tuple[Range, Range]
+    daily: Range
+
+    def args(self) -> list[datetime]:
+        return [t for r in (*self.raw, *self.hourly, self.daily) for t in r]
+
+
+def _ceil(t: datetime, unit: Literal["hour", "day"]) -> datetime:
+    floor = _floor(t, unit)
+    return floor if floor == t else floor + (timedelta(hours=1) if unit == "hour" else timedelta(1))
+
+
+def tiers(start: datetime, end: datetime, *, daily: bool = True) -> Tiers:
+    empty = (end, end)
+    h0, h1 = _ceil(start, "hour"), _floor(end, "hour")
+    if h0 >= h1:
+        return Tiers(((start, end), empty), (empty, empty), empty)
+    raw = ((start, h0), (h1, end))
+    d0, d1 = _ceil(start, "day"), _floor(end, "day")
+    if not daily or d0 >= d1:
+        return Tiers(raw, ((h0, h1), empty), empty)
+    return Tiers(raw, ((h0, d0), (d1, h1)), (d0, d1))
+
+
+# WHERE clauses over the tier arguments ($2..$11; $1 is the GPT, $12 the project or NULL).
+RAW = "(({c} >= $2 AND {c} < $3) OR ({c} >= $4 AND {c} < $5))"
+HOURLY = "((hour >= $6 AND hour < $7) OR (hour >= $8 AND hour < $9))"
+DAILY = "(day >= $10 AND day < $11)"
 
 
 def percentile_from_histogram(hist: dict[int, int], q: float) -> float | None:
@@ -150,83 +178,75 @@ async def stats(
 ) -> dict[str, Any]:
     """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows.
 
-    Whole hours (days for the user table) come from the rollups metrics-ingest maintains
-    (0006_rollups.sql), the partial edges of the period from the raw rows, so the answer is exact
-    for counts, sums and averages whatever the period. Percentiles are exact up to
+    Whole days and hours come from the rollups metrics-ingest maintains (0006_rollups.sql), the
+    partial hours at the ends of the period from the raw rows (see `tiers`), so the answer is
+    exact for counts, sums and averages whatever the period. Percentiles are exact up to
     EXACT_PERCENTILE_MAX_EVENTS events, above that interpolated from the latency histogram.
     """
-    h0, h1 = _aligned(start, end, "hour")
-    d0, d1 = _aligned(start, end, "day")
+    cut = tiers(start, end, daily=bucket != "hour")
+    args = (gpt_pk, *cut.args(), project_id)
     events_q = pool.fetch(
         f"""SELECT date_trunc('{bucket}', t, 'UTC') AS b, tipo, bin, sum(n)::bigint AS n,
                    sum(lat)::bigint AS lat, sum(tin)::bigint AS tin, sum(tout)::bigint AS tout
             FROM (
-                SELECT hour AS t, tipo, bin, events AS n, latency_sum AS lat,
+                SELECT day AS t, tipo, bin, events AS n, latency_sum AS lat,
                        tokens_entrada AS tin, tokens_salida AS tout
+                FROM event_rollups_daily
+                WHERE gpt_pk = $1 AND {DAILY} AND ($12::bigint IS NULL OR project_key = $12)
+                UNION ALL
+                SELECT hour, tipo, bin, events, latency_sum, tokens_entrada, tokens_salida
                 FROM event_rollups
-                WHERE gpt_pk = $1 AND hour >= $2 AND hour < $3
-                  AND ($6::bigint IS NULL OR project_key = $6)
+                WHERE gpt_pk = $1 AND {HOURLY} AND ($12::bigint IS NULL OR project_key = $12)
                 UNION ALL
                 SELECT ts, tipo, latency_bin(latency_ms), 1, latency_ms, tokens_entrada,
                        tokens_salida
                 FROM events
-                WHERE gpt_pk = $1 AND ((ts >= $4 AND ts < $2) OR (ts >= $3 AND ts < $5))
-                  AND ($6::bigint IS NULL OR project_id = $6)
+                WHERE gpt_pk = $1 AND {RAW.format(c="ts")}
+                  AND ($12::bigint IS NULL OR project_id = $12)
             ) AS x
             GROUP BY 1, 2, 3""",
-        gpt_pk,
-        h0,
-        h1,
-        start,
-        end,
-        project_id,
+        *args,
     )
+    # Sessions: an hourly rollup row per hour is few enough for any period.
     sessions_q = pool.fetch(
         f"""SELECT date_trunc('{bucket}', t, 'UTC') AS b, sum(n)::bigint AS n
             FROM (
                 SELECT hour AS t, sessions AS n FROM session_rollups
-                WHERE gpt_pk = $1 AND hour >= $2 AND hour < $3
-                  AND ($6::bigint IS NULL OR project_key = $6)
+                WHERE gpt_pk = $1
+                  AND ((hour >= $6 AND hour < $7) OR (hour >= $8 AND hour < $9)
+                       OR (hour >= $10 AND hour < $11))
+                  AND ($12::bigint IS NULL OR project_key = $12)
                 UNION ALL
                 SELECT timestamp_inicio, 1 FROM sessions
-                WHERE gpt_pk = $1
-                  AND ((timestamp_inicio >= $4 AND timestamp_inicio < $2)
-                       OR (timestamp_inicio >= $3 AND timestamp_inicio < $5))
-                  AND ($6::bigint IS NULL OR project_id = $6)
+                WHERE gpt_pk = $1 AND {RAW.format(c="timestamp_inicio")}
+                  AND ($12::bigint IS NULL OR project_id = $12)
             ) AS x
             GROUP BY 1 ORDER BY 1""",
-        gpt_pk,
-        h0,
-        h1,
-        start,
-        end,
-        project_id,
+        *args,
     )
     users_q = pool.fetch(
-        """SELECT usuario_id, sum(sessions)::bigint AS sessions, sum(events)::bigint AS events,
-                  max(last_seen) AS last_seen
-           FROM (
-               SELECT usuario_id, sessions, events, last_seen FROM user_rollups
-               WHERE gpt_pk = $1 AND day >= $2 AND day < $3
-                 AND ($6::bigint IS NULL OR project_key = $6)
-               UNION ALL
-               SELECT usuario_id, 1, 0, timestamp_inicio FROM sessions
-               WHERE gpt_pk = $1
-                 AND ((timestamp_inicio >= $4 AND timestamp_inicio < $2)
-                      OR (timestamp_inicio >= $3 AND timestamp_inicio < $5))
-                 AND ($6::bigint IS NULL OR project_id = $6)
-               UNION ALL
-               SELECT usuario_id, 0, 1, ts FROM events
-               WHERE gpt_pk = $1 AND ((ts >= $4 AND ts < $2) OR (ts >= $3 AND ts < $5))
-                 AND ($6::bigint IS NULL OR project_id = $6)
-           ) AS x
-           GROUP BY usuario_id
-           ORDER BY events DESC, sessions DESC, usuario_id LIMIT 500""",
+        f"""SELECT usuario_id, sum(sessions)::bigint AS sessions, sum(events)::bigint AS events,
+                   max(last_seen) AS last_seen
+            FROM (
+                SELECT usuario_id, sessions, events, last_seen FROM user_rollups
+                WHERE gpt_pk = $1 AND {DAILY} AND ($12::bigint IS NULL OR project_key = $12)
+                UNION ALL
+                SELECT usuario_id, sessions, events, last_seen FROM user_rollups_hourly
+                WHERE gpt_pk = $1 AND {HOURLY} AND ($12::bigint IS NULL OR project_key = $12)
+                UNION ALL
+                SELECT usuario_id, 1, 0, timestamp_inicio FROM sessions
+                WHERE gpt_pk = $1 AND {RAW.format(c="timestamp_inicio")}
+                  AND ($12::bigint IS NULL OR project_id = $12)
+                UNION ALL
+                SELECT usuario_id, 0, 1, ts FROM events
+                WHERE gpt_pk = $1 AND {RAW.format(c="ts")}
+                  AND ($12::bigint IS NULL OR project_id = $12)
+            ) AS x
+            GROUP BY usuario_id
+            ORDER BY events DESC, sessions DESC, usuario_id LIMIT 500""",
+        # The user table has no time axis: it always reads whole days from the daily rollups.
         gpt_pk,
-        d0,
-        d1,
-        start,
-        end,
+        *tiers(start, end).args(),
         project_id,
     )
     # Three independent reads on three pooled connections: the answer takes the slowest, not

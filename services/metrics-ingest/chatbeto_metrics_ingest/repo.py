@@ -26,6 +26,15 @@ SESSION_ROLLUPS = """
         FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
         ON CONFLICT (gpt_pk, day, project_key, usuario_id)
         DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
+                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
+    s_users_hourly AS (
+        INSERT INTO user_rollups_hourly AS r (gpt_pk, project_key, hour, usuario_id, sessions,
+                                              events, last_seen)
+        SELECT gpt_pk, project_key, date_trunc('hour', timestamp_inicio, 'UTC'), usuario_id,
+               count(*), 0, max(timestamp_inicio)
+        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        ON CONFLICT (gpt_pk, hour, project_key, usuario_id)
+        DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
 
 EVENT_ROLLUPS = """
@@ -41,6 +50,27 @@ EVENT_ROLLUPS = """
                       latency_sum = r.latency_sum + EXCLUDED.latency_sum,
                       tokens_entrada = r.tokens_entrada + EXCLUDED.tokens_entrada,
                       tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida),
+    e_daily AS (
+        INSERT INTO event_rollups_daily AS r (gpt_pk, project_key, day, tipo, bin, events,
+                                              latency_sum, tokens_entrada, tokens_salida)
+        SELECT gpt_pk, project_key, date_trunc('day', ts, 'UTC'), tipo,
+               latency_bin(latency_ms), count(*), sum(latency_ms), sum(tokens_entrada),
+               sum(tokens_salida)
+        FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
+        ON CONFLICT (gpt_pk, day, project_key, tipo, bin)
+        DO UPDATE SET events = r.events + EXCLUDED.events,
+                      latency_sum = r.latency_sum + EXCLUDED.latency_sum,
+                      tokens_entrada = r.tokens_entrada + EXCLUDED.tokens_entrada,
+                      tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida),
+    e_users_hourly AS (
+        INSERT INTO user_rollups_hourly AS r (gpt_pk, project_key, hour, usuario_id, sessions,
+                                              events, last_seen)
+        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC'), usuario_id, 0, count(*),
+               max(ts)
+        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        ON CONFLICT (gpt_pk, hour, project_key, usuario_id)
+        DO UPDATE SET events = r.events + EXCLUDED.events,
+                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
     e_users AS (
         INSERT INTO user_rollups AS r (gpt_pk, project_key, day, usuario_id, sessions, events,
                                        last_seen)
