@@ -203,3 +203,35 @@ async def test_extreme_limits(database: str, text: str) -> None:
         assert decision.allowed and decision.remaining >= 0
     finally:
         await pool.close()
+
+
+async def test_ended_windows_are_pruned(database: str, db: Any) -> None:
+    from chatbeto_gateway.ratelimit import Limiter
+
+    await db.execute(
+        "INSERT INTO rate_windows (bucket, window_start, window_end, used, last_grant) "
+        "VALUES ('api:key:1', 0, 60, 5, 5)"
+    )
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=1)
+    try:
+        limiter = Limiter(pool)
+        assert (await limiter.take("api:key:2", RateLimit(5, 3600))).allowed
+        await limiter.prune()
+    finally:
+        await pool.close()
+    assert await db.fetchval("SELECT array_agg(bucket) FROM rate_windows") == ["api:key:2"]
+
+
+async def test_streams_carry_the_headers(gateway: Any, factory: Factory) -> None:
+    """An event stream sends its headers before the handler returns: they are there too."""
+    project = await factory.project()
+    key = await factory.key(project, rate_limit="5/1h")
+    gpt = await factory.gpt(project_id=project)
+    resp = await gateway.get(f"/api/gpts/{gpt}/live", headers=h(key))
+    try:
+        assert resp.status == 200
+        assert resp.headers["Content-Type"].startswith("text/event-stream")
+        assert resp.headers["RateLimit-Limit"] == "5"
+        assert resp.headers["RateLimit-Remaining"] == "4"
+    finally:
+        resp.close()
