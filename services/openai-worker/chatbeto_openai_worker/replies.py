@@ -4,7 +4,7 @@ the one gateway process waiting for them (its exclusive queue), matched by `corr
 from __future__ import annotations
 
 import aio_pika
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from chatbeto.messages import OpenAIReply, envelope
 from chatbeto.topology import Topology
 
@@ -14,29 +14,32 @@ class Replies:
         self._connection = connection
         self._topology = topo
         self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
 
     async def start(self) -> None:
         # No confirms: a reply is worth nothing once its gateway stopped waiting, and the
         # request itself is only acked after the reply left.
         self._channel = await self._connection.channel(publisher_confirms=False)
-        self._exchange = await self._channel.get_exchange(
-            self._topology.replies_exchange, ensure=False
-        )
 
     async def send(self, reply_to: str, correlation_id: str, reply: OpenAIReply) -> None:
-        assert self._exchange is not None
+        assert self._channel is not None
         env = envelope(reply)
-        await self._exchange.publish(
-            aio_pika.Message(
-                body=env.model_dump_json(exclude_none=True).encode(),
-                content_type="application/json",
-                delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-                correlation_id=correlation_id,
-                type=f"{env.type}.v{env.version}",
-            ),
+        message = aio_pika.Message(
+            body=env.model_dump_json(exclude_none=True).encode(),
+            content_type="application/json",
+            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
+            correlation_id=correlation_id,
+            type=f"{env.type}.v{env.version}",
+        )
+        # `wait=False`: queue the frames and go on. aio-pika's `publish` holds the channel's
+        # lock until each frame is written and drained, which serialises every reply of this
+        # process behind a slow socket; frames still leave in order, so chunks stay ordered.
+        channel = await self._channel.get_underlay_channel()
+        await channel.basic_publish(
+            message.body,
+            exchange=self._topology.replies_exchange,
             routing_key=reply_to,
-            mandatory=False,
+            properties=message.properties,
+            wait=False,  # type: ignore[call-arg]  # aiormq.abc lacks it; the channel has it
         )
 
     async def close(self) -> None:
