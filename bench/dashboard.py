@@ -9,6 +9,7 @@ of one GPT. Also shown: the same month read from the raw events (what the rollup
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 import statistics
 import time
@@ -176,6 +177,7 @@ async def run_section(env: Scratch, events: int) -> list[Row]:
             preset_med, preset_max = await measure(http, url, preset)
             custom_med, custom_max = await measure(http, url, custom)
             gpts_med, _ = await measure(http, f"{base}/api/gpts", {})
+        load_1m = os.getloadavg()[0]
     finally:
         proc.terminate()
         proc.wait(timeout=30)
@@ -196,6 +198,8 @@ async def run_section(env: Scratch, events: int) -> list[Row]:
         ),
         Row(SECTION, "GPT list (median)", f"{gpts_med:.1f} ms"),
         Row(SECTION, "same month from raw events (1 query)", f"{raw_ms:.0f} ms", "for comparison"),
+        # The figures depend on what else the machine runs; this says how busy it was.
+        Row(SECTION, "load average (1 min) after the run", f"{load_1m:.1f}"),
     ]
 
 
