@@ -288,3 +288,32 @@ async def test_live_stream_survives_a_gateway_restart(
         await page.wait_for_selector(f"[data-event-id='{event_id}']", timeout=3000)
     finally:
         await runner.cleanup()
+
+
+async def test_custom_period(browser: Any, gateway: Any, tenant: dict[str, Any]) -> None:
+    base = str(gateway.make_url("")).rstrip("/")
+    page = await browser.new_page()
+    console = Console(page)
+    await page.goto(f"{base}/dashboard#key={tenant['key']}&gpt={tenant['gpt']}")
+    await page.wait_for_selector("body[data-loaded]")
+    today = datetime.now(UTC).date()
+    first = today - timedelta(days=3)
+    await page.select_option("[data-testid=period-select]", "custom")
+    await page.fill("[data-testid=from-input]", first.isoformat())
+    wanted = f"from={first.isoformat()}T00%3A00%3A00.000Z"
+    async with page.expect_response(lambda r: "/stats?" in r.url and wanted in r.url) as info:
+        await page.fill("[data-testid=to-input]", today.isoformat())
+    response = await info.value
+    # The custom range is whole UTC days, `to` inclusive.
+    assert f"from={first.isoformat()}T00%3A00%3A00.000Z" in response.url
+    tomorrow = today + timedelta(days=1)
+    assert f"to={tomorrow.isoformat()}T00%3A00%3A00.000Z" in response.url
+    stats = await response.json()
+
+    async def shows_api_numbers() -> bool:
+        value = await page.get_attribute("[data-testid=sessions-total]", "data-value")
+        return value == str(stats["totals"]["sessions"])
+
+    await wait_for(shows_api_numbers)
+    assert 0 < stats["totals"]["sessions"] < 5  # the seeded sessions of 6 and 9 days ago are out
+    assert console.errors == []
