@@ -110,9 +110,12 @@ async def find_created_by(conn: Conn, project_id: int, source: str, external_id:
 
 
 async def lock_conversation(conn: Conn, conversation_id: int) -> Conversation | None:
-    """The conversation, locked for this transaction so message positions stay in order."""
+    """The conversation, locked for this transaction so message positions stay in order (and
+    marked updated: the caller appends to it)."""
     row = await conn.fetchrow(
-        f"SELECT {_CONV_COLUMNS} FROM conversations WHERE id = $1 FOR UPDATE", conversation_id
+        f"""UPDATE conversations SET updated_at = now() WHERE id = $1
+            RETURNING {_CONV_COLUMNS}""",
+        conversation_id,
     )
     return None if row is None else _conversation(row)
 
@@ -152,7 +155,6 @@ async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewM
         [m.external_id for m in messages],
         [m.request_id for m in messages],
     )
-    await conn.execute("UPDATE conversations SET updated_at = now() WHERE id = $1", conversation_id)
 
 
 async def history(conn: Conn, conversation_id: int) -> list[ChatMessage]:

@@ -23,6 +23,7 @@ from chatbeto_openai_worker.usage_events import UsageEvents
 
 log = get_logger(__name__)
 SYNC_CONCURRENCY = 2
+POOL_MAX_SIZE = 20
 # A request is retried (ladder) only for our own failures (database, broker); few tries, since
 # the gateway waits at most OPENAI_TIMEOUT for it.
 REQUEST_MAX_TRIES = 3
@@ -54,7 +55,8 @@ class OpenAIWorker:
     async def start(self) -> None:
         settings = self.settings
         log.info("connecting", dsn=mask_dsn(settings.database_url))
-        self.pool = await create_pool(settings.database_url, min_size=2, max_size=10)
+        # Up to 20 requests store at once; the rest of the in-flight ones are waiting upstream.
+        self.pool = await create_pool(settings.database_url, min_size=2, max_size=POOL_MAX_SIZE)
         session_key = await session_ids.load_key(self.pool)
         gpt_pk = await self.pool.fetchval("SELECT pk FROM gpts WHERE builtin ORDER BY pk LIMIT 1")
         if gpt_pk is None:
