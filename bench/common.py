@@ -14,7 +14,6 @@ from pathlib import Path
 
 import aio_pika
 import asyncpg
-
 from chatbeto.db import with_database
 from chatbeto.migrate import apply_migrations
 from chatbeto.topology import Topology
@@ -39,13 +38,18 @@ class Scratch:
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("OPENAI_")}
-        env.update(DATABASE_URL=self.dsn, AMQP_URL=AMQP_URL, AMQP_NAMESPACE=self.namespace,
-                   LOG_LEVEL="warning", HEALTH_PORT="0")
+        env.update(
+            DATABASE_URL=self.dsn,
+            AMQP_URL=AMQP_URL,
+            AMQP_NAMESPACE=self.namespace,
+            LOG_LEVEL="warning",
+            HEALTH_PORT="0",
+        )
         env.update(extra)
         return env
 
     def spawn(self, *args: str, **extra: str) -> subprocess.Popen[bytes]:
-        return subprocess.Popen([CHATBETO, *args], env=self.env(**extra))  # noqa: S603
+        return subprocess.Popen([CHATBETO, *args], env=self.env(**extra))
 
 
 @asynccontextmanager
