@@ -13,6 +13,7 @@ from chatbeto_gateway import responses
 from chatbeto_gateway.auth import require_principal
 from chatbeto_gateway.errors import ApiError
 from chatbeto_gateway.openai_calls import (
+    MAX_TOKENS_LIMIT,
     ask,
     parse_body,
     response_out,
@@ -39,7 +40,7 @@ class ChatIn(BaseModel):
     model: str | None = Field(default=None, min_length=1, max_length=100)
     projectId: int | None = Field(default=None, gt=0)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS_LIMIT)
     stream: bool = False
 
 

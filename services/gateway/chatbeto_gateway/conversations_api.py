@@ -52,7 +52,7 @@ class MessageIn(BaseModel):
 
 
 class SyncIn(BaseModel):
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="forbid")
     projectId: int | None = Field(default=None, gt=0)
 
 

@@ -35,8 +35,12 @@ SECURITY_HEADERS = {
 def _file(relative: str) -> Path:
     """A file under STATIC_DIR, or 404 (no path escapes, no directories, known types only)."""
     root = STATIC_DIR.resolve()
-    path = (root / relative).resolve()
-    if not path.is_relative_to(root) or not path.is_file() or path.suffix not in CONTENT_TYPES:
+    try:
+        path = (root / relative).resolve()
+        found = path.is_relative_to(root) and path.is_file() and path.suffix in CONTENT_TYPES
+    except (OSError, ValueError):  # NUL bytes, names longer than the filesystem allows
+        found = False
+    if not found:
         raise web.HTTPNotFound()
     return path
 

@@ -22,6 +22,10 @@ from chatbeto_gateway.upstream_status import Upstream
 M = TypeVar("M", bound=BaseModel)
 
 
+# Far above any model's output window; bounds what reaches the worker and the upstream call.
+MAX_TOKENS_LIMIT = 1_000_000
+
+
 async def parse_body(request: web.Request, model: type[M]) -> M:
     try:
         return model.model_validate_json(await request.read())

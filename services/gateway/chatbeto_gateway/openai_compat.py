@@ -15,7 +15,14 @@ from pydantic import BaseModel, ConfigDict, Field
 from chatbeto_gateway import responses
 from chatbeto_gateway.auth import Principal, require_principal
 from chatbeto_gateway.errors import ApiError
-from chatbeto_gateway.openai_calls import ask, parse_body, stream, user_of, visible_project
+from chatbeto_gateway.openai_calls import (
+    MAX_TOKENS_LIMIT,
+    ask,
+    parse_body,
+    stream,
+    user_of,
+    visible_project,
+)
 from chatbeto_gateway.openapi import doc
 from chatbeto_gateway.state import KEYS, UPSTREAM
 
@@ -40,8 +47,8 @@ class V1ChatIn(BaseModel):
     model: str | None = Field(default=None, max_length=100)
     messages: list[V1Message] = Field(min_length=1, max_length=MAX_MESSAGES)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, gt=0)
-    max_completion_tokens: int | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS_LIMIT)
+    max_completion_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS_LIMIT)
     stream: bool | None = False
     stream_options: dict[str, Any] | None = None
 
