@@ -61,7 +61,8 @@ class LivePublisher:
     async def _ensure(self) -> AbstractExchange:
         if self._exchange is None or self._channel is None or self._channel.is_closed:
             assert self._connection is not None
-            # No publisher confirms: nobody waits for a live event.
+            # No publisher confirms: nobody waits for a live event. Not mandatory either: with no
+            # dashboard open nothing is bound, and a returned message would be logged whole.
             self._channel = await self._connection.channel(publisher_confirms=False)
             self._exchange = await self._channel.get_exchange(
                 self._topology.live_exchange, ensure=False
@@ -72,7 +73,8 @@ class LivePublisher:
         try:
             exchange = await asyncio.wait_for(self._ensure(), PUBLISH_TIMEOUT_SECONDS)
             await asyncio.wait_for(
-                exchange.publish(live_message(rows), routing_key=""), PUBLISH_TIMEOUT_SECONDS
+                exchange.publish(live_message(rows), routing_key="", mandatory=False),
+                PUBLISH_TIMEOUT_SECONDS,
             )
         except asyncio.CancelledError:
             raise
