@@ -5,14 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from chatbeto import health, topology
-from chatbeto.broker import connect
-from chatbeto.consumer import BatchConsumer
-from chatbeto.db import create_pool, mask_dsn
+from aio_pika.abc import AbstractIncomingMessage
+from chatbeto import topology
 from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, parse
 from chatbeto.observability import ROWS_STORED
+from chatbeto.service import QueueWorker
 from chatbeto.settings import MetricsIngestSettings
 
 from chatbeto_metrics_ingest import repo
@@ -26,35 +24,22 @@ def decode(message: AbstractIncomingMessage) -> MetricsBatch:
     return parse(message.body, MetricsBatch, MetricsBatch.TYPE, ACCEPTED_VERSIONS).data
 
 
-class MetricsIngest:
+class MetricsIngest(QueueWorker):
+    settings: MetricsIngestSettings
+    QUEUE = topology.METRICS_INGEST
+
     def __init__(self, settings: MetricsIngestSettings) -> None:
-        self.settings = settings
-        self.pool: asyncpg.Pool | None = None
-        self.connection: AbstractRobustConnection | None = None
-        self.consumer: BatchConsumer | None = None
+        super().__init__(
+            settings,
+            prefetch=settings.ingest_prefetch,
+            max_batch=settings.ingest_prefetch,
+            max_tries=settings.ingest_max_tries,
+        )
         self.live = LivePublisher(None, settings.topology)
 
-    def checks(self) -> dict[str, health.Check]:
-        return {
-            "database": health.postgres_check(lambda: self.pool),
-            "broker": health.broker_check(lambda: self.connection),
-        }
-
     async def start(self) -> None:
-        log.info("connecting", dsn=mask_dsn(self.settings.database_url))
-        self.pool = await create_pool(self.settings.database_url, min_size=1, max_size=4)
-        self.connection = await connect(self.settings.amqp_url, attempts=30)
-        self.consumer = BatchConsumer(
-            self.connection,
-            self.settings.topology,
-            self.settings.topology.queue(topology.METRICS_INGEST),
-            self.handle,
-            prefetch=self.settings.ingest_prefetch,
-            max_batch=self.settings.ingest_prefetch,
-            max_tries=self.settings.ingest_max_tries,
-        )
+        await super().start()
         self.live = LivePublisher(self.connection, self.settings.topology)
-        await self.consumer.start()
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         sessions: list[SessionRecord] = []
@@ -72,15 +57,5 @@ class MetricsIngest:
         if stored:
             await self.live.publish(stored)
 
-    async def run(self) -> None:
-        assert self.consumer is not None
-        await self.consumer.wait()
-
-    async def close(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.close()
+    async def close_resources(self) -> None:
         await self.live.close()
-        if self.connection is not None:
-            await self.connection.close()
-        if self.pool is not None:
-            await self.pool.close()

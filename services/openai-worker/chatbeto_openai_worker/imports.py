@@ -12,17 +12,15 @@ import tempfile
 import time
 from collections.abc import Sequence
 
-import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from chatbeto import health, topology
-from chatbeto.broker import connect
-from chatbeto.consumer import BatchConsumer, attempt_of
-from chatbeto.db import create_pool, mask_dsn
+from aio_pika.abc import AbstractIncomingMessage
+from chatbeto import topology
+from chatbeto.consumer import attempt_of
 from chatbeto.importer import jobs
 from chatbeto.importer.export import ExportError
 from chatbeto.importer.run import Summary, import_file
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import ImportJob, parse
+from chatbeto.service import QueueWorker
 from chatbeto.settings import WorkerSettings
 
 log = get_logger(__name__)
@@ -34,35 +32,14 @@ def failures_of(summary: Summary) -> list[dict[str, str]]:
     return [{"title": f.title, "id": f.id, "reason": f.reason} for f in summary.failures]
 
 
-class ImportWorker:
+class ImportWorker(QueueWorker):
+    QUEUE = topology.IMPORTS
+    # Own names: this worker runs next to others in one process (their checks merge).
+    CHECK_PREFIX = "imports_"
+
     def __init__(self, settings: WorkerSettings, *, max_tries: int = 5) -> None:
-        self.settings = settings
-        self.max_tries = max_tries
-        self.pool: asyncpg.Pool | None = None
-        self.connection: AbstractRobustConnection | None = None
-        self.consumer: BatchConsumer | None = None
-
-    def checks(self) -> dict[str, health.Check]:
-        return {
-            # Own names: this worker runs next to others in one process (their checks merge).
-            "imports_database": health.postgres_check(lambda: self.pool),
-            "imports_broker": health.broker_check(lambda: self.connection),
-        }
-
-    async def start(self) -> None:
-        log.info("connecting", dsn=mask_dsn(self.settings.database_url))
-        self.pool = await create_pool(self.settings.database_url, min_size=1, max_size=2)
-        self.connection = await connect(self.settings.amqp_url, attempts=30)
-        self.consumer = BatchConsumer(
-            self.connection,
-            self.settings.topology,
-            self.settings.topology.queue(topology.IMPORTS),
-            self.handle,
-            prefetch=1,
-            max_batch=1,
-            max_tries=self.max_tries,
-        )
-        await self.consumer.start()
+        # One job at a time: a job is a whole export.
+        super().__init__(settings, prefetch=1, max_batch=1, max_tries=max_tries, pool_size=2)
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         for message in messages:
@@ -158,15 +135,3 @@ class ImportWorker:
             messages=summary.messages,
             duration_ms=round((time.monotonic() - started) * 1000),
         )
-
-    async def run(self) -> None:
-        assert self.consumer is not None
-        await self.consumer.wait()
-
-    async def close(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.close()
-        if self.connection is not None:
-            await self.connection.close()
-        if self.pool is not None:
-            await self.pool.close()

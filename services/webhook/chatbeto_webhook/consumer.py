@@ -12,13 +12,12 @@ import time
 from collections.abc import Sequence
 
 import asyncpg
-from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from chatbeto import health, topology
-from chatbeto.broker import connect
-from chatbeto.consumer import BatchConsumer, attempt_of
-from chatbeto.db import create_pool, mask_dsn
+from aio_pika.abc import AbstractIncomingMessage
+from chatbeto import topology
+from chatbeto.consumer import attempt_of
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import Envelope, WebhookDelivery, parse
+from chatbeto.service import QueueWorker
 from chatbeto.settings import WebhookSettings
 
 from chatbeto_webhook import actions, repo
@@ -35,36 +34,23 @@ def decode(message: AbstractIncomingMessage) -> Envelope[WebhookDelivery]:
     return parse(message.body, WebhookDelivery, WebhookDelivery.TYPE, ACCEPTED_VERSIONS)
 
 
-class WebhookService:
+class WebhookService(QueueWorker):
+    settings: WebhookSettings
+    QUEUE = topology.WEBHOOK_DELIVERIES
+
     def __init__(self, settings: WebhookSettings) -> None:
-        self.settings = settings
-        self.pool: asyncpg.Pool | None = None
-        self.connection: AbstractRobustConnection | None = None
-        self.consumer: BatchConsumer | None = None
+        super().__init__(
+            settings,
+            prefetch=settings.webhook_prefetch,
+            max_batch=MAX_BATCH,
+            max_tries=settings.webhook_max_tries,
+        )
         self.fetcher = ResponseFetcher(settings)
 
-    def checks(self) -> dict[str, health.Check]:
-        return {
-            "database": health.postgres_check(lambda: self.pool),
-            "broker": health.broker_check(lambda: self.connection),
-        }
-
     async def start(self) -> None:
-        log.info("connecting", dsn=mask_dsn(self.settings.database_url))
         if not self.fetcher.configured:
             log.warning("OPENAI_API_KEY unset: response.completed deliveries will fail")
-        self.pool = await create_pool(self.settings.database_url, min_size=1, max_size=4)
-        self.connection = await connect(self.settings.amqp_url, attempts=30)
-        self.consumer = BatchConsumer(
-            self.connection,
-            self.settings.topology,
-            self.settings.topology.queue(topology.WEBHOOK_DELIVERIES),
-            self.handle,
-            prefetch=self.settings.webhook_prefetch,
-            max_batch=MAX_BATCH,
-            max_tries=self.settings.webhook_max_tries,
-        )
-        await self.consumer.start()
+        await super().start()
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         # A delivery already committed is skipped by its key if the batch is retried.
@@ -146,15 +132,5 @@ class WebhookService:
             await repo.finish(conn, row_id, "failed", error=error)
         return "failed"
 
-    async def run(self) -> None:
-        assert self.consumer is not None
-        await self.consumer.wait()
-
-    async def close(self) -> None:
-        if self.consumer is not None:
-            await self.consumer.close()
-        if self.connection is not None:
-            await self.connection.close()
-        if self.pool is not None:
-            await self.pool.close()
+    async def close_resources(self) -> None:
         await self.fetcher.close()
