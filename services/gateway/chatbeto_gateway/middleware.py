@@ -94,6 +94,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 status=exc.status,
                 headers=headers,
             )
+        except ConnectionResetError:
+            # The client went away mid-request: nothing to answer, not a server error.
+            status = 499
+            raise
         except Exception:
             log.exception("unhandled error", path=request.path)
             response = responses.json(
