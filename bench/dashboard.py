@@ -8,9 +8,7 @@ of one GPT. Also shown: the same month read from the raw events (what the rollup
 
 from __future__ import annotations
 
-import asyncio
 import os
-import socket
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
@@ -20,7 +18,7 @@ import aiohttp
 import asyncpg
 from chatbeto import api_keys
 
-from bench.common import Row, Scratch, scratch
+from bench.common import Row, Scratch, free_port, scratch, wait_http
 
 SECTION = "dashboard"
 TARGET_MS = 300
@@ -30,12 +28,6 @@ EVENTS_PER_SESSION = 10
 DAYS = 60
 # The measured GPT holds 80% of all events; a second GPT the rest.
 MAIN_SHARE = 0.8
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def backfill_sql() -> str:
@@ -115,19 +107,6 @@ async def measure(
     return statistics.median(samples), max(samples)
 
 
-async def wait_ready(base: str) -> None:
-    async with aiohttp.ClientSession() as http:
-        for _ in range(300):
-            try:
-                async with http.get(f"{base}/readyz") as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.1)
-    raise RuntimeError("gateway did not become ready")
-
-
 async def run_section(env: Scratch, events: int) -> list[Row]:
     conn = await asyncpg.connect(env.dsn)
     try:
@@ -160,7 +139,7 @@ async def run_section(env: Scratch, events: int) -> list[Row]:
     base = f"http://127.0.0.1:{port}"
     proc = env.spawn("run", "gateway", GATEWAY_PORT=str(port), RATE_LIMIT="1000000/1m")
     try:
-        await wait_ready(base)
+        await wait_http(f"{base}/readyz")
         url = f"{base}/api/gpts/bench-main/stats"
         preset = {
             "from": month_start.isoformat(),

@@ -8,43 +8,16 @@ from __future__ import annotations
 
 import asyncio
 import json
-import re
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 from chatbeto import api_keys
 
-from bench.common import Row, Scratch, scratch
+from bench.common import Row, Scratch, ensure_wrk, free_port, run_wrk, scratch, wait_http
 
 SECTION = "ingest"
 CONNECTIONS = 64
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def ensure_wrk() -> str:
-    found = shutil.which("wrk")
-    if found:
-        return found
-    subprocess.run(
-        ["apt-get", "install", "-y", "-q", "wrk"],
-        check=False,
-        capture_output=True,
-    )
-    found = shutil.which("wrk")
-    if not found:
-        raise SystemExit("bench needs wrk (apt-get install wrk)")
-    return found
 
 
 LUA = """
@@ -69,54 +42,6 @@ request = function()
   return wrk.format(nil, "/api/events/batch", nil, '{"events":[' .. table.concat(parts, ",") .. ']}')
 end
 """
-
-
-def parse_wrk(out: str) -> dict[str, float]:
-    def unit(value: str, suffix: str) -> float:
-        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[suffix]
-        return float(value) * scale
-
-    result: dict[str, float] = {}
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    result["rps"] = float(rps.group(1)) if rps else 0.0
-    for pct in ("50", "99"):
-        m = re.search(rf"^\s+{pct}(?:\.000)?%\s+([\d.]+)(us|ms|s|m)\s*$", out, re.M)
-        if m:
-            result[f"p{pct}"] = unit(m.group(1), m.group(2))
-    total = re.search(r"(\d+) requests in", out)
-    result["requests"] = float(total.group(1)) if total else 0.0
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    result["non2xx"] = float(non2xx.group(1)) if non2xx else 0.0
-    errors = re.search(r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", out)
-    result["socket_errors"] = float(sum(int(x) for x in errors.groups())) if errors else 0.0
-    return result
-
-
-def run_wrk(wrk: str, url: str, script: str, seconds: int, connections: int) -> dict[str, float]:
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(script)
-    out = subprocess.run(
-        [wrk, "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", fh.name, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    Path(fh.name).unlink()
-    return parse_wrk(out)
-
-
-async def wait_http(url: str, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(url) as resp:
-                    if resp.status == 200:
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} did not become ready")
 
 
 async def drain_time(conn: asyncpg.Connection, expected: int, timeout: float = 120) -> float:

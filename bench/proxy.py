@@ -11,22 +11,16 @@ every exchange through the gateway is stored (the key belongs to a project).
 
 from __future__ import annotations
 
-import asyncio
-import re
-import shutil
-import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
-from pathlib import Path
 
 import aiohttp
 import asyncpg
 from chatbeto import api_keys
 
-from bench.common import Row, scratch
+from bench.common import Row, ensure_wrk, free_port, run_wrk, scratch, wait_http
 
 SECTION = "proxy"
 CLIENTS = 32
@@ -41,26 +35,6 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["Authorization"] = "Bearer %(key)s"
 wrk.body = '%(body)s'
 """
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-async def wait_http(url: str, timeout: float = 60) -> None:
-    deadline = time.monotonic() + timeout
-    async with aiohttp.ClientSession() as http:
-        while time.monotonic() < deadline:
-            try:
-                async with http.get(url) as resp:
-                    if resp.status in (200, 401, 405):
-                        return
-            except aiohttp.ClientError:
-                pass
-            await asyncio.sleep(0.2)
-    raise RuntimeError(f"{url} did not become ready")
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -81,32 +55,6 @@ async def latencies(url: str, key: str, count: int) -> list[float]:
             if n >= 20:  # warm-up excluded
                 out.append((time.perf_counter() - started) * 1000)
     return out
-
-
-def wrk(url: str, key: str, body: str, seconds: int) -> dict[str, float]:
-    binary = shutil.which("wrk")
-    if binary is None:
-        raise SystemExit("bench needs wrk (apt-get install wrk)")
-    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as fh:
-        fh.write(LUA % {"key": key, "body": body})
-    out = subprocess.run(
-        [binary, "-t1", f"-c{CLIENTS}", f"-d{seconds}s", "--latency", "-s", fh.name, url],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    Path(fh.name).unlink()
-    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
-    total = re.search(r"(\d+) requests in", out)
-    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    p99 = re.search(r"^\s+99(?:\.000)?%\s+([\d.]+)(us|ms|s)\s*$", out, re.M)
-    scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}
-    return {
-        "rps": float(rps.group(1)) if rps else 0.0,
-        "requests": float(total.group(1)) if total else 0.0,
-        "non2xx": float(non2xx.group(1)) if non2xx else 0.0,
-        "p99": float(p99.group(1)) * scale[p99.group(2)] if p99 else 0.0,
-    }
 
 
 async def run(quick: bool) -> list[Row]:
@@ -130,8 +78,8 @@ async def run(quick: bool) -> list[Row]:
         conn = await asyncpg.connect(env.dsn)
         try:
             base = f"http://127.0.0.1:{gw_port}"
-            await wait_http(f"{stub_url}/models")
-            await wait_http(f"{base}/readyz")
+            await wait_http(f"{stub_url}/models", 60, ok=(200, 401, 405))
+            await wait_http(f"{base}/readyz", 60, ok=(200, 401, 405))
             project = await conn.fetchval(
                 "INSERT INTO projects (name) VALUES ('bench') RETURNING id"
             )
@@ -150,7 +98,13 @@ async def run(quick: bool) -> list[Row]:
             ]
             before = await conn.fetchval("SELECT count(*) FROM conversations")
             for label, body in (("plain", BODY), ("streamed", STREAM_BODY)):
-                result = wrk(f"{base}/v1/chat/completions", key, body, seconds)
+                result = run_wrk(
+                    ensure_wrk(),
+                    f"{base}/v1/chat/completions",
+                    LUA % {"key": key, "body": body},
+                    seconds,
+                    CLIENTS,
+                )
                 rows += [
                     Row(
                         SECTION,
@@ -168,5 +122,5 @@ async def run(quick: bool) -> list[Row]:
             for proc in procs:
                 proc.terminate()
             for proc in procs:
-                proc.wait(30)
+                proc.wait(45)  # the gateway may take its whole 30 s shutdown grace
     return rows

@@ -18,8 +18,8 @@ from chatbeto import api_keys
 from chatbeto.settings import RateLimit
 from chatbeto_gateway.ratelimit import Limiter, block_size
 
-from bench.common import Row, scratch
-from bench.ingest import CONNECTIONS, LUA, ensure_wrk, free_port, run_wrk, wait_http
+from bench.common import Row, ensure_wrk, free_port, run_wrk, scratch, wait_http
+from bench.ingest import CONNECTIONS, LUA
 
 SECTION = "ratelimit"
 OFF = "1000000000000/1m"
