@@ -96,8 +96,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             )
         except ConnectionResetError:
             # The client went away mid-request: nothing to answer, not a server error.
-            status = 499
-            raise
+            log.debug("client disconnected", path=request.path)
+            response = web.Response(status=499)
         except Exception:
             log.exception("unhandled error", path=request.path)
             response = responses.json(
