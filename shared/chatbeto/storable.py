@@ -1,6 +1,6 @@
 """Field types for values that must fit what PostgreSQL stores.
 
-A value Postgres cannot hold (a NUL byte in text or jsonb, a timestamp outside years 1–9999 UTC
+A value Postgres cannot hold (a NUL byte in text or jsonb, a timestamp outside years 1-9999 UTC
 or at the edge asyncpg maps to ±infinity, an integer past a bigint) is a schema violation at the
 door — a 422 naming the field — never a worker's `DataError` after the client was answered.
 Every input model (HTTP bodies, queued messages) builds its text, time and integer fields from
