@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import sys
-
 from chatbeto.logging import configure
 from chatbeto.settings import GatewaySettings, load
 
-from chatbeto_gateway.supervisor import PortTaken, reserve_port, supervise
+from chatbeto_gateway.app import run
+from chatbeto_gateway.supervisor import supervise
 
 
 def main() -> int:
@@ -15,13 +14,5 @@ def main() -> int:
     configure(settings.log_level, settings.log_format, "gateway")
     if settings.gateway_workers > 1:
         return supervise(settings)
-    if settings.gateway_port != 0:
-        try:
-            reserve_port(settings.gateway_host, settings.gateway_port)
-        except PortTaken as exc:
-            print(f"configuration error: GATEWAY_PORT: {exc}", file=sys.stderr)
-            return 2
-    from chatbeto_gateway.app import run
-
     run(settings)
     return 0

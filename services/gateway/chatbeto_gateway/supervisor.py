@@ -6,7 +6,7 @@ caches) that listens on the same port with SO_REUSEPORT, so the kernel spreads c
 over them; what must be shared across them already is (rate-limit windows in Postgres, session
 ids that verify themselves), exactly as across hosts.
 
-The supervisor checks the port once (a taken port stops it with one line naming
+The supervisor checks the port once (a taken port stops it with the entry's one line naming
 `GATEWAY_PORT`; `0` picks a free one for all workers), starts the workers, forwards SIGTERM /
 SIGINT to them, and exits when they have drained. If a worker dies on its own the supervisor
 stops the others and exits non-zero, so the container or process manager restarts the whole
@@ -26,6 +26,7 @@ import tempfile
 from multiprocessing.process import BaseProcess
 from types import FrameType
 
+from chatbeto.failures import explain
 from chatbeto.logging import configure, get_logger
 from chatbeto.settings import GatewaySettings
 from structlog.contextvars import bind_contextvars
@@ -39,20 +40,14 @@ POLL_SECONDS = 0.2
 PROMETHEUS_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 
 
-class PortTaken(Exception):
-    pass
-
-
 def reserve_port(host: str, port: int) -> int:
     """The port the workers will share: check it is free (0: pick one). Binding without
-    SO_REUSEPORT fails even against a process that holds the port with it."""
+    SO_REUSEPORT fails even against a process that holds the port with it; the OSError is the
+    entry's to explain (one line naming GATEWAY_PORT)."""
     family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0][0]
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind((host, port))
-        except OSError as exc:
-            raise PortTaken(f"{host}:{port} is not available ({exc.strerror})") from exc
+        probe.bind((host, port))
         return int(probe.getsockname()[1])
 
 
@@ -65,15 +60,19 @@ def _worker(settings: GatewaySettings, index: int) -> None:
     bind_contextvars(worker=index)
     from chatbeto_gateway.app import run
 
-    run(settings, reuse_port=True, watch_parent=True)
+    try:
+        run(settings, reuse_port=True, watch_parent=True)
+    except Exception as exc:
+        # A worker does not start through `chatbeto.cli.main`: explain its failure the same way.
+        line = explain(exc, "gateway")
+        if line is None:
+            raise
+        print(f"chatbeto: {line}", file=sys.stderr)
+        sys.exit(1)
 
 
 def supervise(settings: GatewaySettings) -> int:
-    try:
-        port = reserve_port(settings.gateway_host, settings.gateway_port)
-    except PortTaken as exc:
-        print(f"configuration error: GATEWAY_PORT: {exc}", file=sys.stderr)
-        return 2
+    port = reserve_port(settings.gateway_host, settings.gateway_port)
     workers = settings.gateway_workers
     worker_settings = settings.model_copy(update={"gateway_port": port})
     metrics_dir = tempfile.mkdtemp(prefix="chatbeto-gateway-metrics-")
