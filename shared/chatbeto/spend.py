@@ -83,7 +83,7 @@ class Budget:
             raise ValueError("a budget must be more than 0 USD")
         if not 0 < n <= MAX_PERIOD_COUNT:
             raise ValueError(f"a budget window must be 1 to {MAX_PERIOD_COUNT} units")
-        return cls(usd.normalize() if usd == usd.to_integral() else usd, Period(n, unit))
+        return cls(usd, Period(n, unit))
 
     def __str__(self) -> str:
         amount = format(self.usd.normalize(), "f")
@@ -240,9 +240,9 @@ async def prune(conn: Executor, before: datetime) -> None:
 
 _TOTALS = """coalesce(sum(s.cost_usd), 0) AS usd, count(*) AS calls,
              count(*) FILTER (WHERE s.cost_usd IS NULL) AS unpriced_calls,
-             coalesce(sum(s.input_tokens), 0) AS input_tokens,
-             coalesce(sum(s.cached_input_tokens), 0) AS cached_input_tokens,
-             coalesce(sum(s.output_tokens), 0) AS output_tokens"""
+             coalesce(sum(s.input_tokens), 0)::bigint AS input_tokens,
+             coalesce(sum(s.cached_input_tokens), 0)::bigint AS cached_input_tokens,
+             coalesce(sum(s.output_tokens), 0)::bigint AS output_tokens"""
 _PERIOD = "s.at >= $1 AND s.at < $2 AND ($3::bigint IS NULL OR s.project_id = $3)"
 
 
