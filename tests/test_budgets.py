@@ -68,7 +68,7 @@ def test_budget_parses_and_prints(text: str, canonical: str) -> None:
 
 @pytest.mark.parametrize("text", ["20", "0/1mo", "-1/1d", "20/0d", "20/1y", "abc/1d", "1e3/1d"])
 def test_bad_budget_is_refused(text: str) -> None:
-    with pytest.raises(ValueError, match="budget|expected"):
+    with pytest.raises(ValueError, match=r"budget|expected"):
         Budget.parse(text)
 
 
@@ -116,10 +116,14 @@ async def test_a_failed_transaction_records_no_spend(
 ) -> None:
     project = await factory.project()
     _, key = await budget_key(db, project, budget="1/1d")
-    with pytest.raises(RuntimeError):
+
+    async def store_then_fail() -> None:
         async with db.transaction():
             await spend.record(db, charge(key, 0, "0.5"))
             raise RuntimeError("the exchange could not be stored")
+
+    with pytest.raises(RuntimeError):
+        await store_then_fail()
     in_budget, _ = await spend.key_windows(db, key.id, key.budget)
     assert in_budget.usd == 0
     assert await db.fetchval("SELECT count(*) FROM spend") == 0
