@@ -20,6 +20,7 @@ from chatbeto.settings import GatewaySettings
 from chatbeto_gateway import (
     chat_api,
     conversations_api,
+    costs_api,
     dashboard,
     imports_api,
     keys_api,
@@ -58,6 +59,7 @@ ROUTE_TABLES: list[web.RouteTableDef] = [
     metrics_api.routes,
     webhooks_api.routes,
     keys_api.routes,
+    costs_api.routes,
     imports_api.routes,
 ]
 EXTRA_CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = []

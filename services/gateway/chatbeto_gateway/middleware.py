@@ -130,6 +130,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 error_body(request.path, 500, "internal_error", "internal error"), status=500
             )
         status = response.status
+        ratelimit.settle(request, status)  # a 5xx is not charged against the caller's limit
         response.headers["X-Request-Id"] = request_id
         return response
     finally:
