@@ -16,7 +16,6 @@ import asyncio
 import errno
 import os
 import signal
-import sys
 from collections.abc import Awaitable, Callable, Sequence
 from typing import ClassVar, TypeVar
 
@@ -27,6 +26,7 @@ from chatbeto import health
 from chatbeto.broker import Publisher, connect
 from chatbeto.consumer import BatchConsumer, BatchHandler, ConcurrentConsumer, Consumer
 from chatbeto.db import create_pool, mask_dsn
+from chatbeto.failures import UsageError
 from chatbeto.logging import get_logger
 from chatbeto.settings import WorkerSettings
 
@@ -198,10 +198,6 @@ class Service:
             await self.runtime.close()
 
 
-class HealthPortTaken(Exception):
-    """The health port could not be bound: one line naming the port and the variable."""
-
-
 async def serve(settings: WorkerSettings, services: Sequence[Service]) -> None:
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -236,7 +232,8 @@ async def serve(settings: WorkerSettings, services: Sequence[Service]) -> None:
                 f"cannot listen on health port {where} ({os.strerror(exc.errno or 0)}):"
                 f" check HEALTH_HOST and {variable}"
             )
-        raise HealthPortTaken(line) from exc
+        # The process entry prints it as the one line (chatbeto.failures).
+        raise UsageError(line) from exc
     port = health.bound_port(runner)
     try:
         starting = asyncio.create_task(runtime.start(services))
@@ -267,9 +264,5 @@ def run_worker(settings: WorkerSettings, *services: Service) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover
         pass
-    try:
-        asyncio.run(serve(settings, services))
-    except HealthPortTaken as exc:
-        print(f"chatbeto: {exc}", file=sys.stderr)
-        return 2
+    asyncio.run(serve(settings, services))
     return 0
