@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
+from chatbeto.gpts import GPT_ID_PATTERN
 from pydantic import (
     AwareDatetime,
     BaseModel,
@@ -20,7 +21,7 @@ MAX_BATCH_EVENTS = 1000
 
 Tipo = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
 NonNegInt = Annotated[int, Field(ge=0, le=2_147_483_647, strict=True)]
-GptId = Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+GptId = Annotated[str, StringConstraints(pattern=GPT_ID_PATTERN)]
 UserId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
 
 
