@@ -202,6 +202,8 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
 async def create_response(request: web.Request) -> web.StreamResponse:
     principal = await require_principal(request, request.app[KEYS])
     body = await _read(request, stored=True)
+    if "input" in body and not isinstance(body["input"], str | list):
+        raise _invalid("input", "a string or a list of input items")
     return await _proxy(request, principal, "responses", body)
 
 

@@ -86,6 +86,14 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     body = await read_json(request)
     if isinstance(body, web.Response):
         return body
+    if not isinstance(body.get("input"), str | list | None):
+        return error(
+            400,
+            "Invalid type for 'input': expected one of a string or array of input items.",
+            "invalid_request_error",
+            "invalid_type",
+            "input",
+        )
     messages = _messages(body)
     last = text_of(messages[-1].get("content")) if messages else ""
     failed = await provoke(request, last) or check_model(body) or check_temperature(body)
