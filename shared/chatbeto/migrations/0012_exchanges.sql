@@ -13,8 +13,7 @@ ALTER TABLE messages ADD COLUMN tool_call_id text;
 -- Non-text content parts, described (type and what it was, never its bytes); `content` holds a
 -- text placeholder for each.
 ALTER TABLE messages ADD COLUMN parts jsonb;
--- Usage details of an assistant message (priced differently: cached input, reasoning output).
-ALTER TABLE messages ADD COLUMN cached_tokens integer;
+-- Reasoning tokens of an assistant message (cached input tokens came with 0011).
 ALTER TABLE messages ADD COLUMN reasoning_tokens integer;
 
 ALTER TABLE conversations ADD COLUMN request_id text;
