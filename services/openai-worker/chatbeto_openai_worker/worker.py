@@ -35,6 +35,7 @@ class OpenAIWorker(Service):
         self.client: AsyncOpenAI | None = None
         self.replies: Replies | None = None
         self.usage: UsageEvents | None = None
+        self.handler: RequestHandler | None = None
 
     async def setup(self, runtime: WorkerRuntime) -> None:
         settings = self.settings
@@ -54,7 +55,7 @@ class OpenAIWorker(Service):
         runtime.on_close(self.replies.close)
         self.usage = UsageEvents(runtime.publisher, int(gpt_pk))
         runtime.on_close(self.usage.close)
-        handler = RequestHandler(
+        handler = self.handler = RequestHandler(
             settings, runtime.pool, self.client, self.replies, self.usage, session_key
         )
         runtime.consume_each(
@@ -69,3 +70,5 @@ class OpenAIWorker(Service):
             concurrency=SYNC_CONCURRENCY,
             max_tries=5,
         )
+        # Closed first (on_close runs in reverse): before the publishers it uses.
+        runtime.on_close(handler.close)
