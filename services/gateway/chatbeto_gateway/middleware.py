@@ -56,8 +56,11 @@ def error_body(path: str, status: int, code: str, message: str, details: Any = N
     if path.startswith("/api/v1/"):
         return {"status": "error", "error": error}
     if path.startswith("/v1/"):
-        # OpenAI's own error shape, so OpenAI SDKs raise the right exception.
-        return {"error": {"message": message, "type": code, "code": code, "param": None}}
+        # OpenAI's own error shape, so OpenAI SDKs raise the right exception (and see `param`).
+        param = None
+        if isinstance(details, list) and details and isinstance(details[0], dict):
+            param = details[0].get("field")
+        return {"error": {"message": message, "type": code, "code": code, "param": param}}
     return {"error": error}
 
 
