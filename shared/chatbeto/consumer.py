@@ -9,7 +9,9 @@ with exceptions:
   (confirmed before the original is acked, so nothing is lost), dead-letter after `max_tries`.
 
 Batch consumers receive several messages at once (one transaction for all); when a batch fails,
-each message is retried alone so one poison message can't hold the others back.
+each message is retried alone so one poison message can't hold the others back. A batch handler
+that committed part of the batch raises `PartialFailure` naming the messages still to retry: the
+others are acked.
 
 SIGTERM (`close`) stops taking messages, finishes the batch in hand, then closes.
 """
@@ -38,6 +40,23 @@ log = get_logger(__name__)
 ATTEMPT_HEADER = "x-attempt"
 
 BatchHandler = Callable[[Sequence[AbstractIncomingMessage]], Awaitable[None]]
+
+
+class PartialFailure(Exception):
+    """The handler finished every message of the batch except these (each with its error).
+
+    `bodies` may give a failed message the body its retry carries instead (what is left of it
+    once the rest was stored).
+    """
+
+    def __init__(
+        self,
+        failures: dict[AbstractIncomingMessage, Exception],
+        bodies: dict[AbstractIncomingMessage, bytes] | None = None,
+    ) -> None:
+        super().__init__(f"{len(failures)} message(s) failed")
+        self.failures = failures
+        self.bodies = bodies or {}
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -143,6 +162,15 @@ class BatchConsumer:
         started = time.perf_counter()
         try:
             await self._handler(batch)
+        except PartialFailure as partial:
+            for message in batch:
+                failure = partial.failures.get(message)
+                if failure is None:
+                    await message.ack()
+                    MESSAGES_CONSUMED.labels(self._queue_def.name, "ok").inc()
+                else:
+                    await self._fail(message, failure, partial.bodies.get(message))
+            return
         except Exception as exc:
             if len(batch) == 1:
                 await self._fail(batch[0], exc)
@@ -155,6 +183,10 @@ class BatchConsumer:
             for message in batch:
                 try:
                     await self._handler([message])
+                except PartialFailure as partial:
+                    await self._fail(
+                        message, partial.failures.get(message, partial), partial.bodies.get(message)
+                    )
                 except Exception as one_exc:
                     await self._fail(message, one_exc)
                 else:
@@ -170,8 +202,10 @@ class BatchConsumer:
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _fail(self, message: AbstractIncomingMessage, exc: Exception) -> None:
-        await settle_failure(message, exc, self._queue_def, self._publisher, self._max_tries)
+    async def _fail(
+        self, message: AbstractIncomingMessage, exc: Exception, body: bytes | None = None
+    ) -> None:
+        await settle_failure(message, exc, self._queue_def, self._publisher, self._max_tries, body)
 
 
 async def settle_failure(
@@ -180,8 +214,10 @@ async def settle_failure(
     queue: topology.WorkQueue,
     publisher: Publisher,
     max_tries: int,
+    body: bytes | None = None,
 ) -> None:
-    """Dead-letter an invalid or exhausted message; park any other on the retry ladder."""
+    """Dead-letter an invalid or exhausted message; park any other on the retry ladder (with
+    `body` instead of its own, when given)."""
     attempt = attempt_of(message)
     fields = {
         "message_id": message.message_id,
@@ -194,7 +230,7 @@ async def settle_failure(
         await message.reject(requeue=False)
         return
     retry = aio_pika.Message(
-        body=message.body,
+        body=message.body if body is None else body,
         content_type=message.content_type,
         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
         message_id=message.message_id,
