@@ -175,9 +175,11 @@ class Factory:
     def __init__(self, conn: asyncpg.Connection) -> None:
         self.conn = conn
 
-    async def project(self, name: str = "demo") -> int:
+    async def project(self, name: str | None = None) -> int:
+        # Names are unique: each unnamed project gets its own.
         value: int = await self.conn.fetchval(
-            "INSERT INTO projects (name) VALUES ($1) RETURNING id", name
+            "INSERT INTO projects (name) VALUES ($1) RETURNING id",
+            name or f"demo-{uuid.uuid4().hex[:8]}",
         )
         return value
 

@@ -481,3 +481,28 @@ async def test_leading_whitespace_in_small_pieces_is_still_an_export(
     job_id = (await resp.json())["data"]["jobId"]
     row = await wait_for(lambda: job_state(db, job_id, "done"))
     assert (row["total"], row["done"]) == (3, 3)
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        b'Content-Disposition: form-data; name="file\x01"; filename="c.json"',
+        b'Content-Disposition: form-data; name="file"; filename="c.json"\r\nX-Bad: a\x7fb',
+        b'Content-Disposition: form-data; name="file"\r\nBad Header\x00: x',
+    ],
+)
+async def test_control_character_in_a_part_header_is_a_400(
+    gateway: Any, factory: Factory, db: asyncpg.Connection, header: bytes
+) -> None:
+    project = await factory.project()
+    key = await factory.key(project)
+    body = b"--b0undary\r\n" + header + b"\r\n\r\n[]\r\n--b0undary--\r\n"
+    resp = await gateway.post(
+        "/api/v1/imports",
+        data=body,
+        headers={"X-API-Key": key, "Content-Type": "multipart/form-data; boundary=b0undary"},
+    )
+    answer = await resp.json()
+    assert resp.status in (400, 422), answer
+    assert answer["status"] == "error"
+    assert await db.fetchval("SELECT count(*) FROM import_uploads") == 0

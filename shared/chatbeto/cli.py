@@ -6,9 +6,11 @@ import argparse
 import asyncio
 import importlib
 import sys
+import traceback
 from collections.abc import Awaitable, Callable
 from typing import Any
 
+from chatbeto.failures import UsageError, explain, setting
 from chatbeto.settings import BaseServiceSettings, RateLimit, load
 
 SERVICES = {
@@ -61,10 +63,10 @@ def cmd_dev(args: argparse.Namespace) -> int:
 
 
 async def _with_pool(fn: Callable[[Any], Awaitable[Any]]) -> Any:
-    import asyncpg
+    from chatbeto.db import connect
 
     settings = load(BaseServiceSettings)
-    conn = await asyncpg.connect(settings.database_url)
+    conn = await connect(settings.database_url)
     try:
         return await fn(conn)
     finally:
@@ -72,29 +74,42 @@ async def _with_pool(fn: Callable[[Any], Awaitable[Any]]) -> Any:
 
 
 def cmd_projects_create(args: argparse.Namespace) -> int:
+    from chatbeto import projects
+
+    try:
+        name = projects.clean_name(args.name)
+    except ValueError as exc:
+        raise UsageError(f"projects create: NAME {exc}") from None
+
     async def go(conn: Any) -> int:
-        value: int = await conn.fetchval(
-            "INSERT INTO projects (name) VALUES ($1) RETURNING id", args.name
-        )
+        try:
+            row = await projects.create(conn, name)
+        except projects.ProjectExists as exc:
+            raise UsageError(
+                f"a project named {name!r} already exists (id {exc.existing_id}): "
+                "pick another name, or use that id"
+            ) from None
+        value: int = row["id"]
         return value
 
     project_id = _run(_with_pool(go))
-    print(f"project {args.name!r} created")
+    print(f"project {name!r} created")
     print(project_id)
     return 0
 
 
 def cmd_projects_list(args: argparse.Namespace) -> int:
-    async def go(conn: Any) -> list[Any]:
-        return list(await conn.fetch("SELECT id, name, created_at FROM projects ORDER BY id"))
+    from chatbeto import projects
 
-    for row in _run(_with_pool(go)):
+    rows = _run(_with_pool(projects.list_all))
+    print("id\tname\tcreated")
+    for row in rows:
         print(f"{row['id']}\t{row['name']}\t{row['created_at']:%Y-%m-%d %H:%M}")
     return 0
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from chatbeto import api_keys
+    from chatbeto import api_keys, projects
 
     if args.rate_limit:
         try:
@@ -104,10 +119,10 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             return 2
 
     async def go(conn: Any) -> str:
-        if args.project is not None and not await conn.fetchval(
-            "SELECT 1 FROM projects WHERE id = $1", args.project
-        ):
-            raise SystemExit(f"project {args.project} does not exist")
+        if args.project is not None and not await projects.exists(conn, args.project):
+            raise UsageError(
+                f"project {args.project} does not exist (see `chatbeto projects list`)"
+            )
         plain, _ = await api_keys.create(
             conn,
             is_admin=args.admin,
@@ -152,65 +167,159 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_gpts_add(args: argparse.Namespace) -> int:
-    async def go(conn: Any) -> None:
-        if not await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", args.project):
-            raise SystemExit(f"project {args.project} does not exist")
-        await conn.execute(
-            """INSERT INTO gpts (gpt_id, name, project_id, keyless_ingest) VALUES ($1, $2, $3, $4)
-               ON CONFLICT (gpt_id) DO UPDATE SET name = EXCLUDED.name,
-                   keyless_ingest = EXCLUDED.keyless_ingest
-               WHERE gpts.project_id IS NOT DISTINCT FROM EXCLUDED.project_id""",
-            args.gpt_id,
-            args.name,
-            args.project,
-            args.keyless_ingest,
-        )
+    from chatbeto import gpts, projects
 
-    _run(_with_pool(go))
-    print(f"GPT {args.gpt_id} registered")
+    try:
+        gpt_id = gpts.check_id(args.gpt_id)
+        name = gpts.check_name(args.name) if args.name is not None else None
+    except ValueError as exc:
+        which = "GPT_ID" if args.name is None or "128" in str(exc) else "--name"
+        raise UsageError(f"gpts add: {which} {exc}") from None
+
+    async def go(conn: Any) -> str:
+        existing = await gpts.get(conn, gpt_id)
+        if existing is None:
+            if name is None or args.project is None:
+                raise UsageError(f"gpts add: a new GPT needs --name and --project ({gpt_id!r})")
+            if not await projects.exists(conn, args.project):
+                raise UsageError(
+                    f"project {args.project} does not exist (see `chatbeto projects list`)"
+                )
+            keyless = bool(args.keyless_ingest)
+            if await gpts.add(conn, gpt_id, name, args.project, keyless):
+                return (
+                    f"GPT {gpt_id} registered in project {args.project} "
+                    f"(keyless ingest {_on(keyless)})"
+                )
+            existing = await gpts.get(conn, gpt_id)  # registered meanwhile by someone else
+            assert existing is not None
+        return await _update_gpt(conn, args, existing, name)
+
+    print(_run(_with_pool(go)))
+    return 0
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
+
+
+async def _update_gpt(conn: Any, args: argparse.Namespace, gpt: Any, name: str | None) -> str:
+    from chatbeto import gpts
+
+    described = (
+        f"name {gpt.name!r}, project {gpt.project_id}, keyless ingest {_on(gpt.keyless_ingest)}"
+    )
+    if not args.update:
+        raise UsageError(
+            f"GPT {gpt.gpt_id!r} already exists ({described}): "
+            "pass --update to change it, or pick another id"
+        )
+    if gpt.builtin:
+        raise UsageError(f"GPT {gpt.gpt_id!r} is built in: it cannot be changed")
+    if args.project is not None and args.project != gpt.project_id:
+        raise UsageError(
+            f"GPT {gpt.gpt_id!r} belongs to project {gpt.project_id}: "
+            "a GPT does not move between projects"
+        )
+    new_name = name if name is not None else gpt.name
+    keyless = gpt.keyless_ingest if args.keyless_ingest is None else args.keyless_ingest
+    changes = []
+    if new_name != gpt.name:
+        changes.append(f"name {gpt.name!r} -> {new_name!r}")
+    if keyless != gpt.keyless_ingest:
+        changes.append(f"keyless ingest {_on(gpt.keyless_ingest)} -> {_on(keyless)}")
+    if not changes:
+        return f"GPT {gpt.gpt_id} unchanged ({described})"
+    await gpts.update(conn, gpt.gpt_id, new_name, keyless)
+    return f"GPT {gpt.gpt_id} updated: {', '.join(changes)}"
+
+
+def cmd_gpts_list(args: argparse.Namespace) -> int:
+    from chatbeto import gpts
+
+    rows = _run(_with_pool(gpts.list_all))
+    print("id\tname\tproject\tkeyless_ingest\tcreated")
+    for g in rows:
+        project = "all (built in)" if g.builtin else str(g.project_id)
+        print(
+            f"{g.gpt_id}\t{g.name}\t{project}\t{_on(g.keyless_ingest)}\t"
+            f"{g.created_at:%Y-%m-%d %H:%M}"
+        )
     return 0
 
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="chatbeto", description="chatbeto gateway and workers")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     sub.add_parser(
-        "migrate", help="create the database, apply migrations, declare topology"
+        "migrate",
+        help="create the database if missing, apply migrations, declare the broker topology",
     ).set_defaults(func=cmd_migrate)
-    run = sub.add_parser("run", help="run one service")
-    run.add_argument("service", choices=sorted(SERVICES))
+    run = sub.add_parser("run", help="run one service in the foreground")
+    run.add_argument("service", choices=sorted(SERVICES), help="the service to run")
     run.set_defaults(func=cmd_run)
     sub.add_parser(
-        "dev", help="run every service (and the OpenAI stub without a key)"
+        "dev", help="run every service (and the OpenAI stub without a key) in one terminal"
     ).set_defaults(func=cmd_dev)
 
-    projects = sub.add_parser("projects").add_subparsers(dest="action", required=True)
-    pc = projects.add_parser("create")
-    pc.add_argument("name")
+    projects = sub.add_parser("projects", help="create and list projects").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    pc = projects.add_parser("create", help="create a project; prints its id on the last line")
+    pc.add_argument("name", metavar="NAME", help="a unique name (1-200 characters)")
     pc.set_defaults(func=cmd_projects_create)
-    projects.add_parser("list").set_defaults(func=cmd_projects_list)
+    projects.add_parser("list", help="id, name and creation time of every project").set_defaults(
+        func=cmd_projects_list
+    )
 
-    keys = sub.add_parser("keys").add_subparsers(dest="action", required=True)
-    kc = keys.add_parser("create")
+    keys = sub.add_parser("keys", help="create, list and revoke API keys").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    kc = keys.add_parser("create", help="create a key; prints it (once) on the last line")
     who = kc.add_mutually_exclusive_group(required=True)
-    who.add_argument("--admin", action="store_true")
-    who.add_argument("--project", type=int)
-    kc.add_argument("--name")
+    who.add_argument("--admin", action="store_true", help="a key for every project and admin")
+    who.add_argument("--project", type=int, metavar="ID", help="a key bound to this project")
+    kc.add_argument("--name", help="a label to recognise the key by in `keys list`")
     kc.add_argument("--rate-limit", help="e.g. 50/15m (overrides RATE_LIMIT for this key)")
     kc.set_defaults(func=cmd_keys_create)
-    keys.add_parser("list").set_defaults(func=cmd_keys_list)
-    kr = keys.add_parser("revoke")
-    kr.add_argument("key", metavar="KEY_OR_PREFIX")
+    keys.add_parser(
+        "list", help="prefix, name, project, limit and last use of every key"
+    ).set_defaults(func=cmd_keys_list)
+    kr = keys.add_parser("revoke", help="revoke a key (refused on every gateway within 5 s)")
+    kr.add_argument("key", metavar="KEY_OR_PREFIX", help="the key, or its prefix from `keys list`")
     kr.set_defaults(func=cmd_keys_revoke)
 
-    gpts = sub.add_parser("gpts").add_subparsers(dest="action", required=True)
-    ga = gpts.add_parser("add")
-    ga.add_argument("gpt_id")
-    ga.add_argument("--name", required=True)
-    ga.add_argument("--project", type=int, required=True)
-    ga.add_argument("--keyless-ingest", action="store_true")
+    gpts = sub.add_parser("gpts", help="register and list GPTs for metrics").add_subparsers(
+        dest="action", required=True, metavar="ACTION"
+    )
+    ga = gpts.add_parser(
+        "add",
+        help="register a GPT (refuses a taken id unless --update)",
+        description="Registers a GPT for metrics. An id that is already registered is refused "
+        "unless --update is given; then only the options given change, and the changes are "
+        "printed.",
+    )
+    ga.add_argument(
+        "gpt_id", metavar="GPT_ID", help="1-128 of A-Z a-z 0-9 _ . : -, as its clients send it"
+    )
+    ga.add_argument("--name", help="display name (required for a new GPT)")
+    ga.add_argument(
+        "--project", type=int, metavar="ID", help="its project (required for a new GPT)"
+    )
+    ga.add_argument(
+        "--keyless-ingest",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="accept sessions and events without a key (default for a new GPT: off)",
+    )
+    ga.add_argument(
+        "--update", action="store_true", help="change an existing GPT instead of refusing"
+    )
     ga.set_defaults(func=cmd_gpts_add)
+    gpts.add_parser(
+        "list", help="every registered GPT, its project and keyless ingest"
+    ).set_defaults(func=cmd_gpts_list)
 
     for name in PLUGINS:
         try:
@@ -223,15 +332,25 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _debug() -> bool:
+    return setting("LOG_LEVEL", "info").lower() == "debug"
+
+
 def main(argv: list[str] | None = None) -> int:
+    """The entry of every command and service: an expected failure is one line on stderr."""
     args = parser().parse_args(argv)
     try:
         code: int = args.func(args)
     except KeyboardInterrupt:
         return 130
-    except OSError as exc:
-        print(f"chatbeto: cannot connect: {exc}", file=sys.stderr)
-        return 1
+    except Exception as exc:
+        line = explain(exc, getattr(args, "service", None))
+        if line is None:
+            raise  # not an expected failure: its traceback is the report
+        if _debug():
+            traceback.print_exception(exc)
+        print(f"chatbeto: {line}", file=sys.stderr)
+        return 2 if isinstance(exc, UsageError) else 1
     return code
 
 

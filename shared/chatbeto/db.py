@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
-from typing import Any, TypeAlias
+import asyncio
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
 from asyncpg.pool import PoolConnectionProxy
+
+from chatbeto.logging import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+# A Postgres that is starting (or restarting) refuses for a few seconds: wait that long, no more,
+# then the caller's one-line error names DATABASE_URL.
+CONNECT_ATTEMPTS = 5
+CONNECT_RETRY_SECONDS = 1.0
+TRANSIENT = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 
 
 def mask_dsn(dsn: str) -> str:
@@ -41,9 +53,35 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+async def _retrying(dsn: str, open_: Callable[[], Awaitable[T]]) -> T:
+    for attempt in range(1, CONNECT_ATTEMPTS + 1):
+        try:
+            return await open_()
+        except TRANSIENT as exc:
+            if attempt == CONNECT_ATTEMPTS:
+                raise
+            log.warning(
+                "postgres not reachable, retrying",
+                dsn=mask_dsn(dsn),
+                attempt=attempt,
+                error=type(exc).__name__,
+            )
+            await asyncio.sleep(CONNECT_RETRY_SECONDS)
+    raise AssertionError("unreachable")
+
+
+async def connect(dsn: str) -> asyncpg.Connection:
+    """One plain connection (no codecs), after a bounded retry while Postgres refuses."""
+    conn: asyncpg.Connection = await _retrying(dsn, lambda: asyncpg.connect(dsn))
+    return conn
+
+
 async def create_pool(dsn: str, min_size: int = 1, max_size: int = 10) -> asyncpg.Pool:
-    pool = await asyncpg.create_pool(
-        dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+    pool = await _retrying(
+        dsn,
+        lambda: asyncpg.create_pool(
+            dsn, min_size=min_size, max_size=max_size, init=_init_connection, command_timeout=30
+        ),
     )
     assert pool is not None
     return pool

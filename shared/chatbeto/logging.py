@@ -1,4 +1,9 @@
-"""structlog, configured once per process: JSON by default, console for humans."""
+"""structlog, configured once per process: JSON by default, console for humans.
+
+The standard library's loggers (aio-pika, aiormq, asyncio, aiohttp) go through structlog's
+`ProcessorFormatter`, so their lines have the same shape as ours: JSON under LOG_FORMAT=json,
+the console renderer under console.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +21,8 @@ LEVELS = {
     "warning": logging.WARNING,
     "error": logging.ERROR,
 }
+# Libraries are chatty below warning (aiormq frames, asyncio debug); ours follow LOG_LEVEL.
+LIBRARY_LEVEL = logging.WARNING
 
 
 def _add_request_id(
@@ -27,30 +34,40 @@ def _add_request_id(
     return event
 
 
-def configure(level: str = "info", fmt: str = "json", service: str | None = None) -> None:
-    renderer: structlog.types.Processor
+def _renderer(fmt: str) -> list[structlog.types.Processor]:
     if fmt == "console":
-        renderer = structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())
-    else:
-        renderer = structlog.processors.JSONRenderer()
-    processors: list[structlog.types.Processor] = [
+        return [structlog.dev.ConsoleRenderer(colors=sys.stderr.isatty())]
+    return [structlog.processors.format_exc_info, structlog.processors.JSONRenderer()]
+
+
+def configure(level: str = "info", fmt: str = "json", service: str | None = None) -> None:
+    shared: list[structlog.types.Processor] = [
         structlog.contextvars.merge_contextvars,
         _add_request_id,
         structlog.processors.add_log_level,
         structlog.processors.TimeStamper(fmt="iso", utc=True),
-        structlog.processors.format_exc_info,
-        renderer,
     ]
     structlog.configure(
-        processors=processors,
+        processors=[*shared, *_renderer(fmt)],
         wrapper_class=structlog.make_filtering_bound_logger(LEVELS[level]),
         logger_factory=structlog.PrintLoggerFactory(sys.stderr),
         cache_logger_on_first_use=True,
     )
     if service:
         structlog.contextvars.bind_contextvars(service=service)
-    # Libraries log through stdlib; keep them quiet below warning.
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(name)s %(message)s")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(
+        structlog.stdlib.ProcessorFormatter(
+            foreign_pre_chain=[*shared, structlog.stdlib.add_logger_name],
+            processors=[
+                structlog.stdlib.ProcessorFormatter.remove_processors_meta,
+                *_renderer(fmt),
+            ],
+        )
+    )
+    root = logging.getLogger()
+    root.handlers = [handler]
+    root.setLevel(max(LIBRARY_LEVEL, LEVELS[level]))
 
 
 def get_logger(name: str) -> structlog.stdlib.BoundLogger:

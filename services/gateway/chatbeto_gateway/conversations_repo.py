@@ -68,24 +68,6 @@ def message_out(row: asyncpg.Record) -> dict[str, Any]:
 # --- projects ------------------------------------------------------------------------------
 
 
-async def create_project(conn: Conn, name: str) -> asyncpg.Record:
-    row = await conn.fetchrow(
-        "INSERT INTO projects (name) VALUES ($1) RETURNING id, name, created_at", name
-    )
-    assert row is not None
-    return row
-
-
-async def list_projects(conn: Conn, only: int | None) -> list[asyncpg.Record]:
-    return list(
-        await conn.fetch(
-            """SELECT id, name, created_at FROM projects
-               WHERE $1::bigint IS NULL OR id = $1 ORDER BY id""",
-            only,
-        )
-    )
-
-
 async def project_exists(conn: Conn, project_id: int) -> bool:
     return bool(
         await conn.fetchval("SELECT EXISTS (SELECT 1 FROM projects WHERE id = $1)", project_id)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import asyncpg
 import orjson
 from aiohttp import BodyPartReader, web
+from aiohttp.http_exceptions import BadHttpMessage
 from chatbeto.broker import BrokerUnavailable
 from chatbeto.importer import jobs
 from chatbeto.logging import REQUEST_ID, get_logger
@@ -139,6 +140,11 @@ async def read_field(part: BodyPartReader) -> str:
     return data.decode("utf-8", "replace")
 
 
+def _short(exc: Exception) -> str:
+    text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    return text.replace("\x00", "")[:200]
+
+
 @dataclass
 class Upload:
     id: uuid.UUID = field(default_factory=uuid.uuid4)
@@ -166,9 +172,10 @@ async def read_form(request: web.Request, principal: Principal, upload: Upload) 
                 upload.size = await store_file(pool, upload.id, part)
             else:
                 await part.release()
-    except (AssertionError, ValueError) as exc:
-        # aiohttp's multipart reader signals a malformed body this way.
-        raise ApiError(400, "bad_request", f"malformed multipart body: {exc}") from exc
+    except (AssertionError, ValueError, BadHttpMessage) as exc:
+        # aiohttp's multipart reader signals a malformed body (and a bad part header, e.g. a
+        # control character in it: InvalidHeader) this way.
+        raise ApiError(400, "bad_request", f"malformed multipart body: {_short(exc)}") from exc
     if upload.size is None:
         raise invalid("file", "a file field is required")
     if upload.size == 0:

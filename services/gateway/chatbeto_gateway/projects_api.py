@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
-from pydantic import BaseModel, ConfigDict, Field
+from chatbeto import projects
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from chatbeto_gateway import conversations_repo, responses
+from chatbeto_gateway import responses
 from chatbeto_gateway.auth import require_admin, require_principal
+from chatbeto_gateway.errors import ApiError
 from chatbeto_gateway.openai_calls import parse_body
 from chatbeto_gateway.openapi import doc
 from chatbeto_gateway.state import KEYS, POOL
@@ -19,7 +21,12 @@ routes = web.RouteTableDef()
 
 class ProjectIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    name: str = Field(min_length=1, max_length=200, examples=["support-bot"])
+    name: Annotated[str, AfterValidator(projects.clean_name)] = Field(
+        min_length=1,
+        max_length=projects.MAX_NAME_CHARS,
+        description="Unique, ignoring case; surrounding blanks are dropped",
+        examples=["support-bot"],
+    )
 
 
 def project_out(row: asyncpg.Record) -> dict[str, Any]:
@@ -32,14 +39,29 @@ def project_out(row: asyncpg.Record) -> dict[str, Any]:
     auth="admin",
     body=ProjectIn,
     tags=("projects",),
-    responses={201: "", 400: "", 401: "", 404: "Not an admin key", 422: ""},
+    responses={
+        201: "",
+        400: "",
+        401: "",
+        404: "Not an admin key",
+        409: "A project with this name exists (code project_exists, details.id)",
+        422: "",
+    },
 )
 async def create_project(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     require_admin(principal)
     body = await parse_body(request, ProjectIn)
     async with request.app[POOL].acquire() as conn:
-        row = await conversations_repo.create_project(conn, body.name.strip() or body.name)
+        try:
+            row = await projects.create(conn, body.name)
+        except projects.ProjectExists as exc:
+            raise ApiError(
+                409,
+                "project_exists",
+                f"a project named {body.name!r} already exists",
+                {"id": exc.existing_id},
+            ) from exc
     return responses.envelope({"project": project_out(row)}, status=201)
 
 
@@ -48,5 +70,5 @@ async def create_project(request: web.Request) -> web.Response:
 async def list_projects(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     async with request.app[POOL].acquire() as conn:
-        rows = await conversations_repo.list_projects(conn, principal.project_id)
+        rows = await projects.list_all(conn, principal.project_id)
     return responses.envelope({"projects": [project_out(r) for r in rows]})

@@ -6,6 +6,7 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
+from chatbeto.gpts import GPT_ID_PATTERN
 from chatbeto.storable import Bool, NonNegInt32, PositiveBigInt, Text, Timestamp
 from pydantic import (
     BaseModel,
@@ -21,7 +22,7 @@ MAX_BATCH_EVENTS = 1000
 # Every field is built from the storable types (chatbeto.storable): a value Postgres cannot
 # hold is a 422 naming the field here, never a worker's error after the 2xx.
 Tipo = Annotated[Text, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
-GptId = Annotated[Text, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]
+GptId = Annotated[Text, StringConstraints(pattern=GPT_ID_PATTERN)]
 UserId = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 
 

@@ -21,7 +21,11 @@ def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
         "import", help="import a ChatGPT data export (conversations.json or the export .zip)"
     )
-    p.add_argument("file", metavar="FILE")
+    p.add_argument(
+        "file",
+        metavar="FILE",
+        help="the export .zip, its unpacked folder, conversations.json or a conversations-NNN.json",
+    )
     p.add_argument("--project", type=int, required=True, help="project id to import into")
     p.set_defaults(func=cmd_import)
 

@@ -15,6 +15,7 @@ from typing import Any
 
 import asyncpg
 
+from chatbeto.db import connect
 from chatbeto.importer import repo
 from chatbeto.importer.convert import Conversation, MalformedConversation, convert, label
 from chatbeto.importer.export import ExportError, Source, conversations, open_export
@@ -95,7 +96,7 @@ async def import_file(
 ) -> Summary:
     """Import one export file into a project. Raises `ExportError` for a file that is not one."""
     summary = Summary()
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     try:
         if not await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project_id):
             raise ExportError(f"project {project_id} does not exist")
