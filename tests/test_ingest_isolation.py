@@ -298,14 +298,20 @@ async def test_bad_records_mixed_into_concurrent_load_lose_no_acknowledged_event
     connection = await aio_pika.connect(amqp_url)
     async with connection:
         channel = await connection.channel()
-        # The orphans' events now wait on the retry ladder for a session that is not coming
-        # (it is back in the dead-letter queue); every other record is there again at once.
-        await wait_for(lambda: _equals(dlq_count(channel, namespace), bad_records - 10), timeout=60)
+        # An orphan's event replayed in another consumer batch than its session waits on the
+        # retry ladder for it; every other record is back in the dead-letter queue at once.
+        await wait_for(
+            lambda: _at_least(dlq_count(channel, namespace), bad_records - 10), timeout=60
+        )
     assert await db.fetchval("SELECT count(*) FROM events") == len(expected)
 
 
 async def _equals(value: Any, expected: int) -> bool:
     return bool(await value == expected)
+
+
+async def _at_least(value: Any, expected: int) -> bool:
+    return bool(await value >= expected)
 
 
 async def test_event_waiting_for_its_session_is_retried_alone(
