@@ -235,3 +235,54 @@ async def test_streams_carry_the_headers(gateway: Any, factory: Factory) -> None
         assert resp.headers["RateLimit-Remaining"] == "4"
     finally:
         resp.close()
+
+
+async def test_5xx_answers_are_not_charged(
+    aiohttp_client: Any, database: str, amqp_url: str, namespace: str, factory: Factory
+) -> None:
+    """Clients that retry through a broker outage get 503s that use none of their limit, and
+    are served again as soon as the broker is back (not locked out by their retries)."""
+    from chatbeto_gateway.app import create_app
+
+    parts = urlsplit(amqp_url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
+    await proxy.start()
+    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+    settings = GatewaySettings(
+        _env_file=None,  # type: ignore[call-arg]
+        database_url=database,
+        amqp_url=urlunsplit(parts._replace(netloc=netloc)),
+        amqp_namespace=namespace,
+    )
+    gw = await aiohttp_client(create_app(settings))
+    project = await factory.project()
+    key = await factory.key(project, rate_limit="5/1h")
+    gpt = await factory.gpt(project_id=project)
+    statuses: list[int] = []
+
+    async def session() -> int:
+        resp = await gw.post(
+            "/api/sessions", json={"gpt_id": gpt, "usuario_id": "u"}, headers=h(key)
+        )
+        statuses.append(resp.status)
+        return resp.status
+
+    try:
+        await proxy.stop()
+        await wait_for(lambda: _is(session, 503), timeout=30)
+        for _ in range(30):  # six times the limit, all failed on our side
+            assert await session() in (201, 503)
+        await proxy.start()
+        await wait_for(lambda: _is(session, 201, 503, refuse=429), timeout=60)
+        while statuses[-1] != 429:
+            assert await session() in (201, 503, 429)
+    finally:
+        await proxy.stop()
+    assert statuses.count(201) == 5, statuses
+    assert set(statuses) == {201, 503, 429}
+
+
+async def _is(probe: Any, *wanted: int, refuse: int | None = None) -> bool:
+    status = await probe()
+    assert status != refuse, f"answered {status} while waiting for {wanted}"
+    return status == wanted[0]

@@ -25,6 +25,8 @@ class KeyRecord:
     is_admin: bool
     project_id: int | None
     rate_limit: str | None
+    budget: str | None = None  # `20/1mo`, see chatbeto.spend.Budget
+    tpm: int | None = None  # tokens per minute
     created_at: datetime | None = None
     last_used_at: datetime | None = None
     revoked_at: datetime | None = None
@@ -48,7 +50,8 @@ def prefix_of(key_or_prefix: str) -> str:
 
 
 _COLUMNS = (
-    "id, prefix, name, is_admin, project_id, rate_limit, created_at, last_used_at, revoked_at"
+    "id, prefix, name, is_admin, project_id, rate_limit, budget, tpm, created_at, last_used_at, "
+    "revoked_at"
 )
 
 
@@ -63,17 +66,23 @@ async def create(
     project_id: int | None,
     name: str | None = None,
     rate_limit: str | None = None,
+    budget: str | None = None,
+    tpm: int | None = None,
 ) -> tuple[str, KeyRecord]:
+    """`budget` and `tpm` are set here once: a key's spend window is derived from its budget."""
     plain, prefix = generate()
     row = await conn.fetchrow(
-        f"""INSERT INTO api_keys (prefix, key_hash, name, is_admin, project_id, rate_limit)
-            VALUES ($1, $2, $3, $4, $5, $6) RETURNING {_COLUMNS}""",
+        f"""INSERT INTO api_keys (prefix, key_hash, name, is_admin, project_id, rate_limit,
+                                  budget, tpm)
+            VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {_COLUMNS}""",
         prefix,
         hash_key(plain),
         name,
         is_admin,
         project_id,
         rate_limit,
+        budget,
+        tpm,
     )
     assert row is not None
     return plain, _record(row)

@@ -24,6 +24,12 @@ SERVICES = {
 PLUGINS = ("chatbeto.dlq", "chatbeto.importer.cli", "chatbeto.webhook_sim")
 
 
+def _positive_int(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 2**63:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
+
+
 def _run(coro: Awaitable[Any]) -> Any:
     return asyncio.run(coro)  # type: ignore[arg-type]
 
@@ -117,6 +123,14 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
         except ValueError as exc:
             print(f"--rate-limit: {exc}", file=sys.stderr)
             return 2
+    if args.budget:
+        from chatbeto.spend import Budget
+
+        try:
+            args.budget = str(Budget.parse(args.budget))
+        except ValueError as exc:
+            print(f"--budget: {exc}", file=sys.stderr)
+            return 2
 
     async def go(conn: Any) -> str:
         if args.project is not None and not await projects.exists(conn, args.project):
@@ -129,6 +143,8 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
             project_id=args.project,
             name=args.name,
             rate_limit=args.rate_limit,
+            budget=args.budget,
+            tpm=args.tpm,
         )
         return plain
 
@@ -139,16 +155,23 @@ def cmd_keys_create(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_list(args: argparse.Namespace) -> int:
-    from chatbeto import api_keys
+    from chatbeto import api_keys, spend
 
-    rows = _run(_with_pool(api_keys.list_keys))
-    print("prefix\tname\tproject\tlimit\tlast_used\trevoked")
+    async def go(conn: Any) -> Any:
+        keys = await api_keys.list_keys(conn)
+        return keys, await spend.budget_windows(conn, [(k.id, k.budget) for k in keys])
+
+    rows, windows = _run(_with_pool(go))
+    # `spent` is the spend in the budget's window (the calendar month for a key without one).
+    print("prefix\tname\tproject\tlimit\tbudget\tspent_usd\ttpm\tlast_used\trevoked")
     for k in rows:
         project = "admin" if k.is_admin else str(k.project_id)
         used = f"{k.last_used_at:%Y-%m-%d %H:%M:%S}" if k.last_used_at else "never"
         revoked = "revoked" if k.revoked_at else ""
+        spent = f"{windows[k.id].usd:.6f}"
         print(
-            f"{k.prefix}\t{k.name or ''}\t{project}\t{k.rate_limit or 'default'}\t{used}\t{revoked}"
+            f"{k.prefix}\t{k.name or ''}\t{project}\t{k.rate_limit or 'default'}\t"
+            f"{k.budget or 'none'}\t{spent}\t{k.tpm or 'none'}\t{used}\t{revoked}"
         )
     return 0
 
@@ -282,6 +305,8 @@ def parser() -> argparse.ArgumentParser:
     who.add_argument("--project", type=int, metavar="ID", help="a key bound to this project")
     kc.add_argument("--name", help="a label to recognise the key by in `keys list`")
     kc.add_argument("--rate-limit", help="e.g. 50/15m (overrides RATE_LIMIT for this key)")
+    kc.add_argument("--budget", help="USD per window, e.g. 20/1mo (calendar month) or 5/1d")
+    kc.add_argument("--tpm", type=_positive_int, help="tokens per minute")
     kc.set_defaults(func=cmd_keys_create)
     keys.add_parser(
         "list", help="prefix, name, project, limit and last use of every key"

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import re
 import sys
+from pathlib import Path
 from typing import Literal, NoReturn, TypeVar
 
 from pydantic import Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from chatbeto import prices
 from chatbeto.topology import Topology
 
 RATE_RE = re.compile(r"^\s*(\d+)\s*/\s*(\d*)\s*([smhd])\s*$")
@@ -95,11 +97,25 @@ class OpenAISettings(BaseServiceSettings):
     openai_max_tokens: int = Field(default=2000, gt=0)
     openai_temperature: float = Field(default=0.7, ge=0, le=2)
     openai_timeout: float = Field(default=60, gt=0)
+    # Added to (or overriding) the shipped prices; read once here so a bad file stops start-up.
+    prices_file: Path | None = None
+
+    @field_validator("prices_file")
+    @classmethod
+    def _prices(cls, value: Path | None) -> Path | None:
+        if value is not None:
+            prices.load(value)  # PricesError names the file and the entry
+        return value
+
+    def price_table(self) -> prices.PriceTable:
+        return prices.load(self.prices_file)
 
 
 class GatewaySettings(OpenAISettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8080, ge=0, le=65535)
+    # Gateway processes sharing the port (SO_REUSEPORT) under one supervisor: one per core.
+    gateway_workers: int = Field(default=1, ge=1, le=64)
     rate_limit: str = "50/15m"
     ingest_rate_limit: str = "6000/1m"
     webhook_secret: SecretStr | None = None
@@ -154,7 +170,8 @@ def load(cls: type[S]) -> S:
     except ValidationError as exc:
         first = exc.errors()[0]
         name = str(first["loc"][0]).upper() if first["loc"] else "?"
-        _die(f"configuration error: {name}: {first['msg']}")
+        message = first["msg"].removeprefix("Value error, ")
+        _die(f"configuration error: {name}: {message}")
 
 
 def _die(line: str) -> NoReturn:

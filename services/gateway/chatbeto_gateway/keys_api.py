@@ -10,7 +10,7 @@ import re
 from typing import Annotated, Any
 
 from aiohttp import web
-from chatbeto import api_keys
+from chatbeto import api_keys, spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.settings import RateLimit
 from pydantic import Field, StringConstraints, field_validator, model_validator
@@ -36,11 +36,29 @@ class KeyIn(Input):
     rateLimit: str | None = Field(
         default=None, description="This key's own limit, replacing the default", examples=["50/15m"]
     )
+    budget: str | None = Field(
+        default=None,
+        description="USD per window (s, m, h, d, or mo: calendar months, UTC); once spent, "
+        "model routes answer 429 budget_exceeded until the window resets",
+        examples=["20/1mo"],
+    )
+    tpm: int | None = Field(
+        default=None,
+        gt=0,
+        le=2**63 - 1,
+        description="Tokens (input + output) per minute; over it, model routes answer 429 "
+        "token_limit",
+    )
 
     @field_validator("rateLimit")
     @classmethod
     def _rate(cls, value: str | None) -> str | None:
         return None if value is None else str(RateLimit.parse(value))
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | None) -> str | None:
+        return None if value is None else str(spend.Budget.parse(value))
 
     @field_validator("name")
     @classmethod
@@ -56,13 +74,27 @@ class KeyIn(Input):
         return self
 
 
-def key_out(key: KeyRecord) -> dict[str, Any]:
+def spend_out(window: spend.Window) -> dict[str, Any]:
+    return {
+        "usd": float(window.usd),
+        "calls": window.calls,
+        "tokens": window.tokens,
+        "windowStart": window.start.isoformat(),
+        "windowEnd": window.end.isoformat(),
+    }
+
+
+def key_out(key: KeyRecord, window: spend.Window | None = None) -> dict[str, Any]:
+    """`spend` is the key's spend in its budget window (the calendar month without a budget)."""
     return {
         "prefix": key.prefix,
         "name": key.name,
         "admin": key.is_admin,
         "projectId": key.project_id,
         "rateLimit": key.rate_limit,
+        "budget": key.budget,
+        "tpm": key.tpm,
+        "spend": None if window is None else spend_out(window),
         "createdAt": key.created_at.isoformat() if key.created_at else None,
         "lastUsedAt": key.last_used_at.isoformat() if key.last_used_at else None,
         "revokedAt": key.revoked_at.isoformat() if key.revoked_at else None,
@@ -89,13 +121,19 @@ async def create_key(request: web.Request) -> web.Response:
         project_id=body.projectId,
         name=body.name,
         rate_limit=body.rateLimit,
+        budget=body.budget,
+        tpm=body.tpm,
     )
-    return responses.envelope({"key": plain, "apiKey": key_out(record)}, status=201)
+    windows = await spend.budget_windows(pool, [(record.id, record.budget)])
+    return responses.envelope(
+        {"key": plain, "apiKey": key_out(record, windows[record.id])}, status=201
+    )
 
 
 @routes.get("/api/v1/keys")
 @doc(
-    summary="API keys: prefix, name, project, limit, last use (never a key)",
+    summary="API keys: prefix, name, project, limits, budget and spend in its window, last use "
+    "(never a key)",
     auth="admin",
     tags=("keys",),
     query=("projectId",),
@@ -114,8 +152,10 @@ async def list_keys(request: web.Request) -> web.Response:
                 [{"field": "projectId", "message": "must be a positive integer"}],
             )
         project_id = int(raw)
-    keys = await api_keys.list_keys(request.app[POOL], project_id)
-    return responses.envelope({"keys": [key_out(k) for k in keys]})
+    pool = request.app[POOL]
+    keys = await api_keys.list_keys(pool, project_id)
+    windows = await spend.budget_windows(pool, [(k.id, k.budget) for k in keys])
+    return responses.envelope({"keys": [key_out(k, windows[k.id]) for k in keys]})
 
 
 @routes.delete("/api/v1/keys/{prefix}")

@@ -7,6 +7,10 @@ all replicas never exceeds the limit; small limits lease blocks of 1 (exact). To
 leased but did not spend are lost to the others until the window ends (at most one block per
 replica, about 1% of the limit). Once a window is exhausted a replica answers 429 from memory
 until the window ends. See docs/SECURITY.md.
+
+A request answered 5xx gives its token back (`settle`): the failure was ours, and a client that
+retries through an outage must not find itself locked out after it. Budgets and token caps on
+the model routes are checked here too (`budgets.SpendGuard`, docs/COSTS.md).
 """
 
 from __future__ import annotations
@@ -15,15 +19,18 @@ import asyncio
 import math
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 from functools import lru_cache
 from typing import Literal
 
 import asyncpg
 from aiohttp import web
+from chatbeto import spend
 from chatbeto.logging import get_logger
 from chatbeto.settings import GatewaySettings, RateLimit
 
 from chatbeto_gateway.auth import KeyCache, presented_key
+from chatbeto_gateway.budgets import SpendGuard, is_model_route
 from chatbeto_gateway.errors import ApiError
 
 log = get_logger(__name__)
@@ -36,6 +43,8 @@ MAX_KEY_CHARS = 256
 MAX_LIMIT = 1 << 60
 MAX_LOCAL_BUCKETS = 100_000
 PRUNE_INTERVAL_SECONDS = 60.0
+# Spend windows are read only while current; kept a while past their end for clock skew.
+SPEND_WINDOW_GRACE = timedelta(hours=1)
 
 LEASE_SQL = """
 INSERT INTO rate_windows AS w (bucket, window_start, window_end, used, last_grant)
@@ -65,6 +74,8 @@ class Decision:
     limit: int
     remaining: int
     reset_at: float  # unix seconds, end of the window
+    # False when Postgres could not be asked and the request was let through uncounted.
+    counted: bool = True
 
     @property
     def reset_seconds(self) -> int:
@@ -79,6 +90,16 @@ class Decision:
 
 
 DECISION = web.RequestKey("ratelimit_decision", Decision)
+
+
+@dataclass(frozen=True)
+class _Taken:
+    limiter: Limiter
+    bucket: str
+    window_start: int
+
+
+TAKEN = web.RequestKey("ratelimit_taken", _Taken)
 
 
 @dataclass
@@ -101,6 +122,7 @@ class Limiter:
         self._pool = pool
         self._buckets: dict[str, _Bucket] = {}
         self._task: asyncio.Task[None] | None = None
+        self.spend = SpendGuard(pool)
 
     async def take(self, bucket: str, rate: RateLimit) -> Decision:
         """Spend one token of `bucket`; a denied decision means 429."""
@@ -119,11 +141,18 @@ class Limiter:
                 if state.tokens == 0 and not state.exhausted:
                     if not await self._lease(bucket, rate, state):
                         # Postgres unreachable: fail open rather than refuse all traffic.
-                        return Decision(True, rate.limit, rate.limit, end)
+                        return Decision(True, rate.limit, rate.limit, end, counted=False)
         if state.tokens == 0:
             return Decision(False, rate.limit, 0, end)
         state.tokens -= 1
         return Decision(True, rate.limit, rate.limit - state.used + state.tokens, end)
+
+    def give_back(self, bucket: str, window_start: int) -> None:
+        """Return a token spent in this window (the request failed on our side). It goes back
+        to this replica's leased tokens: the shared count never exceeds what was answered."""
+        state = self._buckets.get(bucket)
+        if state is not None and state.window_start == window_start:
+            state.tokens += 1
 
     async def _lease(self, bucket: str, rate: RateLimit, state: _Bucket) -> bool:
         try:
@@ -158,8 +187,11 @@ class Limiter:
         """Drop ended windows (any replica may; the DELETE is idempotent)."""
         now = time.time()
         self._buckets = {k: b for k, b in self._buckets.items() if b.window_end > now}
+        wall = datetime.now(UTC)
+        self.spend.forget_ended(wall)
         try:
             await self._pool.execute("DELETE FROM rate_windows WHERE window_end < $1", int(now) - 1)
+            await spend.prune(self._pool, wall - SPEND_WINDOW_GRACE)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("rate window cleanup failed", error=type(exc).__name__)
 
@@ -197,6 +229,16 @@ async def _spend(request: web.Request, limiter: Limiter, bucket: str, rate: Rate
     request[DECISION] = decision
     if not decision.allowed:
         raise RateLimited(decision)
+    if decision.counted:
+        start = int(decision.reset_at) - rate.window_seconds
+        request[TAKEN] = _Taken(limiter, bucket, start)
+
+
+def settle(request: web.Request, status: int) -> None:
+    """Called with the final status: a 5xx is not charged against the caller's limit."""
+    taken = request.get(TAKEN)
+    if taken is not None and status >= 500:
+        taken.limiter.give_back(taken.bucket, taken.window_start)
 
 
 async def charge_key(
@@ -216,6 +258,8 @@ async def charge_key(
     # The key's own limit (`--rate-limit`) replaces the default of either scope.
     rate = (_parse(record.rate_limit) if record.rate_limit else None) or _default(settings, scope)
     await _spend(request, limiter, f"{scope}:key:{record.id}", rate)
+    if is_model_route(request.method, request.path):
+        await limiter.spend.check(record)
 
 
 async def charge_gpt(
