@@ -9,6 +9,7 @@ import subprocess
 import sys
 import uuid
 from datetime import UTC, datetime, timedelta, timezone
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -109,6 +110,7 @@ async def test_isolating_store_keeps_good_rows_and_names_the_bad_ones(
         return EventRecord.model_construct(**{**fields, **overrides})
 
     events = [event() for _ in range(37)]
+    events[0] = event(cost_usd=Decimal("0.0012"))
     events[3] = event(contenido="nul\x00")
     events[20] = event(
         timestamp=datetime(9999, 12, 31, 23, 59, 59, tzinfo=timezone(-timedelta(hours=14)))
@@ -126,6 +128,9 @@ async def test_isolating_store_keeps_good_rows_and_names_the_bad_ones(
     assert [e for e, _ in bad_events] == [events[3], events[20], events[36]]
     assert len(stored) == 34
     assert await db.fetchval("SELECT count(*) FROM events") == 34
+    assert await db.fetchval("SELECT cost_usd FROM events WHERE id = $1", events[0].id) == Decimal(
+        "0.0012"
+    )
     assert await db.fetchval("SELECT count(*) FROM sessions") == 1
     # The rollups counted exactly what was stored.
     assert await db.fetchval("SELECT sum(events) FROM event_rollups") == 34

@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import aio_pika
@@ -47,7 +48,8 @@ class EventRecord(Frozen):
     timestamp: Timestamp
     request_id: Text | None = None
     # What the model call cost, priced from its usage; None when unknown (or not a model call).
-    cost_usd: float | None = Field(default=None, ge=0, allow_inf_nan=False)
+    # Exact (Decimal, as chatbeto.spend prices it); travels as a JSON string.
+    cost_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class MetricsBatch(Frozen):

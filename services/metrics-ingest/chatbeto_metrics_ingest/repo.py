@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from decimal import Decimal
 from collections.abc import Sequence
 
 import asyncpg
@@ -158,8 +157,6 @@ async def store_events(conn: Conn, events: Sequence[EventRecord]) -> list[asyncp
             [e.tokens_salida for e in events],
             [e.timestamp for e in events],
             [e.request_id for e in events],
-            # Through its shortest repr: a float sent as is would be stored as its exact binary
-            # expansion (0.1000000000000000055...).
-            [None if e.cost_usd is None else Decimal(repr(e.cost_usd)) for e in events],
+            [e.cost_usd for e in events],
         )
     )
