@@ -15,13 +15,12 @@ from dataclasses import dataclass
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto import topology
-from chatbeto.broker import Publisher
 from chatbeto.consumer import PartialFailure
 from chatbeto.db import Conn
 from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, InvalidMessage, MetricsBatch, SessionRecord, envelope
 from chatbeto.observability import ROWS_DEAD_LETTERED, ROWS_STORED
-from chatbeto.service import QueueWorker
+from chatbeto.service import Service, WorkerRuntime
 from chatbeto.settings import MetricsIngestSettings
 
 from chatbeto_metrics_ingest import repo
@@ -67,25 +66,23 @@ def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
 
-class MetricsIngest(QueueWorker):
+class MetricsIngest(Service):
     settings: MetricsIngestSettings
-    QUEUE = topology.METRICS_INGEST
 
     def __init__(self, settings: MetricsIngestSettings) -> None:
-        super().__init__(
-            settings,
-            prefetch=settings.ingest_prefetch,
-            max_batch=settings.ingest_prefetch,
-            max_tries=settings.ingest_max_tries,
-        )
+        super().__init__(settings)
         self.live = LivePublisher(None, settings.topology)
-        self.dead_letters: Publisher | None = None
 
-    async def start(self) -> None:
-        await super().start()
-        assert self.connection is not None
-        self.live = LivePublisher(self.connection, self.settings.topology)
-        self.dead_letters = Publisher(self.connection, self.settings.topology)
+    async def setup(self, runtime: WorkerRuntime) -> None:
+        self.live = LivePublisher(runtime.connection, self.settings.topology)
+        runtime.on_close(self.live.close)
+        runtime.consume_batches(
+            topology.METRICS_INGEST,
+            self.handle,
+            prefetch=self.settings.ingest_prefetch,
+            max_batch=self.settings.ingest_prefetch,
+            max_tries=self.settings.ingest_max_tries,
+        )
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         failures: dict[AbstractIncomingMessage, Exception] = {}
@@ -104,7 +101,6 @@ class MetricsIngest(QueueWorker):
         sessions = [Item(d, f"s{n}", s) for d in decoded for n, s in enumerate(d.sessions)]
         events = [Item(d, f"e{n}", e) for d in decoded for n, e in enumerate(d.events)]
         pending: dict[int, list[EventRecord]] = {}  # id(Decoded) -> events to retry
-        assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
             counts, bad_sessions = await store_isolating(conn, sessions, _store_sessions)
             lost_sessions = {i.record.id: exc for i, exc in bad_sessions}
@@ -151,14 +147,14 @@ class MetricsIngest(QueueWorker):
         return env.model_dump_json().encode()
 
     async def _dead_letter(self, bad: list[Bad]) -> None:
-        assert self.dead_letters is not None
-        dlq = self.settings.topology.queue(self.QUEUE).dlq
+        assert self.runtime is not None
+        dlq = self.settings.topology.queue(topology.METRICS_INGEST).dlq
         for b in bad:
             message = dead_letter(
                 b.origin.message, b.position, b.kind, b.record, b.reason, b.origin.request_id
             )
             # Confirmed before the original is acked; a failure raises, so it is redelivered.
-            await self.dead_letters.publish(message, dlq, exchange="")
+            await self.runtime.publisher.publish(message, dlq, exchange="")
             ROWS_DEAD_LETTERED.labels(f"{b.kind}s").inc()
             log.warning(
                 "record dead-lettered",
@@ -167,8 +163,3 @@ class MetricsIngest(QueueWorker):
                 dead_letter_id=message.message_id,
                 error=b.reason.split(":", 1)[0],
             )
-
-    async def close_resources(self) -> None:
-        await self.live.close()
-        if self.dead_letters is not None:
-            await self.dead_letters.close()
