@@ -20,7 +20,7 @@ from chatbeto.messages import ImportJob
 from chatbeto.settings import GatewaySettings, WorkerSettings
 
 from tests.conftest import Factory, wait_for
-from tests.fixtures.chatgpt_builder import dumps, simple, zipped
+from tests.fixtures.chatgpt_builder import dumps, simple, split, zip_files, zipped
 from tests.tcp_proxy import TcpProxy
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chatgpt_export_small.json"
@@ -506,3 +506,19 @@ async def test_control_character_in_a_part_header_is_a_400(
     assert resp.status in (400, 422), answer
     assert answer["status"] == "error"
     assert await db.fetchval("SELECT count(*) FROM import_uploads") == 0
+
+
+async def test_split_export_zip_over_http_counts_every_part_and_reimports_nothing(
+    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+) -> None:
+    project = await factory.project()
+    key = await factory.key(project)
+    chats = [simple(f"chat {n}", turns=2) for n in range(25)]
+    stored = zip_files(split(chats, 10))  # conversations-000..002.json + export_manifest.json
+    for _ in range(2):  # the second time: everything is already there
+        body = await upload(gateway, key, form(stored, project, filename="export.zip"))
+        job_id = body["data"]["jobId"]
+        row = await wait_for(lambda j=job_id: job_state(db, j, "done", "failed"))
+        assert (row["state"], row["total"], row["done"], row["failed"]) == ("done", 25, 25, 0)
+        assert await db.fetchval("SELECT count(*) FROM messages") == 25 * 4
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 25

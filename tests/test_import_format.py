@@ -2,21 +2,32 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from chatbeto.importer.convert import MalformedConversation, convert
-from chatbeto.importer.export import ExportError, conversations, open_export
+from chatbeto.importer.export import ExportError, open_export
 
-from tests.fixtures.chatgpt_builder import Chat, dumps, simple, text, zipped
+from tests.fixtures.chatgpt_builder import (
+    Chat,
+    dumps,
+    simple,
+    split,
+    text,
+    write_folder,
+    zip_files,
+    zipped,
+)
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chatgpt_export_small.json"
 
 
 def read(path: Path) -> list[Any]:
     with open_export(path) as source:
-        return list(conversations(source.stream))
+        return list(source.conversations())
 
 
 def contents(chat: Chat) -> list[tuple[str, str]]:
@@ -296,3 +307,92 @@ def test_long_whitespace_around_the_array_is_accepted(tmp_path: Path) -> None:
     path = tmp_path / "export.zip"
     path.write_bytes(zipped(payload))
     assert [r["title"] for r in read(path)] == ["spaced"]
+
+
+# --- the split layout (2026): conversations-NNN.json beside export_manifest.json -------------
+
+
+def titles(path: Path) -> list[str]:
+    return [r["title"] for r in read(path)]
+
+
+@pytest.mark.parametrize("manifest", ["files", "strings", "nested", "keyed", None])
+def test_split_export_is_read_in_order_from_zip_folder_and_nested_zip(
+    tmp_path: Path, manifest: str | None
+) -> None:
+    chats = [simple(f"chat {n}") for n in range(7)]
+    files = split(chats, 3, manifest=manifest)
+    want = [f"chat {n}" for n in range(7)]
+    (tmp_path / "export.zip").write_bytes(zip_files(files))
+    assert titles(tmp_path / "export.zip") == want
+    (tmp_path / "nested.zip").write_bytes(zip_files(files, prefix="chatgpt-export/"))
+    assert titles(tmp_path / "nested.zip") == want
+    folder = write_folder(tmp_path / "unpacked", files)
+    assert titles(folder) == want
+    if manifest is not None:
+        assert titles(folder / "export_manifest.json") == want  # the manifest names its folder
+    assert titles(folder / "conversations-001.json") == want[3:6]  # one part alone
+
+
+def test_manifest_order_wins_and_unlisted_parts_are_left_out(tmp_path: Path) -> None:
+    files = split([simple(f"chat {n}") for n in range(4)], 2, manifest=None)
+    files["conversations-099.json"] = dumps([simple("stray")])
+    files["export_manifest.json"] = orjson.dumps(
+        {"files": [{"path": "conversations-001.json"}, {"path": "conversations-000.json"}]}
+    )
+    folder = write_folder(tmp_path / "x", files)
+    assert titles(folder) == ["chat 2", "chat 3", "chat 0", "chat 1"]
+
+
+def test_parts_sort_by_number_without_a_manifest(tmp_path: Path) -> None:
+    files = {f"conversations-{n}.json": dumps([simple(f"part {n}")]) for n in (10, 2, 1)}
+    assert titles(write_folder(tmp_path / "x", files)) == ["part 1", "part 2", "part 10"]
+
+
+def test_unreadable_manifest_falls_back_to_the_part_names(tmp_path: Path) -> None:
+    files = split([simple("a"), simple("b")], 1, manifest=None)
+    files["export_manifest.json"] = b"{not json"
+    assert titles(write_folder(tmp_path / "x", files)) == ["a", "b"]
+
+
+def test_a_part_the_manifest_names_but_the_export_lacks_is_refused(tmp_path: Path) -> None:
+    files = split([simple("a"), simple("b")], 1)
+    del files["conversations-001.json"]
+    (tmp_path / "e.zip").write_bytes(zip_files(files))
+    with pytest.raises(ExportError, match=r"incomplete.*conversations-001\.json"):
+        read(tmp_path / "e.zip")
+    with pytest.raises(ExportError, match=r"incomplete.*conversations-001\.json"):
+        read(write_folder(tmp_path / "x", files))
+
+
+def test_a_bad_part_is_named(tmp_path: Path) -> None:
+    files = split([simple("a"), simple("b")], 1)
+    files["conversations-001.json"] = files["conversations-001.json"][:-40]
+    with pytest.raises(ExportError, match=r"conversations-001\.json: the file is truncated"):
+        read(write_folder(tmp_path / "x", files))
+    (tmp_path / "e.zip").write_bytes(zip_files(files))
+    with pytest.raises(ExportError, match=r"conversations-001\.json: the file is truncated"):
+        read(tmp_path / "e.zip")
+
+
+def test_a_folder_without_conversations_is_refused(tmp_path: Path) -> None:
+    folder = write_folder(tmp_path / "x", {"user.json": b"{}"})
+    with pytest.raises(ExportError, match=r"no conversations\.json"):
+        read(folder)
+
+
+def test_nul_is_stripped_from_everything_stored() -> None:
+    chat = Chat("ti\x00tle", conversation_id="conv\x00-1", model="gpt\x00-4o")
+    chat.add("user", "hel\x00lo", name="to\x00ol")
+    conv = convert(chat.to_dict())
+    assert (conv.title, conv.external_id, conv.model) == ("title", "conv-1", "gpt-4o")
+    assert conv.messages[0].content == "hello"
+    assert "\x00" not in orjson.dumps(conv.messages[0].metadata).decode()
+
+
+def test_times_outside_what_postgres_stores_count_as_absent() -> None:
+    chat = simple("old", create_time=-62135596800.0)  # 0001-01-01T00:00:00Z: -infinity
+    conv = convert(chat.to_dict())
+    # Not datetime.min (which asyncpg stores as -infinity): the first storable message time.
+    assert conv.created_at == conv.messages[0].created_at
+    assert conv.created_at > datetime(1, 1, 1, 0, 0, 0, tzinfo=UTC)

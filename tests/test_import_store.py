@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 from pathlib import Path
 from typing import Any
@@ -14,7 +15,7 @@ from chatbeto.importer.export import ExportError
 from chatbeto.importer.run import import_file
 
 from tests.conftest import Factory
-from tests.fixtures.chatgpt_builder import dumps, simple, zipped
+from tests.fixtures.chatgpt_builder import dumps, simple, split, write_folder, zip_files, zipped
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chatgpt_export_small.json"
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
@@ -155,11 +156,13 @@ async def test_a_conversation_postgres_refuses_lands_not_at_all(
     tmp_path: Path, database: str, db: asyncpg.Connection, factory: Factory
 ) -> None:
     project = await factory.project()
-    # Postgres text can't hold NUL: the refused conversation must not leave a partial row behind,
-    # and the others of its batch must still land.
-    bad = simple("bad id", conversation_id="conv-\u0000-nul")
+    # An id past what a btree index holds (~2.7 kB, incompressible): the refused conversation must not leave a
+    # partial row behind, and the others of its batch must still land.
+    bad = simple("bad id", conversation_id=secrets.token_hex(5000))
     poisoned = simple("bad node")
-    poisoned.add("user", "a message whose node id Postgres refuses", node_id="node-\u0000")
+    poisoned.add(
+        "user", "a message whose node id Postgres refuses", node_id=secrets.token_hex(5000)
+    )
     items = [simple("one"), bad, poisoned, simple("two")]
     summary = await import_file(database, write(tmp_path, items), project)
     assert (summary.imported, summary.failed) == (2, 2)
@@ -168,6 +171,25 @@ async def test_a_conversation_postgres_refuses_lands_not_at_all(
     titles = {r["title"] for r in await db.fetch("SELECT title FROM conversations")}
     assert titles == {"one", "two"}
     assert await counts(db) == (2, 8)
+
+
+async def test_nul_and_lone_surrogates_are_stripped_not_refused(
+    tmp_path: Path, database: str, db: asyncpg.Connection, factory: Factory
+) -> None:
+    project = await factory.project()
+    chat = simple("nul\u0000 title", conversation_id="conv-\u0000-nul")
+    chat.add("user", "text with a NUL\u0000 and a lone surrogate", node_id="node-\u0000")
+    path = tmp_path / "conversations.json"
+    # orjson refuses lone surrogates; the JSON escape is what a real export could carry.
+    path.write_bytes(dumps([chat]).replace(b"\\u0000 and a lone ", b"\\u0000 and a lone \\ud800"))
+    summary = await import_file(database, path, project)
+    assert (summary.imported, summary.failed) == (1, 0), summary.failures
+    row = await db.fetchrow("SELECT title, external_id FROM conversations")
+    assert (row["title"], row["external_id"]) == ("nul title", "conv--nul")
+    content = await db.fetchval("SELECT content FROM messages WHERE external_id = 'node-'")
+    assert content.startswith("text with a NUL and a lone ?")
+    again = await import_file(database, path, project)
+    assert (again.imported, again.skipped, again.messages) == (0, 1, 0)
 
 
 async def test_duplicate_conversation_in_one_export_is_stored_once(
@@ -333,3 +355,57 @@ async def test_branch_switched_since_the_last_import_is_mirrored(
     ]
     again = await import_file(database, write(tmp_path, [chat]), project)
     assert (again.skipped, again.messages) == (1, 0)
+
+
+async def test_split_export_imports_from_zip_and_folder_and_either_layout_adds_nothing_again(
+    tmp_path: Path, env: dict[str, str], db: asyncpg.Connection, factory: Factory
+) -> None:
+    project = await factory.project()
+    chats = [simple(f"chat {n}", turns=1) for n in range(7)]
+    files = split(chats, 3)
+    (tmp_path / "export.zip").write_bytes(zip_files(files))
+    folder = write_folder(tmp_path / "unpacked", files)
+    single = write(tmp_path, chats)
+
+    seen: list[tuple[int, float]] = []
+
+    async def progress(summary: run.Summary, fraction: float) -> None:
+        seen.append((summary.seen, fraction))
+
+    summary = await import_file(env["DATABASE_URL"], tmp_path / "export.zip", project, progress)
+    assert (summary.imported, summary.failed, summary.messages) == (7, 0, 14)
+    assert seen[-1] == (7, 1.0)  # every part counted, to the end
+    assert await counts(db) == (7, 14)
+    for again in (folder, single, tmp_path / "export.zip"):
+        code, out, err = await chatbeto(env, "import", str(again), "--project", str(project))
+        assert code == 0, err
+        assert "imported 0 conversations (0 new messages), updated 0, skipped 7" in out
+    assert await counts(db) == (7, 14)
+
+    other = await factory.project("other")
+    code, out, err = await chatbeto(env, "import", str(folder), "--project", str(other))
+    assert code == 0, err
+    assert "imported 7 conversations (14 new messages)" in out
+
+
+async def test_progress_fraction_grows_across_the_parts_of_a_folder(
+    tmp_path: Path, database: str, factory: Factory
+) -> None:
+    project = await factory.project()
+    files = split([simple(f"c{n}", turns=3) for n in range(40)], 10)
+    folder = write_folder(tmp_path / "x", files)
+    fractions: list[float] = []
+
+    async def progress(summary: run.Summary, fraction: float) -> None:
+        fractions.append(fraction)
+
+    old = run.BATCH_CONVERSATIONS
+    run.BATCH_CONVERSATIONS = 5  # several batches per part, so progress is reported within parts
+    try:
+        summary = await import_file(database, folder, project, progress)
+    finally:
+        run.BATCH_CONVERSATIONS = old
+    assert summary.imported == 40
+    assert fractions == sorted(fractions)
+    assert fractions[-1] == 1.0
+    assert len({round(f, 2) for f in fractions}) >= 4

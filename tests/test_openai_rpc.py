@@ -14,10 +14,13 @@ import pytest
 from chatbeto.broker import Publisher
 from chatbeto.consumer import ConcurrentConsumer
 from chatbeto.messages import (
+    ChatCall,
     ChatMessage,
+    ConversationCreate,
     InvalidMessage,
     OpenAIReply,
     OpenAIRequest,
+    ReplyResult,
     envelope,
     parse,
     to_amqp,
@@ -77,14 +80,12 @@ async def test_a_redelivered_request_is_stored_and_answered_once(
     replies: list[OpenAIReply] = []
 
     async def on_reply(message: aio_pika.abc.AbstractIncomingMessage) -> None:
-        replies.append(parse(message.body, OpenAIReply, OpenAIReply.TYPE, frozenset({1})).data)
+        replies.append(parse(message.body, OpenAIReply, OpenAIReply.TYPE, frozenset({2})).data)
 
     await replies_q.consume(on_reply, no_ack=True)
     project = await factory.project()
     request = OpenAIRequest(
-        action="chat",
-        project_id=project,
-        messages=(ChatMessage(role="user", content="una vez"),),
+        call=ChatCall(project_id=project, messages=(ChatMessage(role="user", content="una vez"),)),
         deadline=datetime.now(UTC) + timedelta(seconds=30),
     )
     env = envelope(request)
@@ -95,7 +96,8 @@ async def test_a_redelivered_request_is_stored_and_answered_once(
             "openai.request.chat",
         )
     await wait_for(lambda: _count(replies, 2))
-    assert [r.content for r in replies] == ["echo[1]: una vez"] * 2
+    answers = [r.part.answer.content for r in replies if isinstance(r.part, ReplyResult)]
+    assert answers == ["echo[1]: una vez"] * 2
     assert await db.fetchval("SELECT count(*) FROM conversations") == 1
     assert await db.fetchval("SELECT count(*) FROM messages") == 2
     await publisher.close()
@@ -112,17 +114,14 @@ async def test_expired_requests_are_skipped(
     project = await factory.project()
     publisher = Publisher(broker, topo)
     late = OpenAIRequest(
-        action="conversation.create",
-        project_id=project,
+        call=ConversationCreate(project_id=project),
         deadline=datetime.now(UTC) - timedelta(seconds=1),
     )
     await publisher.publish(
         to_amqp(envelope(late), correlation_id="c", reply_to="nobody"), "openai.request.x"
     )
     on_time = OpenAIRequest(
-        action="conversation.create",
-        project_id=project,
-        title="on time",
+        call=ConversationCreate(project_id=project, title="on time"),
         deadline=datetime.now(UTC) + timedelta(seconds=30),
     )
     await publisher.publish(

@@ -17,6 +17,7 @@ from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnec
 
 from chatbeto import topology
 from chatbeto.logging import get_logger
+from chatbeto.observability import MESSAGES_PUBLISHED, PUBLISH_FAILURES
 
 log = get_logger(__name__)
 PUBLISH_TIMEOUT_SECONDS = 5.0
@@ -108,6 +109,11 @@ class GroupPublisher:
     second (the broker's confirm is the wall). Here each caller still waits for the confirm of
     the message that carries its items, so a 2xx still means "on the broker", but many callers
     share one confirm.
+
+    A second publish overlaps the one in flight only once `overlap_items` are waiting: below
+    that, waiting one confirm (about a millisecond) costs less than the publish itself, which
+    costs the same for 3 items as for 300 (measured: messages of a few events each made the
+    broker path a tenth of the gateway's CPU at 3,000 events/s).
     """
 
     def __init__(
@@ -118,16 +124,20 @@ class GroupPublisher:
         *,
         max_items: int = 2000,
         max_in_flight: int = 2,
+        overlap_items: int = 256,
     ) -> None:
         self._publisher = publisher
         self._routing_key = routing_key
         self._build = build  # (list of items) -> aio_pika.Message
         self._max_items = max_items
         self._max_in_flight = max_in_flight
+        self._overlap_items = overlap_items
         self._pending: deque[tuple[Sequence[Any], asyncio.Future[None]]] = deque()
         self._pending_count = 0
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        self._published = MESSAGES_PUBLISHED.labels(routing_key)
+        self._failed = PUBLISH_FAILURES.labels(routing_key)
 
     async def submit(self, items: Sequence[Any]) -> None:
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
@@ -137,7 +147,12 @@ class GroupPublisher:
         await future
 
     def _kick(self) -> None:
-        while self._pending and self._in_flight < self._max_in_flight:
+        while self._pending and (
+            self._in_flight == 0
+            or (
+                self._in_flight < self._max_in_flight and self._pending_count >= self._overlap_items
+            )
+        ):
             group: list[tuple[Sequence[Any], asyncio.Future[None]]] = []
             count = 0
             while self._pending and (
@@ -157,7 +172,9 @@ class GroupPublisher:
         try:
             items = [item for part, _ in group for item in part]
             await self._publisher.publish(self._build(items), self._routing_key)
+            self._published.inc()
         except BaseException as exc:  # every waiter must learn the outcome
+            self._failed.inc()
             error = exc if isinstance(exc, BrokerUnavailable) else BrokerUnavailable(str(exc))
         finally:
             self._in_flight -= 1

@@ -10,13 +10,14 @@ from __future__ import annotations
 import functools
 import uuid
 from datetime import UTC, datetime
-from typing import Any, ClassVar, Generic, Literal, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import aio_pika
 import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbeto.logging import REQUEST_ID
+from chatbeto.storable import Text
 
 
 class Frozen(BaseModel):
@@ -99,8 +100,69 @@ class WebhookDelivery(Frozen):
 
 
 class ChatMessage(Frozen):
+    """One message of a seed-route conversation (`/api/v1/openai/...`): role and text."""
+
     role: Literal["system", "user", "assistant", "tool"]
-    content: str
+    content: Text
+
+
+class Caller(Frozen):
+    """Who asked: the API key (its id for budgets, its public prefix as the metrics user)."""
+
+    key_id: int | None = None
+    key_prefix: str = "chatbeto"
+    # The key's own project (None for an admin key); where the exchange is stored is the call's.
+    project_id: int | None = None
+
+    @property
+    def user(self) -> str:
+        """The metrics event's `usuario_id`: the key's public prefix, never the key."""
+        return f"key:{self.key_prefix}" if self.key_id is not None else self.key_prefix
+
+
+class ConversationCreate(Frozen):
+    action: Literal["conversation.create"] = "conversation.create"
+    project_id: int
+    title: Text | None = None
+    model: str | None = None
+    message: ChatMessage | None = None
+
+
+class ConversationMessage(Frozen):
+    action: Literal["conversation.message"] = "conversation.message"
+    conversation_id: int
+    message: ChatMessage
+
+
+class ChatCall(Frozen):
+    """The seed route `POST /api/v1/openai/chat/completions`: text in, text out."""
+
+    action: Literal["chat"] = "chat"
+    project_id: int | None = None
+    messages: tuple[ChatMessage, ...]
+    model: str | None = None
+    temperature: float | None = None
+    max_tokens: int | None = None
+    stream: bool = False
+
+
+ProxyEndpoint = Literal["chat.completions", "responses", "embeddings"]
+
+
+class ProxyCall(Frozen):
+    """A `/v1/*` call forwarded as the client sent it: `body` reaches OpenAI unchanged (but for
+    a defaulted `model`); the answer comes back as OpenAI's own bytes."""
+
+    action: Literal["proxy"] = "proxy"
+    endpoint: ProxyEndpoint
+    project_id: int | None = None
+    body: dict[str, Any]
+    stream: bool = False
+
+
+RequestCall = Annotated[
+    ConversationCreate | ConversationMessage | ChatCall | ProxyCall, Field(discriminator="action")
+]
 
 
 class OpenAIRequest(Frozen):
@@ -111,45 +173,86 @@ class OpenAIRequest(Frozen):
     """
 
     TYPE: ClassVar[str] = "openai.request"
-    VERSION: ClassVar[int] = 1
-    action: Literal["conversation.create", "conversation.message", "chat"]
-    project_id: int | None = None
-    conversation_id: int | None = None
-    title: str | None = None
-    # create: the initial message (if any); message: the new one; chat: the whole history.
-    messages: tuple[ChatMessage, ...] = ()
-    model: str | None = None
-    temperature: float | None = None
-    max_tokens: int | None = None
-    stream: bool = False
-    source: Literal["api", "chat", "v1"] = "api"
-    # Who asked (the API key's public prefix): the metrics event's `usuario_id`.
-    user: str = "chatbeto"
+    VERSION: ClassVar[int] = 2
+    call: RequestCall
+    caller: Caller = Caller()
     deadline: datetime
+
+    @property
+    def routing_key(self) -> str:
+        return f"{self.TYPE}.{self.call.action}"
 
 
 class Usage(Frozen):
     prompt_tokens: int = 0
     completion_tokens: int = 0
     total_tokens: int = 0
+    # Details where OpenAI gives them (prices differ for cached input; reasoning is output).
+    cached_tokens: int = 0
+    reasoning_tokens: int = 0
+
+
+class Answer(Frozen):
+    """What the model answered, as the seed routes show it."""
+
+    content: str
+    model: str
+    usage: Usage
+    latency_ms: int
+
+
+class StoredConversation(Frozen):
+    id: int
+    project_id: int
+    title: str
+    created_at: datetime
+
+
+class ReplyChunk(Frozen):
+    """Streamed output: seed routes, a text delta; `/v1`, OpenAI's own SSE bytes (one or more
+    whole events, coalesced as they arrived)."""
+
+    kind: Literal["chunk"] = "chunk"
+    attempt: str
+    data: str
+
+
+class ReplyResult(Frozen):
+    """The end of a successful call, sent once its exchange is committed."""
+
+    kind: Literal["result"] = "result"
+    attempt: str
+    answer: Answer | None = None
+    conversation: StoredConversation | None = None
+    # `/v1`: OpenAI's body (plain) or the SSE bytes held back until the commit (streamed: the
+    # `[DONE]` line, or the Responses API's final event).
+    status: int = 200
+    body: str | None = None
+    # The answer was stored by an earlier delivery of this request and is sent again.
+    replayed: bool = False
+
+
+class ReplyError(Frozen):
+    """A failed call: the HTTP status and code the gateway answers with; `body` is OpenAI's own
+    error body when it is forwarded as it came (an OpenAI 4xx)."""
+
+    kind: Literal["error"] = "error"
+    attempt: str
+    status: int
+    code: str
+    message: str
+    body: str | None = None
+
+
+ReplyPart = Annotated[ReplyChunk | ReplyResult | ReplyError, Field(discriminator="kind")]
 
 
 class OpenAIReply(Frozen):
-    """One answer message: streamed `chunk`s, then one `result` or `error`."""
+    """One answer message: streamed chunks, then one result or error."""
 
     TYPE: ClassVar[str] = "openai.reply"
-    VERSION: ClassVar[int] = 1
-    kind: Literal["chunk", "result", "error"]
-    delta: str = ""
-    content: str | None = None
-    model: str | None = None
-    usage: Usage | None = None
-    latency_ms: int | None = None
-    conversation: dict[str, Any] | None = None
-    # error: the HTTP status and code the gateway answers with.
-    status: int | None = None
-    code: str | None = None
-    message: str | None = None
+    VERSION: ClassVar[int] = 2
+    part: ReplyPart
 
 
 class SyncJob(Frozen):
@@ -203,15 +306,18 @@ def envelope(payload: P, request_id: str | None = None) -> Envelope[P]:
     )
 
 
-def to_amqp(env: Envelope[Any], **properties: Any) -> aio_pika.Message:
-    """A persistent AMQP message whose properties mirror the envelope."""
+def to_amqp(env: Envelope[Any], *, persistent: bool = True, **properties: Any) -> aio_pika.Message:
+    """The AMQP message of an envelope (the only place one is built): properties mirror the
+    envelope; persistent unless it is worth nothing after a broker restart (replies)."""
     headers = dict(properties.pop("headers", {}) or {})
     if env.request_id:
         headers["x-request-id"] = env.request_id
     return aio_pika.Message(
         body=env.model_dump_json().encode(),
         content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+        if persistent
+        else aio_pika.DeliveryMode.NOT_PERSISTENT,
         message_id=str(env.message_id),
         type=f"{env.type}.v{env.version}",
         timestamp=env.occurred_at,

@@ -114,6 +114,8 @@ class OpenAISettings(BaseServiceSettings):
 class GatewaySettings(OpenAISettings):
     gateway_host: str = "127.0.0.1"
     gateway_port: int = Field(default=8080, ge=0, le=65535)
+    # Gateway processes sharing the port (SO_REUSEPORT) under one supervisor: one per core.
+    gateway_workers: int = Field(default=1, ge=1, le=64)
     rate_limit: str = "50/15m"
     ingest_rate_limit: str = "6000/1m"
     webhook_secret: SecretStr | None = None

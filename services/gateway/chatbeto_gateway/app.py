@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import multiprocessing
+import os
+import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
@@ -132,13 +136,38 @@ def create_app(settings: GatewaySettings) -> web.Application:
     return app
 
 
-def run(settings: GatewaySettings) -> None:
+async def _watch_parent(app: web.Application) -> None:
+    """A worker whose supervisor died (SIGKILL, OOM) stops by itself instead of lingering."""
+    parent = multiprocessing.parent_process()
+    if parent is None:
+        return
+    loop = asyncio.get_running_loop()
+
+    def orphaned() -> None:
+        loop.remove_reader(parent.sentinel)
+        os.kill(os.getpid(), signal.SIGTERM)  # the same graceful path as the supervisor's
+
+    loop.add_reader(parent.sentinel, orphaned)
+
+
+def run(settings: GatewaySettings, *, reuse_port: bool = False, watch_parent: bool = False) -> None:
+    """Serve until SIGTERM / SIGINT; `reuse_port` lets several processes share the port."""
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:  # pragma: no cover - uvloop is optional off Linux
+        pass
+    app = create_app(settings)
+    if watch_parent:
+        app.on_startup.append(_watch_parent)
     web.run_app(
-        create_app(settings),
+        app,
         host=settings.gateway_host,
         port=settings.gateway_port,
         access_log=None,
         print=None,
         handle_signals=True,
         shutdown_timeout=30,
+        reuse_port=reuse_port or None,
     )

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import orjson
 from aiohttp import web
-from chatbeto.messages import ChatMessage, OpenAIReply
+from chatbeto.messages import ChatCall, ChatMessage, ReplyChunk, ReplyResult
+from chatbeto.storable import BIGINT_MAX, Bool, Text
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbeto_gateway import responses
@@ -18,7 +20,6 @@ from chatbeto_gateway.openai_calls import (
     parse_body,
     response_out,
     stream,
-    user_of,
     visible_project,
 )
 from chatbeto_gateway.openapi import doc
@@ -31,20 +32,20 @@ MAX_MESSAGES = 1000
 class ChatMessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     role: Literal["system", "user", "assistant", "tool"]
-    content: str = Field(max_length=200_000)
+    content: Text = Field(max_length=200_000)
 
 
 class ChatIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     messages: list[ChatMessageIn] = Field(min_length=1, max_length=MAX_MESSAGES)
     model: str | None = Field(default=None, min_length=1, max_length=100)
-    projectId: int | None = Field(default=None, gt=0)
+    projectId: int | None = Field(default=None, gt=0, le=BIGINT_MAX, strict=True)
     temperature: float | None = Field(default=None, ge=0, le=2)
-    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS_LIMIT)
-    stream: bool = False
+    max_tokens: int | None = Field(default=None, gt=0, le=MAX_TOKENS_LIMIT, strict=True)
+    stream: Bool = False
 
 
-def _result(reply: OpenAIReply) -> dict[str, Any]:
+def _result(reply: ReplyResult) -> dict[str, Any]:
     out = response_out(reply)
     data: dict[str, Any] = {
         "response": {"role": "assistant", "content": out["content"]},
@@ -52,18 +53,29 @@ def _result(reply: OpenAIReply) -> dict[str, Any]:
         "usage": out["usage"],
     }
     if reply.conversation is not None:
-        data["conversationId"] = reply.conversation["id"]
+        data["conversationId"] = reply.conversation.id
     return data
 
 
-def _render(reply: OpenAIReply) -> list[Any]:
-    if reply.kind == "chunk":
-        return [{"delta": reply.delta}]
-    return [{"done": True, **_result(reply)}]
+class _Render:
+    """`{"delta"}` events, then `{"done": true, …}` and `[DONE]`."""
+
+    def chunk(self, part: ReplyChunk) -> bytes:
+        return _event({"delta": part.data})
+
+    def result(self, part: ReplyResult, chunks_relayed: int) -> bytes:
+        out = b""
+        if chunks_relayed == 0 and part.answer is not None and part.answer.content:
+            out = _event({"delta": part.answer.content})  # a replay: the stored answer
+        return out + _event({"done": True, **_result(part)}) + b"data: [DONE]\n\n"
+
+    def error(self, exc: ApiError) -> bytes:
+        error = {"status": "error", "error": {"code": exc.code, "message": exc.message}}
+        return _event(error) + b"data: [DONE]\n\n"
 
 
-def _render_error(exc: ApiError) -> Any:
-    return {"status": "error", "error": {"code": exc.code, "message": exc.message}}
+def _event(data: Any) -> bytes:
+    return b"data: " + orjson.dumps(data) + b"\n\n"
 
 
 @routes.post("/api/v1/openai/chat/completions")
@@ -79,17 +91,14 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     project_id = None
     if body.projectId is not None:
         project_id = await visible_project(request, principal, body.projectId)
-    fields: dict[str, Any] = {
-        "action": "chat",
-        "source": "chat",
-        "project_id": project_id,
-        "messages": tuple(ChatMessage(role=m.role, content=m.content) for m in body.messages),
-        "model": body.model,
-        "temperature": body.temperature,
-        "max_tokens": body.max_tokens,
-        "stream": body.stream,
-        "user": user_of(principal),
-    }
+    job = ChatCall(
+        project_id=project_id,
+        messages=tuple(ChatMessage(role=m.role, content=m.content) for m in body.messages),
+        model=body.model,
+        temperature=body.temperature,
+        max_tokens=body.max_tokens,
+        stream=body.stream,
+    )
     if body.stream:
-        return await stream(request, fields, _render, _render_error)
-    return responses.envelope(_result(await ask(request, fields)))
+        return await stream(request, job, principal, _Render())
+    return responses.envelope(_result(await ask(request, job, principal)))

@@ -13,17 +13,26 @@ from aiohttp import web
 from chatbeto import health
 from chatbeto.broker import BrokerUnavailable
 from chatbeto.logging import REQUEST_ID
-from chatbeto.messages import ChatMessage, SyncJob, envelope, to_amqp
+from chatbeto.messages import (
+    ChatMessage,
+    ConversationCreate,
+    ConversationMessage,
+    SyncJob,
+    envelope,
+    to_amqp,
+)
+from chatbeto.storable import BIGINT_MAX, Text
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbeto_gateway import conversations_repo, responses
 from chatbeto_gateway.auth import require_principal
 from chatbeto_gateway.errors import ApiError, not_found
+from chatbeto_gateway.middleware import REQUEST_ID_RE
 from chatbeto_gateway.openai_calls import (
     ask,
+    conversation_out,
     parse_body,
     response_out,
-    user_of,
     visible_conversation,
     visible_project,
 )
@@ -34,26 +43,25 @@ from chatbeto_gateway.state import BROKER, KEYS, POOL, PUBLISHER, UPSTREAM
 routes = web.RouteTableDef()
 DEFAULT_PAGE = 20
 MAX_PAGE = 100
-SYNC_ROUTING_KEY = "openai.job.sync"
 
 
 class ConversationIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    projectId: int = Field(gt=0)
-    title: str | None = Field(default=None, min_length=1, max_length=200)
-    initialMessage: str | None = Field(default=None, min_length=1, max_length=200_000)
+    projectId: int = Field(gt=0, le=BIGINT_MAX, strict=True)
+    title: Text | None = Field(default=None, min_length=1, max_length=200)
+    initialMessage: Text | None = Field(default=None, min_length=1, max_length=200_000)
     model: str | None = Field(default=None, min_length=1, max_length=100)
 
 
 class MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
-    message: str = Field(min_length=1, max_length=200_000)
+    message: Text = Field(min_length=1, max_length=200_000)
     role: Literal["user", "system", "assistant"] = "user"
 
 
 class SyncIn(BaseModel):
     model_config = ConfigDict(extra="forbid")
-    projectId: int | None = Field(default=None, gt=0)
+    projectId: int | None = Field(default=None, gt=0, le=BIGINT_MAX, strict=True)
 
 
 @routes.get("/api/v1/openai/status")
@@ -84,21 +92,14 @@ async def create_conversation(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     body = await parse_body(request, ConversationIn)
     project_id = await visible_project(request, principal, body.projectId)
-    messages = (
-        (ChatMessage(role="user", content=body.initialMessage),) if body.initialMessage else ()
+    message = ChatMessage(role="user", content=body.initialMessage) if body.initialMessage else None
+    job = ConversationCreate(
+        project_id=project_id, title=body.title, model=body.model, message=message
     )
-    reply = await ask(
-        request,
-        {
-            "action": "conversation.create",
-            "project_id": project_id,
-            "title": body.title,
-            "model": body.model,
-            "messages": messages,
-            "user": user_of(principal),
-        },
-    )
-    data: dict[str, Any] = {"conversation": reply.conversation}
+    reply = await ask(request, job, principal)
+    if reply.conversation is None:
+        raise ApiError(502, "upstream_error", "the worker answered without a conversation")
+    data: dict[str, Any] = {"conversation": conversation_out(reply.conversation)}
     if body.initialMessage:
         data["response"] = response_out(reply)
     return responses.envelope(data, status=201)
@@ -116,15 +117,10 @@ async def add_message(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     conversation_id = await visible_conversation(request, principal, request.match_info["id"])
     body = await parse_body(request, MessageIn)
-    reply = await ask(
-        request,
-        {
-            "action": "conversation.message",
-            "conversation_id": conversation_id,
-            "messages": (ChatMessage(role=body.role, content=body.message),),
-            "user": user_of(principal),
-        },
+    job = ConversationMessage(
+        conversation_id=conversation_id, message=ChatMessage(role=body.role, content=body.message)
     )
+    reply = await ask(request, job, principal)
     if body.role != "user":
         return responses.envelope(
             {
@@ -161,7 +157,7 @@ def _page_args(request: web.Request) -> tuple[int, tuple[Any, int] | None]:
 @doc(
     summary="Conversations, newest first (cursor-paginated)",
     tags=("conversations",),
-    query=("projectId", "limit", "cursor"),
+    query=("projectId", "limit", "cursor", "requestId"),
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def list_conversations(request: web.Request) -> web.Response:
@@ -178,9 +174,17 @@ async def list_conversations(request: web.Request) -> web.Response:
                 [{"field": "projectId", "message": "an integer"}],
             )
         project_id = await visible_project(request, principal, int(raw_project))
+    request_id = request.query.get("requestId") or None
+    if request_id is not None and not REQUEST_ID_RE.match(request_id):
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: requestId",
+            [{"field": "requestId", "message": "a request id as X-Request-Id carries it"}],
+        )
     async with request.app[POOL].acquire() as conn:
         rows, next_cursor = await conversations_repo.list_conversations(
-            conn, project_id=project_id, limit=limit, after=after
+            conn, project_id=project_id, limit=limit, after=after, request_id=request_id
         )
     return responses.envelope(
         {
@@ -227,7 +231,7 @@ async def start_sync(request: web.Request) -> web.Response:
         )
     try:
         await request.app[PUBLISHER].publish(
-            to_amqp(envelope(SyncJob(job_id=job_id, project_id=project_id))), SYNC_ROUTING_KEY
+            to_amqp(envelope(SyncJob(job_id=job_id, project_id=project_id))), SyncJob.TYPE
         )
     except BrokerUnavailable as exc:
         async with request.app[POOL].acquire() as conn:

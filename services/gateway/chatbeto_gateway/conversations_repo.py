@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import base64
 import uuid
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 import asyncpg
 import orjson
 from chatbeto.db import Conn
+from chatbeto.storable import BIGINT_MAX
 
 
 class BadCursor(ValueError):
@@ -23,11 +24,30 @@ def encode_cursor(created_at: datetime, conversation_id: int) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, int]:
+    """The (created_at, id) a cursor of `encode_cursor` holds; anything else is `BadCursor`."""
     try:
         raw = orjson.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
-        return datetime.fromisoformat(raw[0]), int(raw[1])
-    except (ValueError, TypeError, IndexError, orjson.JSONDecodeError) as exc:
+    except (ValueError, orjson.JSONDecodeError) as exc:  # binascii.Error is a ValueError
         raise BadCursor("cursor is not one this API gave out") from exc
+    if not (
+        isinstance(raw, list)
+        and len(raw) == 2
+        and isinstance(raw[0], str)
+        and isinstance(raw[1], int)
+        and not isinstance(raw[1], bool)
+        and 0 < raw[1] <= BIGINT_MAX
+    ):
+        raise BadCursor("cursor is not one this API gave out")
+    try:
+        created_at = datetime.fromisoformat(raw[0])
+        if created_at.tzinfo is None:
+            raise ValueError("naive")
+        created_at = created_at.astimezone(UTC)  # past years 1-9999 in UTC: not one of ours
+    except (ValueError, OverflowError) as exc:
+        raise BadCursor("cursor is not one this API gave out") from exc
+    if created_at.year in (1, 9999):
+        raise BadCursor("cursor is not one this API gave out")
+    return created_at, raw[1]
 
 
 def conversation_out(row: asyncpg.Record) -> dict[str, Any]:
@@ -42,7 +62,13 @@ def conversation_out(row: asyncpg.Record) -> dict[str, Any]:
     }
     if row["remote_id"] is not None:
         out["remoteId"] = row["remote_id"]
+    if row["request_id"] is not None:
+        out["requestId"] = row["request_id"]
     return out
+
+
+# Metadata a stored message may carry that the API shows (the rest stays internal).
+SHOWN_METADATA = ("name", "finishReason", "refusal", "otherChoices", "responseId", "status")
 
 
 def message_out(row: asyncpg.Record) -> dict[str, Any]:
@@ -59,9 +85,21 @@ def message_out(row: asyncpg.Record) -> dict[str, Any]:
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
+            "prompt_tokens_details": {"cached_tokens": row["cached_tokens"] or 0},
+            "completion_tokens_details": {"reasoning_tokens": row["reasoning_tokens"] or 0},
         }
     if row["latency_ms"] is not None:
         out["latencyMs"] = row["latency_ms"]
+    if row["tool_calls"] is not None:
+        out["toolCalls"] = row["tool_calls"]
+    if row["tool_call_id"] is not None:
+        out["toolCallId"] = row["tool_call_id"]
+    if row["parts"] is not None:
+        out["parts"] = row["parts"]
+    metadata = row["metadata"] or {}
+    out.update({key: metadata[key] for key in SHOWN_METADATA if key in metadata})
+    if row["request_id"] is not None:
+        out["requestId"] = row["request_id"]
     return out
 
 
@@ -76,7 +114,7 @@ async def project_exists(conn: Conn, project_id: int) -> bool:
 
 # --- conversations -------------------------------------------------------------------------
 
-_COLUMNS = "id, project_id, title, model, source, remote_id, created_at, updated_at"
+_COLUMNS = "id, project_id, title, model, source, remote_id, created_at, updated_at, request_id"
 
 
 async def project_of(conn: Conn, conversation_id: int) -> int | None:
@@ -95,7 +133,9 @@ async def get_conversation(
     if row is None:
         return None
     messages = await conn.fetch(
-        """SELECT role, content, model, prompt_tokens, completion_tokens, latency_ms, created_at
+        """SELECT role, content, model, prompt_tokens, completion_tokens, latency_ms, created_at,
+                  cached_tokens, reasoning_tokens, tool_calls, tool_call_id, parts, metadata,
+                  request_id
            FROM messages WHERE conversation_id = $1 ORDER BY position""",
         conversation_id,
     )
@@ -108,18 +148,23 @@ async def list_conversations(
     project_id: int | None,
     limit: int,
     after: tuple[datetime, int] | None,
+    request_id: str | None = None,
 ) -> tuple[list[asyncpg.Record], str | None]:
-    """Newest first; keyset pagination on (created_at, id), stable under inserts."""
+    """Newest first; keyset pagination on (created_at, id), stable under inserts. With
+    `request_id`: the conversation that request stored (how a client that got a 504 learns
+    whether its exchange was stored after all)."""
     rows = await conn.fetch(
         f"""SELECT {_COLUMNS} FROM conversations
             WHERE ($1::bigint IS NULL OR project_id = $1)
               AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+              AND ($5::text IS NULL OR request_id = $5)
             ORDER BY created_at DESC, id DESC
             LIMIT $4""",
         project_id,
         after[0] if after else None,
         after[1] if after else 0,
         limit + 1,
+        request_id,
     )
     page = list(rows[:limit])
     next_cursor = (

@@ -1,4 +1,4 @@
-"""`chatbeto run gateway`."""
+"""`chatbeto run gateway`: one process, or `GATEWAY_WORKERS` processes sharing the port."""
 
 from __future__ import annotations
 
@@ -6,16 +6,13 @@ from chatbeto.logging import configure
 from chatbeto.settings import GatewaySettings, load
 
 from chatbeto_gateway.app import run
+from chatbeto_gateway.supervisor import supervise
 
 
 def main() -> int:
     settings = load(GatewaySettings)
     configure(settings.log_level, settings.log_format, "gateway")
-    try:
-        import uvloop
-
-        uvloop.install()
-    except ImportError:  # pragma: no cover - uvloop is optional off Linux
-        pass
+    if settings.gateway_workers > 1:
+        return supervise(settings)
     run(settings)
     return 0

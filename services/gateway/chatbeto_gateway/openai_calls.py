@@ -3,13 +3,19 @@ asking the openai-worker through the broker."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any, Protocol, TypeVar
 
-import orjson
 from aiohttp import web
 from chatbeto.logging import REQUEST_ID
-from chatbeto.messages import OpenAIReply
+from chatbeto.messages import (
+    Caller,
+    ReplyChunk,
+    ReplyResult,
+    RequestCall,
+    StoredConversation,
+    Usage,
+)
 from pydantic import BaseModel, ValidationError
 
 from chatbeto_gateway import conversations_repo
@@ -62,43 +68,69 @@ async def visible_conversation(request: web.Request, principal: Principal, raw_i
     return conversation_id
 
 
-def user_of(principal: Principal) -> str:
-    """Who asked, for the metrics event: the key's public prefix, never the key."""
-    return f"key:{principal.key.prefix}"
+def caller_of(principal: Principal) -> Caller:
+    """Who asks, as the worker records it: the key's id and public prefix, never the key."""
+    key = principal.key
+    return Caller(key_id=key.id, key_prefix=key.prefix, project_id=principal.project_id)
 
 
-async def ask(request: web.Request, fields: dict[str, Any]) -> OpenAIReply:
+async def ask(request: web.Request, job: RequestCall, principal: Principal) -> ReplyResult:
     """Publish a request and wait for its final reply (503 / 504 / the worker's error)."""
-    async with request.app[RPC].call(fields) as pending:
+    async with request.app[RPC].call(job, caller_of(principal)) as pending:
         return await pending.result()
 
 
-def response_out(reply: OpenAIReply) -> dict[str, Any]:
-    usage = reply.usage
+def usage_out(usage: Usage | None) -> dict[str, int]:
+    if usage is None:
+        return {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0}
     return {
-        "role": "assistant",
-        "content": reply.content or "",
-        "model": reply.model,
-        "usage": usage.model_dump()
-        if usage
-        else {"prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0},
+        "prompt_tokens": usage.prompt_tokens,
+        "completion_tokens": usage.completion_tokens,
+        "total_tokens": usage.total_tokens,
     }
 
 
-Render = Callable[[OpenAIReply], list[Any]]
+def response_out(reply: ReplyResult) -> dict[str, Any]:
+    """The seed routes' `response` object."""
+    answer = reply.answer
+    return {
+        "role": "assistant",
+        "content": answer.content if answer else "",
+        "model": answer.model if answer else None,
+        "usage": usage_out(answer.usage if answer else None),
+    }
+
+
+def conversation_out(conversation: StoredConversation) -> dict[str, Any]:
+    return {
+        "id": conversation.id,
+        "projectId": conversation.project_id,
+        "title": conversation.title,
+        "createdAt": conversation.created_at.isoformat(),
+    }
+
+
+class Renderer(Protocol):
+    """How one surface writes a streamed answer's pieces as SSE bytes."""
+
+    def chunk(self, part: ReplyChunk) -> bytes: ...
+
+    def result(self, part: ReplyResult, chunks_relayed: int) -> bytes: ...
+
+    def error(self, exc: ApiError) -> bytes: ...
 
 
 async def stream(
     request: web.Request,
-    fields: dict[str, Any],
-    render: Render,
-    render_error: Callable[[ApiError], Any],
+    job: RequestCall,
+    principal: Principal,
+    render: Renderer,
 ) -> web.StreamResponse:
-    """Relay a streamed answer as Server-Sent Events: one `data:` line per rendered object,
-    then `data: [DONE]`. Nothing is sent before the worker's first reply, so a failure before
-    the first token still gets its own HTTP status (502/503/504)."""
-    async with request.app[RPC].call(fields) as pending:
-        reply = await pending.next()
+    """Relay a streamed answer as Server-Sent Events. Nothing is sent before the worker's first
+    reply, so a failure before the first token still gets its own HTTP status; after that a
+    failure is the stream's last event (and no end marker: the client knows it was cut)."""
+    async with request.app[RPC].call(job, caller_of(principal)) as pending:
+        part = await pending.next()
         response = web.StreamResponse(
             headers={
                 "Content-Type": "text/event-stream",
@@ -108,17 +140,14 @@ async def stream(
         )
         await response.prepare(request)
         try:
-            while True:
-                for item in render(reply):
-                    await response.write(b"data: " + orjson.dumps(item) + b"\n\n")
-                if reply.kind == "result":
-                    break
-                reply = await pending.next()
+            while isinstance(part, ReplyChunk):
+                await response.write(render.chunk(part))
+                part = await pending.next()
+            await response.write(render.result(part, pending.chunks))
         except ApiError as exc:  # failed mid-answer: the status is sent already
-            await response.write(b"data: " + orjson.dumps(render_error(exc)) + b"\n\n")
+            await response.write(render.error(exc))
         except ConnectionResetError:
             return response  # the client left; the worker still stores the answer
-        await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
 

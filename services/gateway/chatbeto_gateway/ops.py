@@ -2,15 +2,34 @@
 
 from __future__ import annotations
 
+import os
+
 from aiohttp import web
 from chatbeto import health
-from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    generate_latest,
+    multiprocess,
+)
 
 from chatbeto_gateway import openapi, responses
 from chatbeto_gateway.openapi import doc
 from chatbeto_gateway.state import BROKER, POOL
 
 routes = web.RouteTableDef()
+
+
+def _registry() -> CollectorRegistry:
+    """This process's metrics; with GATEWAY_WORKERS > 1, the sum over every worker (the
+    supervisor sets prometheus_client's multiprocess directory), so a scrape that reaches any
+    worker sees the whole gateway."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
+        return registry
+    return REGISTRY
 
 
 def checks(app: web.Application) -> dict[str, health.Check]:
@@ -52,7 +71,7 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 @doc(summary="Prometheus metrics", auth="none", tags=("operations",), content_type="text/plain")
 async def metrics(_: web.Request) -> web.Response:
-    resp = web.Response(body=generate_latest())
+    resp = web.Response(body=generate_latest(_registry()))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp
 

@@ -1,17 +1,21 @@
-"""Answers one `OpenAIRequest`: call the model, store the question and its answer in one
-transaction, reply to the waiting gateway, record the call as a metrics event — then the
-consumer acks.
+"""Answers one `OpenAIRequest`: call the model, store the exchange (committed before anyone is
+answered), reply to the waiting gateway, record the call as a metrics event — then the consumer
+acks.
 
-Upstream failures are answers too (an `error` reply, then ack): the gateway is waiting for one.
+Upstream failures are answers too (an error reply, then ack): the gateway is waiting for one.
 A database or broker failure raises, so the request takes the retry ladder; stored rows carry
 ids derived from the request's message id, so a redelivery neither stores twice nor calls the
-model again for an answer it already has.
+model again for an answer it already has. A redelivered *streamed* request whose answer is not
+stored never streams again: its first delivery may have streamed part of an answer, and a
+second answer must not be spliced into it (it answers `stream_interrupted`, storing nothing).
+A value Postgres refuses is final: the request is answered 422 and dead-lettered at once, the
+model having been called once.
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -21,10 +25,19 @@ from chatbeto import session_ids
 from chatbeto.consumer import attempt_of
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import (
+    Answer,
+    Caller,
+    ChatCall,
     ChatMessage,
+    ConversationCreate,
+    ConversationMessage,
     InvalidMessage,
     OpenAIReply,
     OpenAIRequest,
+    ReplyChunk,
+    ReplyError,
+    ReplyResult,
+    StoredConversation,
     Usage,
     parse,
 )
@@ -33,16 +46,21 @@ from openai import AsyncOpenAI
 
 from chatbeto_openai_worker import repo, upstream
 from chatbeto_openai_worker.replies import Replies
-from chatbeto_openai_worker.upstream import Completion, UpstreamError
+from chatbeto_openai_worker.store import ExchangeStore
+from chatbeto_openai_worker.upstream import Completion, UpstreamError, UpstreamRejected
 from chatbeto_openai_worker.usage_events import UsageEvents
 
 log = get_logger(__name__)
-ACCEPTED_VERSIONS = frozenset({1})
+ACCEPTED_VERSIONS = frozenset({2})
 TITLE_CHARS = 80
 
 
 class ConversationNotFound(Exception):
     pass
+
+
+class StreamInterrupted(UpstreamError):
+    code = "stream_interrupted"
 
 
 @dataclass(frozen=True)
@@ -57,28 +75,47 @@ class Call:
     deadline: float  # time.monotonic()
     # Delivered before (redelivery or retry): its answer may be stored already.
     replay: bool
+    caller: Caller
+    # This delivery's own id: the gateway never relays output of two deliveries in one answer.
+    attempt: str
 
-    async def chunk(self, delta: str) -> None:
-        await self.replies.send(
-            self.reply_to, self.correlation_id, OpenAIReply(kind="chunk", delta=delta)
-        )
+    async def send(self, part: ReplyChunk | ReplyResult | ReplyError) -> None:
+        await self.replies.send(self.reply_to, self.correlation_id, OpenAIReply(part=part))
+
+    async def chunk(self, data: str) -> None:
+        await self.send(ReplyChunk(attempt=self.attempt, data=data))
 
     async def result(
-        self, completion: Completion | None = None, conversation: repo.Conversation | None = None
+        self,
+        answer: Answer | None = None,
+        conversation: StoredConversation | None = None,
+        *,
+        body: str | None = None,
+        replayed: bool = False,
     ) -> None:
-        reply = OpenAIReply(
-            kind="result",
-            content=completion.content if completion else None,
-            model=completion.model if completion else None,
-            usage=completion.usage if completion else None,
-            latency_ms=completion.latency_ms if completion else None,
-            conversation=conversation.out() if conversation else None,
+        await self.send(
+            ReplyResult(
+                attempt=self.attempt,
+                answer=answer,
+                conversation=conversation,
+                body=body,
+                replayed=replayed,
+            )
         )
-        await self.replies.send(self.reply_to, self.correlation_id, reply)
 
-    async def error(self, status: int, code: str, message: str) -> None:
-        reply = OpenAIReply(kind="error", status=status, code=code, message=message)
-        await self.replies.send(self.reply_to, self.correlation_id, reply)
+    async def error(self, status: int, code: str, message: str, body: str | None = None) -> None:
+        await self.send(
+            ReplyError(attempt=self.attempt, status=status, code=code, message=message, body=body)
+        )
+
+
+def answer_of(completion: Completion) -> Answer:
+    return Answer(
+        content=completion.content,
+        model=completion.model,
+        usage=completion.usage,
+        latency_ms=completion.latency_ms,
+    )
 
 
 class RequestHandler:
@@ -91,12 +128,16 @@ class RequestHandler:
         usage: UsageEvents,
         session_key: bytes,
     ) -> None:
+        from chatbeto_openai_worker.proxy import ProxyHandler  # it builds on this module
+
         self.settings = settings
         self.pool = pool
         self.client = client
         self.replies = replies
         self.usage = usage
         self.session_key = session_key
+        self.store = ExchangeStore(pool)
+        self.proxy = ProxyHandler(self)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
         env = parse(message.body, OpenAIRequest, OpenAIRequest.TYPE, ACCEPTED_VERSIONS)
@@ -104,9 +145,10 @@ class RequestHandler:
             raise InvalidMessage("a request needs reply_to, correlation_id and message_id")
         REQUEST_ID.set(env.request_id)  # this task's own context
         req = env.data
+        action = req.call.action
         remaining = (req.deadline - datetime.now(UTC)).total_seconds()
         if remaining <= 0:
-            log.info("request expired before it was taken; skipped", action=req.action)
+            log.info("request expired before it was taken; skipped", action=action)
             return
         call = Call(
             self.replies,
@@ -116,81 +158,126 @@ class RequestHandler:
             env.request_id,
             time.monotonic() + remaining,
             message.redelivered or attempt_of(message) > 1,
+            req.caller,
+            uuid.uuid4().hex[:12],
         )
         started = time.perf_counter()
         outcome = "ok"
         try:
-            if req.action == "conversation.create":
-                await self._create(call, req)
-            elif req.action == "conversation.message":
-                await self._message(call, req)
-            else:
-                await self._chat(call, req)
+            await self._dispatch(call, req)
+        except UpstreamRejected as exc:
+            outcome = exc.code
+            await call.error(exc.status, exc.code, str(exc), exc.body)
         except UpstreamError as exc:
             outcome = exc.code
             await call.error(exc.status, exc.code, str(exc))
-        except ConversationNotFound:
+        except (ConversationNotFound, repo.ConversationGone):
             outcome = "not_found"
             await call.error(404, "conversation_not_found", "conversation not found")
+        except asyncpg.DataError as exc:
+            # No retry can store it, and each retry would call (and bill) the model again.
+            await call.error(
+                422,
+                "validation_error",
+                "the exchange holds a value that cannot be stored (e.g. a NUL character)",
+            )
+            raise InvalidMessage(f"unstorable exchange: {type(exc).__name__}: {exc}") from exc
         log.info(
             "request answered",
-            action=req.action,
+            action=action,
             outcome=outcome,
-            stream=req.stream,
             duration_ms=round((time.perf_counter() - started) * 1000, 2),
         )
 
-    async def _create(self, call: Call, req: OpenAIRequest) -> None:
-        completion = None
-        if req.messages:
-            completion = await self._answer(call, req, req.messages, created=True)
-        conv = await self._store(call, req, None, req.title, req.messages, completion)
-        await call.result(completion, conv)
-        if completion is not None:
-            await self._record(call, req, completion, conv, conv.project_id)
+    async def _dispatch(self, call: Call, req: OpenAIRequest) -> None:
+        job = req.call
+        if isinstance(job, ConversationCreate):
+            await self._create(call, job)
+        elif isinstance(job, ConversationMessage):
+            await self._message(call, job)
+        elif isinstance(job, ChatCall):
+            await self._chat(call, job)
+        else:
+            await self.proxy.handle(call, job)
 
-    async def _message(self, call: Call, req: OpenAIRequest) -> None:
-        if req.conversation_id is None or len(req.messages) != 1:
-            raise InvalidMessage("conversation.message needs conversation_id and one message")
+    # --- the seed routes (/api/v1/openai/...): text in, text out ---------------------------
+
+    async def _create(self, call: Call, job: ConversationCreate) -> None:
+        incoming = (job.message,) if job.message is not None else ()
+        completion = None
+        if job.message is not None:
+            completion = await self._answer(call, incoming, job.model, job.project_id, None)
+        conv = await self.store.store(
+            self.exchange(
+                call,
+                incoming,
+                completion,
+                project_id=job.project_id,
+                title=job.title,
+                model=job.model,
+                source="api",
+            )
+        )
+        await call.result(answer_of(completion) if completion else None, conv.stored())
+        if completion is not None:
+            await self.record(call, completion.model, completion.usage, completion.latency_ms, conv)
+
+    async def _message(self, call: Call, job: ConversationMessage) -> None:
         async with self.pool.acquire() as conn:
-            conv = await repo.find_conversation(conn, req.conversation_id)
+            conv = await repo.find_conversation(conn, job.conversation_id)
             if conv is None:
                 raise ConversationNotFound
-            history = await repo.history(conn, conv.id) if req.messages[0].role == "user" else []
-        if req.messages[0].role != "user":
-            await self._store(call, req, conv.id, None, req.messages, None)
-            await call.result(conversation=conv)
+            is_user = job.message.role == "user"
+            history = await repo.history(conn, conv.id) if is_user else []
+        if not is_user:
+            await self.store.store(
+                self.exchange(call, (job.message,), None, conversation_id=conv.id)
+            )
+            await call.result(conversation=conv.stored())
             return
-        completion = await self._answer(call, req, [*history, *req.messages], conv=conv)
-        await self._store(call, req, conv.id, None, req.messages, completion)
-        await call.result(completion, conv)
-        await self._record(call, req, completion, conv, conv.project_id)
-
-    async def _chat(self, call: Call, req: OpenAIRequest) -> None:
-        if req.project_id is None:  # not stored: one metrics session per call
-            completion = await self._complete(call, req, req.messages, None)
-            await call.result(completion)
-            await self._record(call, req, completion, None, None)
-            return
-        completion = await self._answer(call, req, req.messages, created=True)
-        first = next((m.content for m in req.messages if m.role == "user"), "")
-        conv = await self._store(
-            call, req, None, first[:TITLE_CHARS] or None, req.messages, completion
+        completion = await self._answer(
+            call, [*history, job.message], conv.model, conv.project_id, conv
         )
-        await call.result(completion, conv)
-        await self._record(call, req, completion, conv, conv.project_id)
+        await self.store.store(
+            self.exchange(call, (job.message,), completion, conversation_id=conv.id)
+        )
+        await call.result(answer_of(completion), conv.stored())
+        await self.record(call, completion.model, completion.usage, completion.latency_ms, conv)
 
-    async def _store(
+    async def _chat(self, call: Call, job: ChatCall) -> None:
+        if job.project_id is None:  # not stored: one metrics session per call
+            completion = await self._complete(call, job.messages, job, None)
+            await call.result(answer_of(completion))
+            await self.record(call, completion.model, completion.usage, completion.latency_ms)
+            return
+        completion = await self._answer(call, job.messages, job.model, job.project_id, None, job)
+        first = next((m.content for m in job.messages if m.role == "user"), "")
+        conv = await self.store.store(
+            self.exchange(
+                call,
+                job.messages,
+                completion,
+                project_id=job.project_id,
+                title=first[:TITLE_CHARS] or None,
+                model=job.model,
+                source="chat",
+            )
+        )
+        await call.result(answer_of(completion), conv.stored())
+        await self.record(call, completion.model, completion.usage, completion.latency_ms, conv)
+
+    def exchange(
         self,
         call: Call,
-        req: OpenAIRequest,
-        conversation_id: int | None,
-        title: str | None,
-        incoming: Sequence[ChatMessage],
+        incoming: tuple[ChatMessage, ...] | list[ChatMessage],
         completion: Completion | None,
-    ) -> repo.Conversation:
-        """One transaction per request, after the model answered: the question and the answer
-        are stored together or not at all (a failed call leaves nothing behind)."""
+        *,
+        project_id: int | None = None,
+        conversation_id: int | None = None,
+        title: str | None = None,
+        model: str | None = None,
+        source: str = "api",
+    ) -> repo.Exchange:
         rows = [
             repo.NewMessage(
                 role=m.role,
@@ -202,108 +289,104 @@ class RequestHandler:
         ]
         if completion is not None:
             rows.append(
-                repo.NewMessage(
-                    role="assistant",
-                    content=completion.content,
-                    external_id=f"{call.message_id}:answer",
-                    model=completion.model,
-                    prompt_tokens=completion.usage.prompt_tokens,
-                    completion_tokens=completion.usage.completion_tokens,
-                    latency_ms=completion.latency_ms,
-                    request_id=call.request_id,
+                assistant_row(
+                    call,
+                    completion.content,
+                    completion.model,
+                    completion.usage,
+                    completion.latency_ms,
                 )
             )
-        async with self.pool.acquire() as conn, conn.transaction():
-            if conversation_id is None:
-                if req.project_id is None:
-                    raise InvalidMessage(f"{req.action} needs project_id")
-                conv = await repo.create_conversation(
-                    conn,
-                    project_id=req.project_id,
-                    title=title,
-                    model=req.model,
-                    source=req.source,
-                    external_id=call.message_id,
-                    session_id=session_ids.issue(self.session_key, self.usage.gpt_pk),
-                )
-            else:
-                found = await repo.lock_conversation(conn, conversation_id)
-                if found is None:
-                    raise ConversationNotFound
-                conv = found
-            await repo.add_messages(conn, conv.id, rows)
-        return conv
+        return self.new_exchange(call, rows, conversation_id, project_id, title, model, source)
+
+    def new_exchange(
+        self,
+        call: Call,
+        rows: list[repo.NewMessage],
+        conversation_id: int | None,
+        project_id: int | None,
+        title: str | None,
+        model: str | None,
+        source: str,
+    ) -> repo.Exchange:
+        return repo.Exchange(
+            external_id=call.message_id,
+            messages=rows,
+            request_id=call.request_id,
+            conversation_id=conversation_id,
+            project_id=project_id,
+            title=title,
+            model=model,
+            source=source,
+            session_id=session_ids.issue(self.session_key, self.usage.gpt_pk)
+            if conversation_id is None
+            else None,
+        )
 
     async def _answer(
         self,
         call: Call,
-        req: OpenAIRequest,
-        history: Sequence[ChatMessage],
-        *,
-        conv: repo.Conversation | None = None,
-        created: bool = False,
+        history: tuple[ChatMessage, ...] | list[ChatMessage],
+        model: str | None,
+        project_id: int,
+        conv: repo.Conversation | None,
+        job: ChatCall | None = None,
     ) -> Completion:
         """The model's answer — or, for a redelivered request, the one already stored."""
+        stream = job is not None and job.stream
         if call.replay:
-            stored = await self._stored_answer(call, req, conv, created)
-            if stored is not None:
-                if req.stream:
-                    await call.chunk(stored.content)
-                return stored
-        return await self._complete(call, req, history, conv)
+            row = await self.stored_answer(call, project_id, conv)
+            if row is not None:
+                if stream:
+                    await call.chunk(row["content"])
+                return Completion(
+                    row["content"], row["model"] or "", usage_from_row(row), row["latency_ms"] or 0
+                )
+            if stream:
+                raise StreamInterrupted("the answer was interrupted; retry the request")
+        return await self._complete(call, history, job, conv, model)
 
-    async def _stored_answer(
-        self, call: Call, req: OpenAIRequest, conv: repo.Conversation | None, created: bool
-    ) -> Completion | None:
+    async def stored_answer(
+        self, call: Call, project_id: int, conv: repo.Conversation | None
+    ) -> asyncpg.Record | None:
         async with self.pool.acquire() as conn:
             conversation_id = conv.id if conv is not None else None
-            if created and req.project_id is not None:
-                conversation_id = await repo.find_created_by(
-                    conn, req.project_id, req.source, call.message_id
-                )
+            if conversation_id is None:
+                conversation_id = await repo.find_created_by(conn, project_id, call.message_id)
             if conversation_id is None:
                 return None
-            row = await repo.stored_answer(conn, conversation_id, f"{call.message_id}:answer")
-        if row is None:
-            return None
-        prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
-        return Completion(
-            row["content"],
-            row["model"] or "",
-            Usage(
-                prompt_tokens=prompt, completion_tokens=completion, total_tokens=prompt + completion
-            ),
-            row["latency_ms"] or 0,
-        )
+            return await repo.stored_answer(conn, conversation_id, f"{call.message_id}:answer")
 
     async def _complete(
         self,
         call: Call,
-        req: OpenAIRequest,
-        history: Sequence[ChatMessage],
+        history: tuple[ChatMessage, ...] | list[ChatMessage],
+        job: ChatCall | None,
         conv: repo.Conversation | None,
+        model: str | None = None,
     ) -> Completion:
-        model = req.model or (conv.model if conv else None) or self.settings.openai_model
+        settings = self.settings
+        chosen = (job.model if job else None) or model or settings.openai_model
+        temperature = job.temperature if job and job.temperature is not None else None
         return await upstream.complete(
             self.client,
             history,
-            model=model,
-            temperature=req.temperature
-            if req.temperature is not None
-            else self.settings.openai_temperature,
-            max_tokens=req.max_tokens or self.settings.openai_max_tokens,
+            model=chosen,
+            temperature=temperature if temperature is not None else settings.openai_temperature,
+            max_tokens=(job.max_tokens if job else None) or settings.openai_max_tokens,
             deadline=call.deadline,
-            on_delta=call.chunk if req.stream else None,
+            on_delta=call.chunk if job is not None and job.stream else None,
         )
 
-    async def _record(
+    async def record(
         self,
         call: Call,
-        req: OpenAIRequest,
-        completion: Completion,
-        conv: repo.Conversation | None,
-        project_id: int | None,
+        model: str,
+        usage: Usage,
+        latency_ms: int,
+        conv: repo.Conversation | None = None,
     ) -> None:
+        """The call as a metrics event of the built-in GPT (confirmed on the broker)."""
         if conv is not None and conv.metrics_session_id is not None:
             session_id, started = conv.metrics_session_id, conv.created_at
         else:
@@ -315,9 +398,43 @@ class RequestHandler:
         await self.usage.record(
             session_id=session_id,
             session_started=started,
-            project_id=project_id,
-            user=req.user,
-            completion=completion,
+            project_id=conv.project_id if conv is not None else None,
+            user=call.caller.user,
+            model=model,
+            usage=usage,
+            latency_ms=latency_ms,
             request_message_id=call.message_id,
             request_id=call.request_id,
         )
+
+    async def close(self) -> None:
+        await self.store.close()
+
+
+def usage_from_row(row: asyncpg.Record) -> Usage:
+    prompt, completion = row["prompt_tokens"] or 0, row["completion_tokens"] or 0
+    return Usage(
+        prompt_tokens=prompt,
+        completion_tokens=completion,
+        total_tokens=prompt + completion,
+        cached_tokens=row["cached_tokens"] or 0,
+        reasoning_tokens=row["reasoning_tokens"] or 0,
+    )
+
+
+def assistant_row(
+    call: Call, content: str, model: str, usage: Usage, latency_ms: int
+) -> repo.NewMessage:
+    """The answer's row: usage (with details) and model on it, for the cost of the call."""
+    return repo.NewMessage(
+        role="assistant",
+        content=content,
+        external_id=f"{call.message_id}:answer",
+        model=model,
+        prompt_tokens=usage.prompt_tokens,
+        completion_tokens=usage.completion_tokens,
+        cached_tokens=usage.cached_tokens,
+        reasoning_tokens=usage.reasoning_tokens,
+        latency_ms=latency_ms,
+        request_id=call.request_id,
+    )

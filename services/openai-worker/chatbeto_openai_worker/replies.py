@@ -3,9 +3,8 @@ the one gateway process waiting for them (its exclusive queue), matched by `corr
 
 from __future__ import annotations
 
-import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
-from chatbeto.messages import OpenAIReply, envelope
+from chatbeto.messages import OpenAIReply, envelope, to_amqp
 from chatbeto.topology import Topology
 
 
@@ -22,14 +21,7 @@ class Replies:
 
     async def send(self, reply_to: str, correlation_id: str, reply: OpenAIReply) -> None:
         assert self._channel is not None
-        env = envelope(reply)
-        message = aio_pika.Message(
-            body=env.model_dump_json(exclude_none=True).encode(),
-            content_type="application/json",
-            delivery_mode=aio_pika.DeliveryMode.NOT_PERSISTENT,
-            correlation_id=correlation_id,
-            type=f"{env.type}.v{env.version}",
-        )
+        message = to_amqp(envelope(reply), persistent=False, correlation_id=correlation_id)
         # `wait=False`: queue the frames and go on. aio-pika's `publish` holds the channel's
         # lock until each frame is written and drained, which serialises every reply of this
         # process behind a slow socket; frames still leave in order, so chunks stay ordered.

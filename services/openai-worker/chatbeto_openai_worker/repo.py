@@ -8,13 +8,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
 import asyncpg
+import orjson
 from chatbeto.db import Conn
-from chatbeto.messages import ChatMessage
+from chatbeto.messages import ChatMessage, StoredConversation
 
 
 @dataclass(frozen=True)
@@ -26,13 +27,10 @@ class Conversation:
     created_at: datetime
     metrics_session_id: uuid.UUID | None
 
-    def out(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "projectId": self.project_id,
-            "title": self.title,
-            "createdAt": self.created_at.isoformat(),
-        }
+    def stored(self) -> StoredConversation:
+        return StoredConversation(
+            id=self.id, project_id=self.project_id, title=self.title, created_at=self.created_at
+        )
 
 
 @dataclass(frozen=True)
@@ -45,6 +43,33 @@ class NewMessage:
     completion_tokens: int | None = None
     latency_ms: int | None = None
     request_id: str | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = None
+    parts: list[dict[str, Any]] | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Exchange:
+    """One request's rows: a new conversation (`conversation_id` None) or an existing one, and
+    its messages in order. Ids derive from the request's message id (idempotent)."""
+
+    external_id: str
+    messages: Sequence[NewMessage]
+    request_id: str | None
+    conversation_id: int | None = None
+    # A new conversation:
+    project_id: int | None = None
+    title: str | None = None
+    model: str | None = None
+    source: str = "api"
+    session_id: uuid.UUID | None = None
+
+
+class ConversationGone(Exception):
+    """The conversation to append to no longer exists."""
 
 
 _CONV_COLUMNS = "id, project_id, title, model, created_at, metrics_session_id"
@@ -62,12 +87,13 @@ async def create_conversation(
     model: str | None,
     source: str,
     external_id: str,
-    session_id: uuid.UUID,
+    session_id: uuid.UUID | None,
+    request_id: str | None = None,
 ) -> Conversation:
     row = await conn.fetchrow(
         f"""INSERT INTO conversations (project_id, title, model, source, external_id,
-                                       metrics_session_id)
-            VALUES ($1, coalesce($2, 'New conversation'), $3, $4, $5, $6)
+                                       metrics_session_id, request_id)
+            VALUES ($1, coalesce($2, 'New conversation'), $3, $4, $5, $6, $7)
             ON CONFLICT (project_id, source, external_id) WHERE external_id IS NOT NULL
             DO NOTHING
             RETURNING {_CONV_COLUMNS}""",
@@ -77,6 +103,7 @@ async def create_conversation(
         source,
         external_id,
         session_id,
+        request_id,
     )
     if row is None:  # a redelivered request: the conversation is already there
         row = await conn.fetchrow(
@@ -97,13 +124,11 @@ async def find_conversation(conn: Conn, conversation_id: int) -> Conversation | 
     return None if row is None else _conversation(row)
 
 
-async def find_created_by(conn: Conn, project_id: int, source: str, external_id: str) -> int | None:
+async def find_created_by(conn: Conn, project_id: int, external_id: str) -> int | None:
     """The conversation a request (by its message id) created, if a delivery of it did."""
     value: int | None = await conn.fetchval(
-        """SELECT id FROM conversations
-           WHERE project_id = $1 AND source = $2 AND external_id = $3""",
+        "SELECT id FROM conversations WHERE project_id = $1 AND external_id = $2",
         project_id,
-        source,
         external_id,
     )
     return value
@@ -129,19 +154,29 @@ async def set_session(conn: Conn, conversation_id: int, session_id: uuid.UUID) -
     )
 
 
+def _json(value: Any) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
+
+
 async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewMessage]) -> None:
     """Append in order (the caller holds the conversation's lock); already stored ones skip."""
     if not messages:
         return
     await conn.execute(
         """INSERT INTO messages (conversation_id, position, role, content, model, prompt_tokens,
-                                 completion_tokens, latency_ms, external_id, request_id)
-           SELECT $1, base.n + u.ord, u.role, u.content, u.model, u.pt, u.ct, u.lat, u.ext, u.rid
+                                 completion_tokens, latency_ms, external_id, request_id,
+                                 cached_tokens, reasoning_tokens, tool_calls, tool_call_id,
+                                 parts, metadata)
+           SELECT $1, base.n + u.ord, u.role, u.content, u.model, u.pt, u.ct, u.lat, u.ext, u.rid,
+                  u.cached, u.reasoning, u.calls::jsonb, u.call_id, u.parts::jsonb,
+                  u.meta::jsonb
            FROM (SELECT coalesce(max(position), -1) AS n FROM messages
                  WHERE conversation_id = $1) AS base,
                 unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[],
-                       $8::text[], $9::text[]) WITH ORDINALITY
-                AS u(role, content, model, pt, ct, lat, ext, rid, ord)
+                       $8::text[], $9::text[], $10::int[], $11::int[], $12::text[], $13::text[],
+                       $14::text[], $15::text[]) WITH ORDINALITY
+                AS u(role, content, model, pt, ct, lat, ext, rid, cached, reasoning, calls,
+                     call_id, parts, meta, ord)
            WHERE NOT EXISTS (SELECT 1 FROM messages m
                              WHERE m.conversation_id = $1 AND m.external_id = u.ext)
            ORDER BY u.ord""",
@@ -154,7 +189,39 @@ async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewM
         [m.latency_ms for m in messages],
         [m.external_id for m in messages],
         [m.request_id for m in messages],
+        [m.cached_tokens for m in messages],
+        [m.reasoning_tokens for m in messages],
+        # jsonb travels as text: asyncpg reads nested lists as multidimensional arrays.
+        [_json(m.tool_calls) for m in messages],
+        [m.tool_call_id for m in messages],
+        [_json(m.parts) for m in messages],
+        [_json(m.metadata) for m in messages],
     )
+
+
+async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
+    """The one place an exchange is written (the caller holds a transaction): its conversation
+    (created, or locked to append in order) and its messages, each once."""
+    if exchange.conversation_id is None:
+        if exchange.project_id is None:
+            raise ValueError("a new conversation needs a project")
+        conv = await create_conversation(
+            conn,
+            project_id=exchange.project_id,
+            title=exchange.title,
+            model=exchange.model,
+            source=exchange.source,
+            external_id=exchange.external_id,
+            session_id=exchange.session_id,
+            request_id=exchange.request_id,
+        )
+    else:
+        found = await lock_conversation(conn, exchange.conversation_id)
+        if found is None:
+            raise ConversationGone
+        conv = found
+    await add_messages(conn, conv.id, exchange.messages)
+    return conv
 
 
 async def history(conn: Conn, conversation_id: int) -> list[ChatMessage]:
@@ -170,7 +237,8 @@ async def stored_answer(
 ) -> asyncpg.Record | None:
     """The assistant message a previous delivery of this request already stored."""
     return await conn.fetchrow(
-        """SELECT content, model, prompt_tokens, completion_tokens, latency_ms FROM messages
+        """SELECT content, model, prompt_tokens, completion_tokens, latency_ms, cached_tokens,
+                  reasoning_tokens, tool_calls, metadata FROM messages
            WHERE conversation_id = $1 AND external_id = $2""",
         conversation_id,
         external_id,

@@ -8,19 +8,25 @@ import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+import httpx2
 import openai
+import orjson
 from chatbeto.logging import get_logger
 from chatbeto.messages import ChatMessage, Usage
 from chatbeto.settings import OpenAISettings
 from openai import AsyncOpenAI
+
+from chatbeto_openai_worker.exchange import usage_of
 
 log = get_logger(__name__)
 BACKOFF_BASE_SECONDS = 0.2
 BACKOFF_MAX_SECONDS = 5.0
 
 OnDelta = Callable[[str], Awaitable[None]]
+OnBytes = Callable[[bytes], Awaitable[None]]
+T = TypeVar("T")
 
 
 class UpstreamError(Exception):
@@ -44,6 +50,17 @@ class UpstreamTimeout(UpstreamError):
 class UpstreamUnconfigured(UpstreamError):
     status = 503
     code = "openai_unconfigured"
+
+
+class UpstreamRejected(UpstreamError):
+    """OpenAI refused the request (a 4xx other than 401/403/429): its own status and error body
+    reach the client, so an SDK raises what it would raise against OpenAI."""
+
+    def __init__(self, status: int, body: str, code: str | None) -> None:
+        super().__init__(f"OpenAI answered {status}")
+        self.status = status
+        self.body = body
+        self.code = code or "upstream_rejected"
 
 
 @dataclass(frozen=True)
@@ -81,42 +98,57 @@ def backoff_seconds(attempt: int) -> float:
     return ceiling * (0.5 + random.random() / 2)  # noqa: S311 - jitter, not security
 
 
-async def complete(
+def _rejected(exc: openai.APIStatusError) -> UpstreamRejected:
+    text = exc.response.text
+    code = None
+    try:
+        error = orjson.loads(text).get("error") or {}
+        code = error.get("code") or error.get("type")
+    except (orjson.JSONDecodeError, AttributeError):
+        pass
+    return UpstreamRejected(exc.status_code, text, code if isinstance(code, str) else None)
+
+
+def _final(exc: Exception, seen: bool) -> UpstreamError | None:
+    """The error to answer with, or None when another attempt may succeed."""
+    if seen:
+        return UpstreamUnavailable("OpenAI failed mid-answer")
+    if not isinstance(exc, openai.APIError) or _retryable(exc):
+        return None
+    if isinstance(exc, openai.AuthenticationError | openai.PermissionDeniedError):
+        return UpstreamAuth(f"OpenAI refused the credentials ({exc.status_code})")
+    if isinstance(exc, openai.APIStatusError):
+        return _rejected(exc)
+    return UpstreamUnavailable("OpenAI failed")
+
+
+async def with_retries(
     client: AsyncOpenAI | None,
-    messages: Sequence[ChatMessage],
-    *,
-    model: str,
-    temperature: float | None,
-    max_tokens: int | None,
     deadline: float,
-    on_delta: OnDelta | None = None,
-) -> Completion:
-    """One chat completion; `deadline` is a `time.monotonic()` value. Streams through
-    `on_delta` when given (a failure after the first delta is not retried: it was seen)."""
+    attempt_once: Callable[[AsyncOpenAI, float], Awaitable[T]],
+    seen: Callable[[], bool] = lambda: False,
+) -> T:
+    """Run `attempt_once(client, remaining_seconds)` until it answers: 429/5xx/connection errors
+    are retried with backoff while the deadline (a `time.monotonic()` value) allows, unless
+    `seen()` says output already reached the client (a failure then is final)."""
     if client is None:
         raise UpstreamUnconfigured("OPENAI_API_KEY is not set")
-    started = time.monotonic()
     attempt = 0
     while True:
         attempt += 1
         remaining = deadline - time.monotonic()
         if remaining <= 0:
             raise UpstreamTimeout("no answer from OpenAI in time")
-        emitted: list[str] = []
         try:
             async with asyncio.timeout(remaining):
-                content, used_model, usage = await _call(
-                    client, messages, model, temperature, max_tokens, remaining, on_delta, emitted
-                )
+                return await attempt_once(client, remaining)
         except (TimeoutError, openai.APITimeoutError) as exc:
             raise UpstreamTimeout("no answer from OpenAI in time") from exc
-        except (openai.AuthenticationError, openai.PermissionDeniedError) as exc:
-            raise UpstreamAuth(f"OpenAI refused the credentials ({exc.status_code})") from exc
-        except openai.APIError as exc:
-            if not _retryable(exc) or emitted:
-                if isinstance(exc, openai.APIStatusError) and not _retryable(exc):
-                    raise UpstreamError(f"OpenAI answered {exc.status_code}") from exc
-                raise UpstreamUnavailable("OpenAI failed mid-answer") from exc
+        except (openai.APIError, httpx2.TransportError, httpx2.StreamError) as exc:
+            # A stream that breaks mid-way surfaces as a transport error, not an APIError.
+            final = _final(exc, seen())
+            if final is not None:
+                raise final from exc
             delay = backoff_seconds(attempt)
             if time.monotonic() + delay >= deadline:
                 raise UpstreamUnavailable(f"OpenAI unavailable after {attempt} attempt(s)") from exc
@@ -127,14 +159,83 @@ async def complete(
                 cause=repr(exc.__cause__)[:200] if exc.__cause__ else None,
             )
             await asyncio.sleep(delay)
-            continue
-        except Exception as exc:
-            # A stream that breaks mid-way may surface as a transport error, not an APIError.
-            if emitted:
-                raise UpstreamUnavailable("OpenAI failed mid-answer") from exc
-            raise
-        latency_ms = round((time.monotonic() - started) * 1000)
-        return Completion(content, used_model, usage, latency_ms)
+
+
+async def forward(
+    client: AsyncOpenAI | None, path: str, body: dict[str, Any], *, deadline: float
+) -> bytes:
+    """POST `body` to OpenAI's `path` as it is; OpenAI's answer as bytes (no models built)."""
+
+    async def once(c: AsyncOpenAI, remaining: float) -> bytes:
+        response = await c.post(
+            path,
+            cast_to=httpx2.Response,
+            content=orjson.dumps(body),
+            options={"timeout": remaining, "headers": {"Content-Type": "application/json"}},
+        )
+        return response.content
+
+    return await with_retries(client, deadline, once)
+
+
+async def forward_stream(
+    client: AsyncOpenAI | None,
+    path: str,
+    body: dict[str, Any],
+    *,
+    deadline: float,
+    on_bytes: OnBytes,
+) -> None:
+    """POST a streamed request; OpenAI's SSE bytes go to `on_bytes` as they arrive."""
+    seen = [False]
+
+    async def once(c: AsyncOpenAI, remaining: float) -> None:
+        response = await c.post(
+            path,
+            cast_to=httpx2.Response,
+            content=orjson.dumps(body),
+            options={"timeout": remaining, "headers": {"Content-Type": "application/json"}},
+            stream=True,
+        )
+        try:
+            async for data in response.aiter_bytes():
+                seen[0] = True
+                await on_bytes(data)
+        finally:
+            await response.aclose()
+
+    await with_retries(client, deadline, once, lambda: seen[0])
+
+
+async def complete(
+    client: AsyncOpenAI | None,
+    messages: Sequence[ChatMessage],
+    *,
+    model: str,
+    temperature: float | None,
+    max_tokens: int | None,
+    deadline: float,
+    on_delta: OnDelta | None = None,
+) -> Completion:
+    """One chat completion of the seed routes (text in, text out); `deadline` is a
+    `time.monotonic()` value. Streams through `on_delta` when given."""
+    started = time.monotonic()
+    emitted: list[str] = []
+
+    async def once(c: AsyncOpenAI, remaining: float) -> tuple[str, str, Usage]:
+        emitted.clear()
+        return await _call(
+            c, messages, model, temperature, max_tokens, remaining, on_delta, emitted
+        )
+
+    try:
+        content, used_model, usage = await with_retries(
+            client, deadline, once, lambda: bool(emitted)
+        )
+    except UpstreamRejected as exc:  # the seed routes keep their 502 (contract 3.1)
+        raise UpstreamError(str(exc)) from exc
+    latency_ms = round((time.monotonic() - started) * 1000)
+    return Completion(content, used_model, usage, latency_ms)
 
 
 async def _call(
@@ -158,15 +259,10 @@ async def _call(
         params["max_tokens"] = max_tokens
     if on_delta is None:
         resp = await client.chat.completions.create(**params)
-        usage = resp.usage
         return (
             resp.choices[0].message.content or "" if resp.choices else "",
             resp.model,
-            Usage(
-                prompt_tokens=usage.prompt_tokens if usage else 0,
-                completion_tokens=usage.completion_tokens if usage else 0,
-                total_tokens=usage.total_tokens if usage else 0,
-            ),
+            usage_of(resp.usage.model_dump() if resp.usage else None),
         )
     stream = await client.chat.completions.create(
         **params, stream=True, stream_options={"include_usage": True}
@@ -181,9 +277,5 @@ async def _call(
                 emitted.append(delta)
                 await on_delta(delta)
         if chunk.usage is not None:
-            final = Usage(
-                prompt_tokens=chunk.usage.prompt_tokens,
-                completion_tokens=chunk.usage.completion_tokens,
-                total_tokens=chunk.usage.total_tokens,
-            )
+            final = usage_of(chunk.usage.model_dump())
     return "".join(emitted), used_model, final

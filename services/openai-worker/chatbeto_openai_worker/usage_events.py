@@ -10,9 +10,7 @@ from typing import Any
 
 import aio_pika
 from chatbeto.broker import GroupPublisher, Publisher
-from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
-
-from chatbeto_openai_worker.upstream import Completion
+from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, Usage, envelope, to_amqp
 
 METRICS_ROUTING_KEY = "metrics.batch"
 EVENT_TIPO = "completion"
@@ -38,7 +36,9 @@ class UsageEvents:
         session_started: datetime,
         project_id: int | None,
         user: str,
-        completion: Completion,
+        model: str,
+        usage: Usage,
+        latency_ms: int,
         request_message_id: str,
         request_id: str | None,
     ) -> None:
@@ -55,10 +55,10 @@ class UsageEvents:
             id=uuid.uuid5(EVENT_ID_NAMESPACE, request_message_id),
             sesion_id=session_id,
             tipo=EVENT_TIPO,
-            contenido=completion.model,
-            latency_ms=completion.latency_ms,
-            tokens_entrada=completion.usage.prompt_tokens,
-            tokens_salida=completion.usage.completion_tokens,
+            contenido=model,
+            latency_ms=latency_ms,
+            tokens_entrada=usage.prompt_tokens,
+            tokens_salida=usage.completion_tokens,
             timestamp=datetime.now(UTC),
             request_id=request_id,
         )

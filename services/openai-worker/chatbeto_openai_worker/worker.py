@@ -42,6 +42,7 @@ class OpenAIWorker:
         self.usage: UsageEvents | None = None
         self.requests: ConcurrentConsumer | None = None
         self.jobs: ConcurrentConsumer | None = None
+        self.handler: RequestHandler | None = None
 
     def checks(self) -> dict[str, health.Check]:
         checks = {
@@ -69,7 +70,7 @@ class OpenAIWorker:
         self.replies = Replies(self.connection, topo)
         self.publisher = Publisher(self.connection, topo)
         self.usage = UsageEvents(self.publisher, int(gpt_pk))
-        handler = RequestHandler(
+        handler = self.handler = RequestHandler(
             settings, self.pool, self.client, self.replies, self.usage, session_key
         )
         self.requests = ConcurrentConsumer(
@@ -103,6 +104,8 @@ class OpenAIWorker:
         for consumer in (self.requests, self.jobs):
             if consumer is not None:
                 await consumer.close()
+        if self.handler is not None:
+            await self.handler.close()
         if self.usage is not None:
             await self.usage.close()
         if self.publisher is not None:

@@ -1,1 +1,1 @@
-"""Import ChatGPT data exports (`conversations.json` or the export `.zip`) into a project."""
+"""Import ChatGPT data exports (single `conversations.json` or split `conversations-NNN.json`; zip, folder or file) into a project."""

@@ -19,7 +19,8 @@ LISTED_SKIPPED = 20
 
 def register(subparsers: Any) -> None:
     p = subparsers.add_parser(
-        "import", help="import a ChatGPT data export (conversations.json or the export .zip)"
+        "import",
+        help="import a ChatGPT data export (.zip, unpacked folder or JSON file; either layout)",
     )
     p.add_argument(
         "file",

@@ -3,6 +3,12 @@
 A conversation is a tree in `mapping` (regenerated answers and edited prompts are sibling
 branches); what the user saw is the path from the root to `current_node`, so that path — and
 only that path — is imported, in order. Content parts are reduced to readable text.
+
+What is stored must fit Postgres (`chatbeto.storable`): NUL characters are stripped from every
+stored string (text, titles, ids, metadata; lone surrogates become "?") rather than refusing the
+message — an export is the
+user's own history, a NUL in it carries no meaning, and refusing would cut a conversation
+short; times outside years 1-9999 count as absent.
 """
 
 from __future__ import annotations
@@ -13,6 +19,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from pydantic import TypeAdapter, ValidationError
+
+from chatbeto.storable import Timestamp
+
 ROLES = frozenset({"user", "assistant", "tool", "system"})
 # Context ChatGPT injects but never shows: custom instructions and memory.
 HIDDEN_CONTENT_TYPES = frozenset({"user_editable_context", "model_editable_context"})
@@ -20,6 +30,7 @@ TITLE_WORDS = 8
 TITLE_MAX_CHARS = 80
 DEFAULT_TITLE = "Imported conversation"
 PLACEHOLDER_RE = re.compile(r"\[(?:image|audio): [^\]]*\]")
+_STORABLE_TIME: TypeAdapter[datetime] = TypeAdapter(Timestamp)
 
 
 class MalformedConversation(ValueError):
@@ -63,14 +74,39 @@ def timestamp(value: Any) -> datetime | None:
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     try:
-        return datetime.fromtimestamp(value, UTC)
+        moment = datetime.fromtimestamp(value, UTC)
     except (OverflowError, OSError, ValueError):
         return None
+    try:
+        return _STORABLE_TIME.validate_python(moment)
+    except ValidationError:
+        return None  # asyncpg would store the far edges as ±infinity
 
 
 def clean(text: str) -> str:
-    # Postgres text can't hold NUL.
-    return text.replace("\x00", "") if "\x00" in text else text
+    # Postgres text can't hold NUL; UTF-8 can't hold a lone surrogate (JSON's "\ud800").
+    if "\x00" in text:
+        text = text.replace("\x00", "")
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = text.encode(errors="replace").decode()
+    return text
+
+
+def _optional(value: Any) -> str | None:
+    return clean(value) if isinstance(value, str) and value else None
+
+
+def clean_json(value: Any) -> Any:
+    """A JSON value with NUL stripped from every string (keys too): jsonb refuses NUL."""
+    if isinstance(value, str):
+        return clean(value)
+    if isinstance(value, dict):
+        return {clean(str(k)): clean_json(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [clean_json(v) for v in value]
+    return value
 
 
 def branch(mapping: dict[str, Any], current: Any) -> list[dict[str, Any]]:
@@ -221,14 +257,13 @@ def _message(node: dict[str, Any]) -> Message | None:
     recipient = raw.get("recipient")
     if recipient and recipient != "all":
         extra["recipient"] = recipient
-    model = meta.get("model_slug")
     return Message(
-        external_id=str(raw.get("id") or node.get("id")),
+        external_id=clean(str(raw.get("id") or node.get("id"))),
         role=role,
         content=text,
-        model=model if isinstance(model, str) else None,
+        model=_optional(meta.get("model_slug")),
         created_at=timestamp(raw.get("create_time")),
-        metadata=extra,
+        metadata=clean_json(extra),
     )
 
 
@@ -246,8 +281,9 @@ def convert(raw: Any) -> Conversation:
     if not isinstance(raw, dict):
         raise MalformedConversation("not a JSON object")
     external_id = raw.get("conversation_id") or raw.get("id")
-    if not isinstance(external_id, str) or not external_id:
+    if not isinstance(external_id, str) or not clean(external_id):
         raise MalformedConversation("no conversation id")
+    external_id = clean(external_id)
     mapping = raw.get("mapping")
     if not isinstance(mapping, dict) or not mapping:
         raise MalformedConversation("mapping is missing or empty")
@@ -264,10 +300,10 @@ def convert(raw: Any) -> Conversation:
         created = next((m.created_at for m in messages if m.created_at), None) or datetime.now(UTC)
     title = raw.get("title")
     title = clean(title).strip() if isinstance(title, str) else ""
-    model = raw.get("default_model_slug")
-    if not isinstance(model, str):
+    model = _optional(raw.get("default_model_slug"))
+    if model is None:
         model = next((m.model for m in reversed(messages) if m.model), None)
-    gizmo = raw.get("gizmo_id")
+    gizmo = _optional(raw.get("gizmo_id"))
     metadata: dict[str, Any] = {"importedFrom": "chatgpt-export"}
     for key, name in (("is_archived", "isArchived"), ("conversation_template_id", "templateId")):
         if raw.get(key):
@@ -278,7 +314,7 @@ def convert(raw: Any) -> Conversation:
         created_at=created,
         updated_at=updated or created,
         model=model,
-        gizmo_id=gizmo if isinstance(gizmo, str) and gizmo else None,
-        metadata=metadata,
+        gizmo_id=gizmo,
+        metadata=clean_json(metadata),
         messages=messages,
     )

@@ -18,7 +18,7 @@ import asyncpg
 from chatbeto.db import connect
 from chatbeto.importer import repo
 from chatbeto.importer.convert import Conversation, MalformedConversation, convert, label
-from chatbeto.importer.export import ExportError, Source, conversations, open_export
+from chatbeto.importer.export import ExportError, Source, open_export
 from chatbeto.logging import get_logger
 
 log = get_logger(__name__)
@@ -66,7 +66,7 @@ class Batch:
 
 def _batches(source: Source) -> Iterator[Batch]:
     batch, size, ids = Batch(), 0, set[str]()
-    for index, raw in enumerate(conversations(source.stream)):
+    for index, raw in enumerate(source.conversations()):
         try:
             conv = convert(raw)
         except MalformedConversation as exc:
