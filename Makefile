@@ -15,7 +15,6 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 dev: install
-	$(BIN)/chatbeto migrate
 	exec $(BIN)/chatbeto dev
 
 test: install
