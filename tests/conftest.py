@@ -28,7 +28,7 @@ from chatbeto.topology import Topology
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 T = TypeVar("T")
-pytest_plugins = ["tests.conftest_openai"]
+pytest_plugins = ["tests.conftest_openai", "tests.rabbit_node"]
 
 
 def _answers(url: str, default_port: int) -> bool:

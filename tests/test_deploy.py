@@ -138,6 +138,12 @@ def worker_drain_seconds() -> float:
     )
 
 
+def port_variable(service: str) -> str:
+    """The variable that sets a worker's own health port (it wins over HEALTH_PORT)."""
+    variable: str = settings_class_of(service).HEALTH_PORT_VARIABLE  # type: ignore[attr-defined]
+    return variable
+
+
 def gateway_routes() -> set[str]:
     from chatbeto_gateway.app import create_app
 
@@ -448,7 +454,8 @@ async def test_service_started_as_compose_does_becomes_healthy_and_stops_in_grac
     port = _free_port()
     env.update(DATABASE_URL=database, AMQP_URL=amqp_url, AMQP_NAMESPACE=namespace)
     env.update(OPENAI_API_KEY="sk-test", OPENAI_BASE_URL="http://127.0.0.1:9/v1")
-    env["GATEWAY_PORT" if service == "gateway" else "HEALTH_PORT"] = str(port)
+    variable = "GATEWAY_PORT" if service == "gateway" else port_variable(service)
+    env[variable] = str(port)
     exe = shutil.which("chatbeto", path=str(Path(sys.executable).parent)) or "chatbeto"
     proc = await asyncio.create_subprocess_exec(
         exe,
@@ -680,7 +687,7 @@ def test_deployments_run_each_service_with_probes_on_real_routes_and_ports() -> 
             routes, listen = gateway_routes(), int(env.get("GATEWAY_PORT", "8080"))
             assert env["GATEWAY_HOST"] == "0.0.0.0"
         else:
-            routes, listen = worker_health_routes(), int(env["HEALTH_PORT"])
+            routes, listen = worker_health_routes(), int(env[port_variable(name)])
             assert env["HEALTH_HOST"] == "0.0.0.0"
             assert listen == settings_class_of(name).model_fields["health_port"].default
         for kind, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/readyz")):

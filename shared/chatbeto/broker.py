@@ -21,6 +21,10 @@ from chatbeto.observability import MESSAGES_PUBLISHED, PUBLISH_FAILURES
 
 log = get_logger(__name__)
 PUBLISH_TIMEOUT_SECONDS = 5.0
+# aio-pika waits 5 s between reconnect attempts by default; a restarted broker is usually back
+# in 2-4 s, so try every second (an attempt against a closed port fails at once).
+RECONNECT_INTERVAL_SECONDS = 1.0
+CLOSE_TIMEOUT_SECONDS = 5.0
 
 
 class BrokerUnavailable(Exception):
@@ -33,7 +37,9 @@ async def connect(
     """A robust connection (it reconnects by itself after the first success)."""
     for attempt in range(1, attempts + 1):
         try:
-            return await aio_pika.connect_robust(url, timeout=10)
+            return await aio_pika.connect_robust(
+                url, timeout=10, reconnect_interval=RECONNECT_INTERVAL_SECONDS
+            )
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
             if attempt == attempts:
                 raise
@@ -99,7 +105,12 @@ class Publisher:
 
     async def close(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
-            await self._channel.close()
+            try:
+                # Bounded: while the broker is down a close can wait on a dead transport.
+                async with asyncio.timeout(CLOSE_TIMEOUT_SECONDS):
+                    await self._channel.close()
+            except Exception as exc:
+                log.info("publisher channel close skipped", error=type(exc).__name__)
 
 
 class GroupPublisher:

@@ -1,5 +1,5 @@
 """`/healthz`, `/readyz` and `/metrics`: the gateway mounts these, each worker serves them on
-its own `HEALTH_PORT`."""
+its own port (`<SERVICE>_HEALTH_PORT`, else `HEALTH_PORT`; 0 picks a free one)."""
 
 from __future__ import annotations
 
@@ -71,5 +71,15 @@ async def serve(host: str, port: int, checks: dict[str, Check]) -> web.AppRunner
     add_routes(app, checks)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    try:
+        await web.TCPSite(runner, host, port).start()
+    except BaseException:
+        await runner.cleanup()
+        raise
     return runner
+
+
+def bound_port(runner: web.AppRunner) -> int:
+    """The port actually listened on (differs from the one asked for when that was 0)."""
+    address = runner.addresses[0]
+    return int(address[1])

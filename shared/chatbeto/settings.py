@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Literal, NoReturn, TypeVar
+from typing import ClassVar, Literal, NoReturn, TypeVar
 
-from pydantic import Field, SecretStr, ValidationError, field_validator
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from chatbeto import prices
@@ -136,26 +136,42 @@ class GatewaySettings(OpenAISettings):
         return RateLimit.parse(self.ingest_rate_limit)
 
 
+def health_port_field(default: int, variable: str) -> int:
+    """A worker's health port: its own variable wins over the shared `HEALTH_PORT`."""
+    port: int = Field(
+        default=default,
+        ge=0,
+        le=65535,
+        validation_alias=AliasChoices(variable.lower(), "health_port"),
+    )
+    return port
+
+
 class WorkerSettings(BaseServiceSettings):
+    # The variable that sets this service's own health port (named in a bind failure).
+    HEALTH_PORT_VARIABLE: ClassVar[str] = "HEALTH_PORT"
     health_host: str = "127.0.0.1"
     health_port: int = Field(default=0, ge=0, le=65535)
 
 
 class MetricsIngestSettings(WorkerSettings):
-    health_port: int = Field(default=8082, ge=0, le=65535)
+    HEALTH_PORT_VARIABLE = "METRICS_INGEST_HEALTH_PORT"
+    health_port: int = health_port_field(8082, HEALTH_PORT_VARIABLE)
     ingest_batch_max_events: int = Field(default=5000, gt=0)
     ingest_prefetch: int = Field(default=256, gt=0)
     ingest_max_tries: int = Field(default=5, gt=0)
 
 
 class OpenAIWorkerSettings(WorkerSettings, OpenAISettings):
-    health_port: int = Field(default=8081, ge=0, le=65535)
+    HEALTH_PORT_VARIABLE = "OPENAI_WORKER_HEALTH_PORT"
+    health_port: int = health_port_field(8081, HEALTH_PORT_VARIABLE)
     openai_worker_concurrency: int = Field(default=64, gt=0)
 
 
 class WebhookSettings(WorkerSettings, OpenAISettings):
     # OpenAI settings: `response.completed` is fetched from OpenAI by this service.
-    health_port: int = Field(default=8083, ge=0, le=65535)
+    HEALTH_PORT_VARIABLE = "WEBHOOK_HEALTH_PORT"
+    health_port: int = health_port_field(8083, HEALTH_PORT_VARIABLE)
     webhook_prefetch: int = Field(default=32, gt=0)
     webhook_max_tries: int = Field(default=5, gt=0)
 

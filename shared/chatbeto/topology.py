@@ -84,6 +84,13 @@ class Topology:
 
     async def declare(self, channel: AbstractChannel) -> AbstractExchange:
         """Declare exchanges, work queues, delay ladders and dead-letter queues. Idempotent."""
+        exchange = await self.declare_exchanges(channel)
+        for queue in self.work_queues:
+            await self.declare_work_queue(channel, queue, exchange)
+        return exchange
+
+    async def declare_exchanges(self, channel: AbstractChannel) -> AbstractExchange:
+        """The three exchanges; returns the work exchange."""
         exchange = await channel.declare_exchange(
             self.exchange, aio_pika.ExchangeType.TOPIC, durable=True
         )
@@ -93,37 +100,44 @@ class Topology:
         await channel.declare_exchange(
             self.replies_exchange, aio_pika.ExchangeType.DIRECT, durable=True
         )
-        for queue in self.work_queues:
+        return exchange
+
+    async def declare_work_queue(
+        self, channel: AbstractChannel, queue: WorkQueue, exchange: AbstractExchange
+    ) -> AbstractQueue:
+        """One work queue with its dead-letter queue and delay ladder; returns the work queue.
+
+        A consumer must consume from the queue object returned here: a robust channel
+        re-declares (with these same arguments) and re-consumes only queues it declared itself.
+        """
+        await channel.declare_queue(queue.dlq, durable=True, arguments={"x-queue-type": "quorum"})
+        main = await channel.declare_queue(
+            queue.name,
+            durable=True,
+            arguments={
+                "x-queue-type": "quorum",
+                # reject(requeue=False) and crash loops both end in the dead-letter queue.
+                "x-dead-letter-exchange": "",
+                "x-dead-letter-routing-key": queue.dlq,
+                "x-delivery-limit": MAX_REDELIVERIES,
+            },
+        )
+        for key in queue.bindings:
+            await main.bind(exchange, routing_key=key)
+        for delay_name, delay_ms in zip(
+            queue.retry_queues, sorted(set(queue.retry_delays_ms)), strict=True
+        ):
             await channel.declare_queue(
-                queue.dlq, durable=True, arguments={"x-queue-type": "quorum"}
-            )
-            main = await channel.declare_queue(
-                queue.name,
+                delay_name,
                 durable=True,
                 arguments={
-                    "x-queue-type": "quorum",
-                    # reject(requeue=False) and crash loops both end in the dead-letter queue.
+                    "x-message-ttl": delay_ms,
+                    # Expired messages go back to the work queue via the default exchange.
                     "x-dead-letter-exchange": "",
-                    "x-dead-letter-routing-key": queue.dlq,
-                    "x-delivery-limit": MAX_REDELIVERIES,
+                    "x-dead-letter-routing-key": queue.name,
                 },
             )
-            for key in queue.bindings:
-                await main.bind(exchange, routing_key=key)
-            for delay_name, delay_ms in zip(
-                queue.retry_queues, sorted(set(queue.retry_delays_ms)), strict=True
-            ):
-                await channel.declare_queue(
-                    delay_name,
-                    durable=True,
-                    arguments={
-                        "x-message-ttl": delay_ms,
-                        # Expired messages go back to the work queue via the default exchange.
-                        "x-dead-letter-exchange": "",
-                        "x-dead-letter-routing-key": queue.name,
-                    },
-                )
-        return exchange
+        return main
 
     def reply_queue_name(self, process_id: str) -> str:
         return f"{self.namespace}chatbeto.replies.{process_id}"

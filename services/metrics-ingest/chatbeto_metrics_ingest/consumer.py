@@ -10,7 +10,7 @@ from chatbeto import topology
 from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, parse
 from chatbeto.observability import ROWS_STORED
-from chatbeto.service import QueueWorker
+from chatbeto.service import Service, WorkerRuntime
 from chatbeto.settings import MetricsIngestSettings
 
 from chatbeto_metrics_ingest import repo
@@ -24,22 +24,23 @@ def decode(message: AbstractIncomingMessage) -> MetricsBatch:
     return parse(message.body, MetricsBatch, MetricsBatch.TYPE, ACCEPTED_VERSIONS).data
 
 
-class MetricsIngest(QueueWorker):
+class MetricsIngest(Service):
     settings: MetricsIngestSettings
-    QUEUE = topology.METRICS_INGEST
 
     def __init__(self, settings: MetricsIngestSettings) -> None:
-        super().__init__(
-            settings,
-            prefetch=settings.ingest_prefetch,
-            max_batch=settings.ingest_prefetch,
-            max_tries=settings.ingest_max_tries,
-        )
+        super().__init__(settings)
         self.live = LivePublisher(None, settings.topology)
 
-    async def start(self) -> None:
-        await super().start()
-        self.live = LivePublisher(self.connection, self.settings.topology)
+    async def setup(self, runtime: WorkerRuntime) -> None:
+        self.live = LivePublisher(runtime.connection, self.settings.topology)
+        runtime.on_close(self.live.close)
+        runtime.consume_batches(
+            topology.METRICS_INGEST,
+            self.handle,
+            prefetch=self.settings.ingest_prefetch,
+            max_batch=self.settings.ingest_prefetch,
+            max_tries=self.settings.ingest_max_tries,
+        )
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         sessions: list[SessionRecord] = []
@@ -48,7 +49,6 @@ class MetricsIngest(QueueWorker):
             batch = decode(message)
             sessions.extend(batch.sessions)
             events.extend(batch.events)
-        assert self.pool is not None
         stored: list[asyncpg.Record] = []
         async with self.pool.acquire() as conn, conn.transaction():
             new_sessions, new_events = await repo.store(conn, sessions, events, stored)
@@ -56,6 +56,3 @@ class MetricsIngest(QueueWorker):
         ROWS_STORED.labels("events").inc(new_events)
         if stored:
             await self.live.publish(stored)
-
-    async def close_resources(self) -> None:
-        await self.live.close()

@@ -12,4 +12,4 @@ from chatbeto_metrics_ingest.consumer import MetricsIngest
 def main() -> int:
     settings = load(MetricsIngestSettings)
     configure(settings.log_level, settings.log_format, "metrics-ingest")
-    return run_worker(MetricsIngest(settings), settings.health_host, settings.health_port)
+    return run_worker(settings, MetricsIngest(settings))

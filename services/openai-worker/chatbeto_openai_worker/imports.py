@@ -1,5 +1,10 @@
 """The import worker: runs the ChatGPT export imports uploaded through `POST /api/v1/imports`.
 
+It runs inside the openai-worker process, on that process's one runtime (pool, broker link,
+health port): the contract deploys three workers with three health ports, and an import is
+rare and long, so it gets no process of its own; its module sits next to the worker that runs
+it (`main.services`).
+
 One job per message (prefetch 1: a job is long and memory-bound). The upload is spooled from
 Postgres to a temporary file and imported like the CLI does; progress lands in `jobs` as it
 goes. A job redelivered after a crash starts over — the import is idempotent, so that only adds
@@ -10,7 +15,6 @@ from __future__ import annotations
 
 import tempfile
 import time
-from collections.abc import Sequence
 
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto import topology
@@ -20,7 +24,7 @@ from chatbeto.importer.export import ExportError
 from chatbeto.importer.run import Summary, import_file
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import ImportJob, parse
-from chatbeto.service import QueueWorker
+from chatbeto.service import Service, WorkerRuntime
 from chatbeto.settings import WorkerSettings
 
 log = get_logger(__name__)
@@ -32,31 +36,31 @@ def failures_of(summary: Summary) -> list[dict[str, str]]:
     return [{"title": f.title, "id": f.id, "reason": f.reason} for f in summary.failures]
 
 
-class ImportWorker(QueueWorker):
-    QUEUE = topology.IMPORTS
-    # Own names: this worker runs next to others in one process (their checks merge).
-    CHECK_PREFIX = "imports_"
+class ImportWorker(Service):
+    POOL_SIZE = 2
 
     def __init__(self, settings: WorkerSettings, *, max_tries: int = 5) -> None:
-        # One job at a time: a job is a whole export.
-        super().__init__(settings, prefetch=1, max_batch=1, max_tries=max_tries, pool_size=2)
+        super().__init__(settings)
+        self.max_tries = max_tries
 
-    async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
-        for message in messages:
-            envelope = parse(message.body, ImportJob, ImportJob.TYPE, ACCEPTED_VERSIONS)
-            token = REQUEST_ID.set(envelope.request_id)
-            try:
-                await self.run_job(envelope.data)
-            except Exception as exc:
-                if attempt_of(message) >= self.max_tries:
-                    # The consumer dead-letters it now: say so in the job instead of 'running'.
-                    await self.give_up(envelope.data, exc)
-                raise
-            finally:
-                REQUEST_ID.reset(token)
+    async def setup(self, runtime: WorkerRuntime) -> None:
+        # One job at a time: a job is a whole export.
+        runtime.consume_each(topology.IMPORTS, self.handle, concurrency=1, max_tries=self.max_tries)
+
+    async def handle(self, message: AbstractIncomingMessage) -> None:
+        envelope = parse(message.body, ImportJob, ImportJob.TYPE, ACCEPTED_VERSIONS)
+        token = REQUEST_ID.set(envelope.request_id)
+        try:
+            await self.run_job(envelope.data)
+        except Exception as exc:
+            if attempt_of(message) >= self.max_tries:
+                # The consumer dead-letters it now: say so in the job instead of 'running'.
+                await self.give_up(envelope.data, exc)
+            raise
+        finally:
+            REQUEST_ID.reset(token)
 
     async def give_up(self, job: ImportJob, exc: Exception) -> None:
-        assert self.pool is not None
         reason = f"gave up after {self.max_tries} tries: {type(exc).__name__}: {exc}"[:500]
         try:
             await jobs.progress(
@@ -72,7 +76,6 @@ class ImportWorker(QueueWorker):
             log.warning("could not mark import job failed", error=type(db_exc).__name__)
 
     async def run_job(self, job: ImportJob) -> None:
-        assert self.pool is not None
         pool = self.pool
         if not await jobs.start(pool, job.job_id):
             log.info("import job already finished or gone", job_id=str(job.job_id))

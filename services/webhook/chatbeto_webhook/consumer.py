@@ -17,7 +17,7 @@ from chatbeto import topology
 from chatbeto.consumer import attempt_of
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import Envelope, WebhookDelivery, parse
-from chatbeto.service import QueueWorker
+from chatbeto.service import Service, WorkerRuntime
 from chatbeto.settings import WebhookSettings
 
 from chatbeto_webhook import actions, repo
@@ -34,23 +34,24 @@ def decode(message: AbstractIncomingMessage) -> Envelope[WebhookDelivery]:
     return parse(message.body, WebhookDelivery, WebhookDelivery.TYPE, ACCEPTED_VERSIONS)
 
 
-class WebhookService(QueueWorker):
+class WebhookService(Service):
     settings: WebhookSettings
-    QUEUE = topology.WEBHOOK_DELIVERIES
 
     def __init__(self, settings: WebhookSettings) -> None:
-        super().__init__(
-            settings,
-            prefetch=settings.webhook_prefetch,
-            max_batch=MAX_BATCH,
-            max_tries=settings.webhook_max_tries,
-        )
+        super().__init__(settings)
         self.fetcher = ResponseFetcher(settings)
 
-    async def start(self) -> None:
+    async def setup(self, runtime: WorkerRuntime) -> None:
         if not self.fetcher.configured:
             log.warning("OPENAI_API_KEY unset: response.completed deliveries will fail")
-        await super().start()
+        runtime.on_close(self.fetcher.close)
+        runtime.consume_batches(
+            topology.WEBHOOK_DELIVERIES,
+            self.handle,
+            prefetch=self.settings.webhook_prefetch,
+            max_batch=MAX_BATCH,
+            max_tries=self.settings.webhook_max_tries,
+        )
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         # A delivery already committed is skipped by its key if the batch is retried.
@@ -83,7 +84,6 @@ class WebhookService(QueueWorker):
 
     async def process(self, env: Envelope[WebhookDelivery]) -> str:
         delivery = env.data
-        assert self.pool is not None
         fetched: FetchedResponse | None = None
         failure: str | None = None
         try:
@@ -124,13 +124,9 @@ class WebhookService(QueueWorker):
             return result.outcome
 
     async def record_failure(self, env: Envelope[WebhookDelivery], error: str) -> str:
-        assert self.pool is not None
         async with self.pool.acquire() as conn, conn.transaction():
             row_id = await repo.claim(conn, env.data, env.request_id)
             if row_id is None:
                 return "duplicate"
             await repo.finish(conn, row_id, "failed", error=error)
         return "failed"
-
-    async def close_resources(self) -> None:
-        await self.fetcher.close()

@@ -12,4 +12,4 @@ from chatbeto_webhook.consumer import WebhookService
 def main() -> int:
     settings = load(WebhookSettings)
     configure(settings.log_level, settings.log_format, "webhook")
-    return run_worker(WebhookService(settings), settings.health_host, settings.health_port)
+    return run_worker(settings, WebhookService(settings))
