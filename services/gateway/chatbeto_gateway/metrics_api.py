@@ -12,7 +12,8 @@ from chatbeto import session_ids
 from chatbeto.broker import BrokerUnavailable
 from chatbeto.logging import REQUEST_ID
 from chatbeto.messages import EventRecord, SessionRecord
-from pydantic import ValidationError
+from chatbeto.storable import Timestamp
+from pydantic import TypeAdapter, ValidationError
 
 from chatbeto_gateway import metrics_repo, ratelimit, responses
 from chatbeto_gateway.auth import Principal, optional_principal, require_principal
@@ -337,26 +338,24 @@ async def get_session(request: web.Request) -> web.Response:
     )
 
 
+QUERY_TIME = TypeAdapter(Timestamp)
+
+
 def _query_time(request: web.Request, name: str) -> datetime | None:
     raw = request.query.get(name)
     if raw is None or raw == "":
         return None
     try:
-        value = datetime.fromisoformat(raw.replace(" ", "+"))
-    except ValueError as exc:
+        # A "+" offset arrives as a space when the caller did not percent-encode it.
+        value: datetime = QUERY_TIME.validate_python(raw.replace(" ", "+"))
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"]
         raise ApiError(
             422,
             "validation_error",
             f"invalid fields: {name}",
-            [{"field": name, "message": "must be an ISO 8601 timestamp"}],
+            [{"field": name, "message": message}],
         ) from exc
-    if value.tzinfo is None:
-        raise ApiError(
-            422,
-            "validation_error",
-            f"invalid fields: {name}",
-            [{"field": name, "message": "needs a Z or an offset"}],
-        )
     return value
 
 
