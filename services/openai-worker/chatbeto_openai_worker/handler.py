@@ -140,7 +140,24 @@ class RequestHandler:
         self.proxy = ProxyHandler(self)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
-        env = parse(message.body, OpenAIRequest, OpenAIRequest.TYPE, ACCEPTED_VERSIONS)
+        try:
+            env = parse(message.body, OpenAIRequest, OpenAIRequest.TYPE, ACCEPTED_VERSIONS)
+        except InvalidMessage as exc:
+            # Dead-lettered; its caller learns at once instead of waiting for its deadline.
+            if message.reply_to and message.correlation_id:
+                await self.replies.send(
+                    message.reply_to,
+                    message.correlation_id,
+                    OpenAIReply(
+                        part=ReplyError(
+                            attempt="invalid",
+                            status=422,
+                            code="validation_error",
+                            message="the request is invalid (a value that cannot be stored?)",
+                        )
+                    ),
+                )
+            raise exc
         if not message.reply_to or not message.correlation_id or not message.message_id:
             raise InvalidMessage("a request needs reply_to, correlation_id and message_id")
         REQUEST_ID.set(env.request_id)  # this task's own context

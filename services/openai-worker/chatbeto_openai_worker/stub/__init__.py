@@ -12,6 +12,7 @@ Failures are provoked by magic text in the last message (or the `X-Stub` header)
 - `[[fail:500x2]]`: that status for the first 2 requests with this exact text, then success;
 - `[[slow:1.5]]`: answer after 1.5 s (streamed answers wait before the first chunk);
 - `[[cut]]`: a streamed answer's connection drops after a few chunks;
+- `[[drip:0.2]]`: a streamed answer pauses 0.2 s between events;
 - `[[refuse]]`: the model refuses (`refusal` instead of content).
 """
 
@@ -23,6 +24,7 @@ from aiohttp import web
 
 from chatbeto_openai_worker.stub import chat, conversations, embeddings, responses
 from chatbeto_openai_worker.stub.common import (
+    CALLS,
     FAILURES,
     MODELS,
     SLOW_IN_FLIGHT,
@@ -31,7 +33,7 @@ from chatbeto_openai_worker.stub.common import (
 from chatbeto_openai_worker.stub.conversations import CONVERSATIONS
 from chatbeto_openai_worker.stub.responses import RESPONSES
 
-__all__ = ["CONVERSATIONS", "RESPONSES", "SLOW_IN_FLIGHT", "create_stub_app"]
+__all__ = ["CALLS", "CONVERSATIONS", "RESPONSES", "SLOW_IN_FLIGHT", "create_stub_app"]
 
 
 async def models(request: web.Request) -> web.Response:
@@ -49,6 +51,7 @@ async def models(request: web.Request) -> web.Response:
 def create_stub_app() -> web.Application:
     app = web.Application(client_max_size=32 * 1024 * 1024)
     app[FAILURES] = Counter()
+    app[CALLS] = Counter()
     app[RESPONSES] = {}
     app[CONVERSATIONS] = {}
     app[SLOW_IN_FLIGHT] = [0]

@@ -9,6 +9,7 @@ the first tool (or the one `tool_choice` names) with `{"query": <last user text>
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -23,6 +24,7 @@ from chatbeto_openai_worker.stub.common import (
     check_model,
     check_temperature,
     count_tokens,
+    drip_seconds,
     error,
     json_response,
     provoke,
@@ -176,7 +178,10 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     parts = [*_chunks(choices), {"choices": [], **({"usage": usage} if include_usage else {})}]
     if not include_usage:
         parts.pop()
+    drip = drip_seconds(request, last)
     for n, part in enumerate(parts):
+        if drip and n:
+            await asyncio.sleep(drip)
         chunk = {**head, "object": "chat.completion.chunk", **part}
         if include_usage:
             chunk.setdefault("usage", None)

@@ -11,6 +11,7 @@ import orjson
 from aiohttp import web
 
 MAGIC_RE = re.compile(r"\[\[(fail|slow):([0-9.]+)(?:x(\d+))?\]\]")
+DRIP_RE = re.compile(r"\[\[drip:([0-9.]+)\]\]")
 CHAT_MODELS = ("gpt-4", "gpt-4o", "gpt-4o-mini", "gpt-3.5-turbo", "o3-mini")
 EMBEDDING_MODELS = ("text-embedding-3-small", "text-embedding-3-large")
 MODELS = CHAT_MODELS + EMBEDDING_MODELS
@@ -19,6 +20,8 @@ MODEL_FAMILIES = ("gpt-", "o1", "o3", "o4", "chatgpt-", "text-embedding-", "omni
 REASONING_FAMILIES = ("o1", "o3", "o4")
 REASONING_TOKENS = 8
 FAILURES = web.AppKey("failures", Counter[str])
+# Calls per route (tests count how often the model was billed).
+CALLS = web.AppKey("calls", Counter[str])
 # How many `[[slow:…]]` requests are being held right now (tests poll it).
 SLOW_IN_FLIGHT = web.AppKey("slow_in_flight", list[int])
 MAX_SLOW_SECONDS = 120.0
@@ -54,6 +57,7 @@ def error(
 
 
 def authorized(request: web.Request) -> bool:
+    request.app[CALLS][request.path] += 1
     auth = request.headers.get("Authorization", "")
     return auth.startswith("Bearer ") and len(auth) > len("Bearer ")
 
@@ -134,6 +138,12 @@ async def provoke(request: web.Request, text: str) -> web.Response | None:
         if seen[match.group(0) + text] > int(times):
             return None
     return failure(status)
+
+
+def drip_seconds(request: web.Request, text: str) -> float:
+    """`[[drip:0.2]]`: the pause between two streamed events (a stream that takes its time)."""
+    match = DRIP_RE.search(request.headers.get("X-Stub", "") + " " + text)
+    return min(float(match.group(1)), MAX_SLOW_SECONDS) if match else 0.0
 
 
 def failure(status: int) -> web.Response:

@@ -4,6 +4,7 @@ calls the first one; after a `function_call_output` it echoes the tool's output.
 
 from __future__ import annotations
 
+import asyncio
 import time
 import uuid
 from typing import Any
@@ -19,6 +20,7 @@ from chatbeto_openai_worker.stub.common import (
     check_model,
     check_temperature,
     count_tokens,
+    drip_seconds,
     error,
     json_response,
     provoke,
@@ -145,7 +147,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
         items.extend(o for o in output if o["type"] == "message")
     if not body.get("stream"):
         return json_response(response)
-    return await _stream(request, response, CUT_MAGIC in last)
+    return await _stream(request, response, CUT_MAGIC in last, drip_seconds(request, last))
 
 
 def _events(response: dict[str, Any]) -> list[dict[str, Any]]:
@@ -210,10 +212,14 @@ def _events(response: dict[str, Any]) -> list[dict[str, Any]]:
     return events
 
 
-async def _stream(request: web.Request, response: dict[str, Any], cut: bool) -> web.StreamResponse:
+async def _stream(
+    request: web.Request, response: dict[str, Any], cut: bool, drip: float
+) -> web.StreamResponse:
     stream = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
     await stream.prepare(request)
     for n, event in enumerate(_events(response)):
+        if drip and n:
+            await asyncio.sleep(drip)
         event = {**event, "sequence_number": n}
         await stream.write(
             f"event: {event['type']}\ndata: ".encode() + orjson.dumps(event) + b"\n\n"
