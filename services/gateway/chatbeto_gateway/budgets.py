@@ -16,8 +16,11 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 import asyncpg
+import orjson
+from aiohttp import web
 from chatbeto import spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
@@ -37,6 +40,37 @@ MAX_REMEMBERED = 100_000
 
 def is_model_route(method: str, path: str) -> bool:
     return method == "POST" and MODEL_ROUTE_RE.match(path) is not None
+
+
+async def require_stream_usage(request: web.Request) -> None:
+    """A limited key's streamed `/v1/chat/completions` must ask for the usage chunk: without it
+    OpenAI reports no usage, the call could not be priced, and the budget would not see it.
+    (Seed routes and the Responses API always carry usage.) Bad JSON is the handler's to
+    answer."""
+    if request.path != "/v1/chat/completions":
+        return
+    try:
+        body: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(body, dict) or body.get("stream") is not True:
+        return
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return
+    field = "stream_options.include_usage"
+    raise ApiError(
+        422,
+        "validation_error",
+        f"invalid fields: {field}",
+        [
+            {
+                "field": field,
+                "message": "must be true for a key with a budget or a token cap (a stream "
+                "without usage cannot be priced)",
+            }
+        ],
+    )
 
 
 def _retry_after(end: datetime, now: datetime) -> str:
@@ -84,13 +118,16 @@ class SpendGuard:
         # (key id, kind, its limit) -> (window start, window end, what was spent): known spent.
         self._spent: dict[tuple[int, str, str], tuple[datetime, datetime, Decimal]] = {}
 
-    async def check(self, key: KeyRecord) -> None:
-        """Raise BudgetExceeded / TokenLimited if the key's window is spent."""
+    async def check(self, key: KeyRecord, request: web.Request | None = None) -> None:
+        """Raise BudgetExceeded / TokenLimited if the key's window is spent (and a 422 for a
+        stream that would carry no usage)."""
         if key.budget is None and key.tpm is None:
             return
         now = datetime.now(UTC)
         budget = _budget(key.budget) if key.budget else None
         self._from_memory(key, budget, now)
+        if request is not None:
+            await require_stream_usage(request)
         try:
             in_budget, in_minute = await spend.key_windows(self._pool, key.id, key.budget, now)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:

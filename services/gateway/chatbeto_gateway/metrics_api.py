@@ -135,20 +135,14 @@ async def create_gpt(request: web.Request) -> web.Response:
 async def list_gpts(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     rows = await metrics_repo.list_gpts(request.app[POOL], principal.project_id)
-    return responses.json(
-        [
-            gpt_out(
-                Gpt(
-                    **{
-                        k: r[k]
-                        for k in ("pk", "gpt_id", "name", "project_id", "keyless_ingest", "builtin")
-                    }
-                ),
-                r["created_at"],
-            )
-            for r in rows
-        ]
-    )
+    out = []
+    for r in rows:
+        gpt = Gpt(
+            **{k: r[k] for k in ("pk", "gpt_id", "name", "project_id", "keyless_ingest", "builtin")}
+        )
+        last = r["last_event_at"]
+        out.append({**gpt_out(gpt, r["created_at"]), "lastEventAt": last and last.isoformat()})
+    return responses.json(out)
 
 
 @routes.post("/api/sessions")

@@ -53,10 +53,23 @@ async def create_gpt(
 
 
 async def list_gpts(pool: asyncpg.Pool, project_id: int | None) -> list[asyncpg.Record]:
-    """All GPTs for an admin (project_id None); else the project's and the built-in one."""
+    """All GPTs for an admin (project_id None); else the project's and the built-in one.
+
+    `last_event_at`: the newest event the reader may see (the dashboard opens on the most
+    recently active GPT). One index probe per GPT; for the built-in GPT read by a project key,
+    the hourly rollup says which hour to look in, so other projects' events are never scanned.
+    """
     return list(
         await pool.fetch(
-            f"""SELECT {COLUMNS}, created_at FROM gpts
+            f"""SELECT {COLUMNS}, created_at,
+                   CASE WHEN builtin AND $1::bigint IS NOT NULL THEN
+                       (SELECT max(e.ts) FROM events e
+                        WHERE e.gpt_pk = g.pk AND e.project_id = $1
+                          AND e.ts >= (SELECT max(r.hour) FROM event_rollups r
+                                       WHERE r.gpt_pk = g.pk AND r.project_key = $1))
+                   ELSE (SELECT max(e.ts) FROM events e WHERE e.gpt_pk = g.pk)
+                   END AS last_event_at
+            FROM gpts g
             WHERE $1::bigint IS NULL OR project_id = $1 OR builtin ORDER BY pk""",
             project_id,
         )

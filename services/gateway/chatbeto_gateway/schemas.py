@@ -46,6 +46,9 @@ class GptOut(BaseModel):
     keylessIngest: bool
     builtin: bool
     createdAt: datetime | None = None
+    lastEventAt: datetime | None = Field(
+        default=None, description="The newest event this key may see (GET /api/gpts only)"
+    )
 
 
 class SessionIn(Input):

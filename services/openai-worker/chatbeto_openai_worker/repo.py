@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import orjson
+from chatbeto import spend
 from chatbeto.db import Conn
 from chatbeto.messages import ChatMessage, StoredConversation
 
@@ -49,6 +51,8 @@ class NewMessage:
     tool_call_id: str | None = None
     parts: list[dict[str, Any]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The answer's price (None: a model without a price, or not an answer).
+    cost_usd: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Exchange:
     model: str | None = None
     source: str = "api"
     session_id: uuid.UUID | None = None
+    # The model call's spend, written in the same transaction (docs/COSTS.md).
+    charge: spend.Charge | None = None
 
 
 class ConversationGone(Exception):
@@ -166,17 +172,17 @@ async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewM
         """INSERT INTO messages (conversation_id, position, role, content, model, prompt_tokens,
                                  completion_tokens, latency_ms, external_id, request_id,
                                  cached_tokens, reasoning_tokens, tool_calls, tool_call_id,
-                                 parts, metadata)
+                                 parts, metadata, cost_usd)
            SELECT $1, base.n + u.ord, u.role, u.content, u.model, u.pt, u.ct, u.lat, u.ext, u.rid,
                   u.cached, u.reasoning, u.calls::jsonb, u.call_id, u.parts::jsonb,
-                  u.meta::jsonb
+                  u.meta::jsonb, u.cost
            FROM (SELECT coalesce(max(position), -1) AS n FROM messages
                  WHERE conversation_id = $1) AS base,
                 unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[],
                        $8::text[], $9::text[], $10::int[], $11::int[], $12::text[], $13::text[],
-                       $14::text[], $15::text[]) WITH ORDINALITY
+                       $14::text[], $15::text[], $16::numeric[]) WITH ORDINALITY
                 AS u(role, content, model, pt, ct, lat, ext, rid, cached, reasoning, calls,
-                     call_id, parts, meta, ord)
+                     call_id, parts, meta, cost, ord)
            WHERE NOT EXISTS (SELECT 1 FROM messages m
                              WHERE m.conversation_id = $1 AND m.external_id = u.ext)
            ORDER BY u.ord""",
@@ -196,12 +202,13 @@ async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewM
         [m.tool_call_id for m in messages],
         [_json(m.parts) for m in messages],
         [_json(m.metadata) for m in messages],
+        [m.cost_usd for m in messages],
     )
 
 
 async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
     """The one place an exchange is written (the caller holds a transaction): its conversation
-    (created, or locked to append in order) and its messages, each once."""
+    (created, or locked to append in order), its messages and its spend, each once."""
     if exchange.conversation_id is None:
         if exchange.project_id is None:
             raise ValueError("a new conversation needs a project")
@@ -221,6 +228,8 @@ async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
             raise ConversationGone
         conv = found
     await add_messages(conn, conv.id, exchange.messages)
+    if exchange.charge is not None:
+        await spend.record(conn, replace(exchange.charge, project_id=conv.project_id))
     return conv
 
 

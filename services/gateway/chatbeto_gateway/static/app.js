@@ -9,7 +9,7 @@ const REFRESH_DEBOUNCE_MS = 250;
 const BACKOFF_MAX_MS = 15000;
 
 const $ = (id) => document.getElementById(id);
-const state = { key: null, gpt: null, charts: {}, live: null, liveTry: 0, refreshTimer: null, loadSeq: 0 };
+const state = { key: null, gpt: null, gpts: [], charts: {}, live: null, liveTry: 0, refreshTimer: null, loadSeq: 0 };
 
 // ---- the key: from the fragment once, then session storage --------------------------------
 
@@ -166,16 +166,36 @@ function render(stats) {
   }));
 }
 
+const PERIOD_NAMES = { day: "Today", week: "Last 7 days", month: "Last 30 days", custom: "Custom period" };
+
+// What the numbers cover, in words and dates: "Last 30 days: 2026-11-02 to 2026-12-01 (UTC)".
+function describePeriod(p) {
+  const first = isoDate(p.from), last = isoDate(addDays(p.to, -1));
+  const days = first === last ? first : first + " to " + last;
+  return PERIOD_NAMES[$("period").value] + ": " + days + " (UTC)";
+}
+
+// Nothing in the period, but there was activity before: say when, so an empty page is explained.
+function notePeriod(stats) {
+  const gpt = state.gpts.find((g) => g.id === state.gpt);
+  const empty = !stats.totals.sessions && !stats.totals.events;
+  const last = gpt && gpt.lastEventAt;
+  $("period-note").textContent = empty && last
+    ? "Nothing in this period; the last event was on " + last.slice(0, 10) + "." : "";
+  $("period-note").hidden = !$("period-note").textContent;
+}
+
 async function loadStats() {
   if (!state.gpt) return;
   const p = period();
-  $("range-label").textContent = isoDate(p.from) + " → " + isoDate(addDays(p.to, -1));
+  $("range-label").textContent = describePeriod(p);
   const seq = ++state.loadSeq;
   const query = new URLSearchParams({ from: p.from.toISOString(), to: p.to.toISOString(), bucket: p.bucket });
   try {
     const stats = await api("/api/gpts/" + encodeURIComponent(state.gpt) + "/stats?" + query);
     if (seq !== state.loadSeq) return;  // a newer request is under way
     render(stats);
+    notePeriod(stats);
     showMessage("");
     document.body.dataset.loaded = String(seq);
   } catch (err) {
@@ -281,11 +301,21 @@ async function openDashboard() {
   const select = $("gpt");
   select.replaceChildren(...gpts.map((g) => new Option(`${g.name} (${g.id})`, g.id)));
   if (!gpts.length) { showMessage("This key sees no GPTs yet: register one with POST /api/gpts."); return; }
+  state.gpts = gpts;
   const wanted = sessionStorage.getItem(GPT_STORAGE);
-  state.gpt = gpts.some((g) => g.id === wanted) ? wanted : gpts[0].id;
+  state.gpt = gpts.some((g) => g.id === wanted) ? wanted : mostRecentlyActive(gpts).id;
   select.value = state.gpt;
   await loadStats();
   startLive();
+}
+
+// The user's own GPT with the newest event (then the newest registered); the built-in
+// `chatbeto` only when the key sees no other.
+function mostRecentlyActive(gpts) {
+  const own = gpts.filter((g) => !g.builtin);
+  const time = (iso) => (iso ? Date.parse(iso) : -Infinity);
+  return (own.length ? own : gpts).slice().sort((a, b) =>
+    time(b.lastEventAt) - time(a.lastEventAt) || time(b.createdAt) - time(a.createdAt))[0];
 }
 
 function init() {
