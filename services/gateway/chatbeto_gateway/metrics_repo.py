@@ -264,7 +264,20 @@ async def stats(
     )
     # Three independent reads on three pooled connections: the answer takes the slowest, not
     # the sum.
-    event_rows, session_rows, users = await asyncio.gather(events_q, sessions_q, users_q)
+    # What the period's model calls cost (only the openai-worker's events carry a cost).
+    cost_q = pool.fetch(
+        f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b, sum(cost_usd) AS usd FROM events
+            WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3 AND cost_usd IS NOT NULL
+              AND ($4::bigint IS NULL OR project_id = $4)
+            GROUP BY 1""",
+        gpt_pk,
+        start,
+        end,
+        project_id,
+    )
+    event_rows, session_rows, users, cost_rows = await asyncio.gather(
+        events_q, sessions_q, users_q, cost_q
+    )
     total_events = sum(r["n"] for r in event_rows)
     exact: dict[datetime | None, tuple[float, float]] = {}
     if 0 < total_events <= EXACT_PERCENTILE_MAX_EVENTS:
@@ -291,7 +304,19 @@ async def stats(
             )
             if r["n"] == counted[r["b"]]
         }
-    return _shape(start, end, bucket, event_rows, session_rows, users, exact)
+    return _with_cost(_shape(start, end, bucket, event_rows, session_rows, users, exact), cost_rows)
+
+
+def _with_cost(shaped: dict[str, Any], cost_rows: list[asyncpg.Record]) -> dict[str, Any]:
+    """`cost: {"usd"}` in total and per bucket: the sum of the priced calls, null where none
+    was priced (a GPT whose events carry no cost, a model without a price)."""
+    by_bucket = {r["b"].isoformat(): r["usd"] for r in cost_rows}
+    for point in shaped["series"]:
+        usd = by_bucket.get(point["bucket"])
+        point["cost"] = {"usd": None if usd is None else float(usd)}
+    total = sum(by_bucket.values()) if by_bucket else None
+    shaped["cost"] = {"usd": None if total is None else float(total)}
+    return shaped
 
 
 def _shape(
