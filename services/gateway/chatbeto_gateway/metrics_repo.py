@@ -281,10 +281,16 @@ async def stats(
     total_events = sum(r["n"] for r in event_rows)
     exact: dict[datetime | None, tuple[float, float]] = {}
     if 0 < total_events <= EXACT_PERCENTILE_MAX_EVENTS:
+        counted: dict[datetime | None, int] = defaultdict(int)
+        for r in event_rows:
+            counted[r["b"]] += r["n"]
+            counted[None] += r["n"]
+        # Exact only where every counted event is still a row: retention (EVENTS_RETENTION_DAYS)
+        # drops old rows while the rollups keep counting them; there the histogram answers.
         exact = {
             r["b"]: (r["p50"], r["p95"])
             for r in await pool.fetch(
-                f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b,
+                f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b, count(*) AS n,
                            percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
                            percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
                     FROM events
@@ -296,6 +302,7 @@ async def stats(
                 end,
                 project_id,
             )
+            if r["n"] == counted[r["b"]]
         }
     return _with_cost(_shape(start, end, bucket, event_rows, session_rows, users, exact), cost_rows)
 
