@@ -85,9 +85,7 @@ def make_client(settings: OpenAISettings) -> AsyncOpenAI | None:
         base_url=settings.openai_base_url,
         max_retries=0,
         timeout=settings.openai_timeout,
-        http_client=None
-        if __import__("os").environ.get("NOAIO")
-        else openai.DefaultAioHttpClient(
+        http_client=openai.DefaultAioHttpClient(
             timeout=settings.openai_timeout,
             limits=httpx2.Limits(max_connections=None, max_keepalive_connections=256),
         ),
