@@ -183,8 +183,9 @@ async def run(quick: bool) -> list[Row]:
         config.close()
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         procs = [
-            subprocess.Popen(
-                [sys.executable, "-m", "chatbeto_openai_worker.stub", "--port", str(stub_port)]
+            subprocess.Popen(  # quiet: wrk's closing connections are tracebacks there
+                [sys.executable, "-m", "chatbeto_openai_worker.stub", "--port", str(stub_port)],
+                **quiet,  # type: ignore[arg-type]
             ),
             env.spawn(
                 "run", "gateway", GATEWAY_PORT=str(gw_port), RATE_LIMIT="100000000/1m", **openai
