@@ -3,7 +3,9 @@
 The same load as `bench/ingest.py` (wrk, single events, 64 clients, one key) against a gateway
 and metrics-ingest run as processes, three times: with the key's limit effectively off (a huge
 limit), with a limit that counts every request in Postgres but that the load stays under, and
-over the limit (the 429 path, answered from memory once the window is spent).
+over the limit (the 429 path, answered from memory once the window is spent). Then, in process,
+what a budgeted key adds to a model call: the gateway's budget check (one Postgres read) and
+the worker's spend write (inside the exchange's transaction).
 """
 
 from __future__ import annotations
@@ -11,11 +13,13 @@ from __future__ import annotations
 import json
 import math
 import time
+from decimal import Decimal
 
 import aiohttp
 import asyncpg
-from chatbeto import api_keys
+from chatbeto import api_keys, spend
 from chatbeto.settings import RateLimit
+from chatbeto_gateway.budgets import SpendGuard
 from chatbeto_gateway.ratelimit import Limiter, block_size
 
 from bench.common import Row, ensure_wrk, free_port, run_wrk, scratch, wait_http
@@ -59,6 +63,32 @@ async def take_cost(dsn: str, calls: int = 200_000) -> float:
         for _ in range(calls):
             await limiter.take("bench:take", rate)
         return (time.perf_counter() - started) / calls * 1e6
+    finally:
+        await pool.close()
+
+
+async def budget_costs(dsn: str, project: int, calls: int = 2000) -> tuple[float, float]:
+    """(µs per budget check, µs per spend write in its own transaction) for a budgeted key."""
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=2)
+    try:
+        _, key = await api_keys.create(
+            pool, is_admin=False, project_id=project, budget="1000000/1mo", tpm=10**12
+        )
+        guard = SpendGuard(pool)
+        started = time.perf_counter()
+        for _ in range(calls):
+            await guard.check(key)
+        check = (time.perf_counter() - started) / calls * 1e6
+        started = time.perf_counter()
+        async with pool.acquire() as conn:
+            for n in range(calls):
+                charge = spend.Charge(
+                    f"bench-{n}", key.id, project, "gpt-4o", 100, 20, 50, Decimal("0.0007")
+                )
+                async with conn.transaction():
+                    await spend.record(conn, charge)
+        write = (time.perf_counter() - started) / calls * 1e6
+        return check, write
     finally:
         await pool.close()
 
@@ -111,6 +141,7 @@ async def run(quick: bool) -> list[Row]:
             trips = math.ceil(leased / block_size(RateLimit.parse(ON).limit))
             over = load(keys["over"])
             per_take = await take_cost(env.dsn)
+            per_check, per_write = await budget_costs(env.dsn, project, 500 if quick else 2000)
             delta = (on["rps"] - off["rps"]) / off["rps"] * 100 if off["rps"] else float("nan")
             rows += [
                 Row(SECTION, "POST /api/events req/s, limit effectively off", f"{off['rps']:,.0f}"),
@@ -139,6 +170,17 @@ async def run(quick: bool) -> list[Row]:
                     "1,000",
                 ),
                 Row(SECTION, "Limiter.take() per request, in process", f"{per_take:.2f} µs"),
+                Row(
+                    SECTION,
+                    "budget + tpm check per model call (budgeted key, 1 read)",
+                    f"{per_check:.0f} µs",
+                    "<< a model call",
+                ),
+                Row(
+                    SECTION,
+                    "spend write per model call (ledger + 2 windows, own transaction)",
+                    f"{per_write:.0f} µs",
+                ),
             ]
         finally:
             await conn.close()

@@ -317,3 +317,146 @@ async def test_custom_period(browser: Any, gateway: Any, tenant: dict[str, Any])
     await wait_for(shows_api_numbers)
     assert 0 < stats["totals"]["sessions"] < 5  # the seeded sessions of 6 and 9 days ago are out
     assert console.errors == []
+
+
+async def open_fresh(browser: Any, base: str, key: str, width: int = 1280) -> tuple[Any, Console]:
+    """A new tab (empty session storage) given only the key: the page picks the GPT."""
+    page = await browser.new_page(viewport={"width": width, "height": 900})
+    console = Console(page)
+    await page.goto(f"{base}/dashboard#key={key}")
+    await page.wait_for_selector("body[data-loaded]")
+    return page, console
+
+
+async def test_dashboard_opens_on_the_most_recently_active_gpt_and_names_its_period(
+    browser: Any, gateway: Any, tenant: dict[str, Any], db: asyncpg.Connection
+) -> None:
+    base = str(gateway.make_url("")).rstrip("/")
+    key = tenant["key"]
+    # support-bot has events; other-bot is newer but silent; chatbeto is built in.
+    page, console = await open_fresh(browser, base, key)
+    assert await page.input_value("[data-testid=gpt-select]") == "support-bot"
+    today = datetime.now(UTC).date()
+    label = await page.inner_text("[data-testid=range-label]")
+    assert label == (
+        f"Last 30 days: {(today - timedelta(days=29)).isoformat()} to {today.isoformat()} (UTC)"
+    )
+    assert console.errors == []
+
+    # other-bot gets an event now: it becomes the most recently active one.
+    resp = await gateway.post(
+        "/api/sessions",
+        json={"gpt_id": "other-bot", "usuario_id": "zoe"},
+        headers={"X-API-Key": key},
+    )
+    session = (await resp.json())["id"]
+    resp = await gateway.post("/api/events", json=make_event(session), headers={"X-API-Key": key})
+    assert resp.status == 202
+    await wait_for(lambda: db.fetchval("SELECT count(*) FROM events WHERE usuario_id = 'zoe'"))
+    resp = await gateway.get("/api/gpts", headers={"X-API-Key": key})
+    listed = {g["id"]: g for g in await resp.json()}
+    assert listed["other-bot"]["lastEventAt"] > listed["support-bot"]["lastEventAt"]
+    page, console = await open_fresh(browser, base, key)
+    assert await page.input_value("[data-testid=gpt-select]") == "other-bot"
+    assert await page.is_hidden("[data-testid=period-note]")
+
+    # A period with nothing in it: the page says when the last event was.
+    await page.select_option("[data-testid=period-select]", "custom")
+    await page.fill("[data-testid=from-input]", "2020-01-01")
+    async with page.expect_response(lambda r: "/stats?" in r.url and "to=2020-01-03" in r.url):
+        await page.fill("[data-testid=to-input]", "2020-01-02")
+
+    async def noted() -> str:
+        return str(await page.inner_text("[data-testid=period-note]"))
+
+    note = await wait_for(noted)
+    assert note == f"Nothing in this period; the last event was on {today.isoformat()}."
+    label = await page.inner_text("[data-testid=range-label]")
+    assert label == "Custom period: 2020-01-01 to 2020-01-02 (UTC)"
+    assert console.errors == []
+
+
+async def test_dashboard_stays_readable_at_420_px(
+    browser: Any, gateway: Any, tenant: dict[str, Any]
+) -> None:
+    base = str(gateway.make_url("")).rstrip("/")
+    page, console = await open_fresh(browser, base, tenant["key"], width=420)
+    await page.select_option("[data-testid=period-select]", "custom")  # the widest controls
+    assert await page.evaluate("document.documentElement.scrollWidth") <= 420
+    # Nothing sticks out of the screen (the users table scrolls inside its own box).
+    outside = await page.evaluate(
+        """() => [...document.querySelectorAll('body *')].filter(el => {
+            if (el.closest('.scroll')) return false;
+            const r = el.getBoundingClientRect();
+            return r.width > 0 && r.height > 0 && (r.left < 0 || r.right > 420.5);
+        }).map(el => el.id || el.tagName)"""
+    )
+    assert outside == []
+    # Text stays a readable size and the charts keep a usable width.
+    smallest = await page.evaluate(
+        """() => Math.min(...[...document.querySelectorAll('#dashboard *')]
+            .filter(el => el.offsetParent !== null && el.childNodes.length
+                && [...el.childNodes].some(n => n.nodeType === 3 && n.textContent.trim()))
+            .map(el => parseFloat(getComputedStyle(el).fontSize)))"""
+    )
+    assert smallest >= 12
+    for testid in CHARTS:
+        box = await page.locator(f"[data-testid={testid}]").bounding_box()
+        assert box is not None and box["width"] >= 300, (testid, box)
+    assert await page.is_visible("[data-testid=range-label]")
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-420.png"), full_page=True)
+    assert console.errors == []
+
+
+async def test_dashboard_shows_the_cost_card_and_chart(
+    browser: Any, chat_gateway: Any, openai_worker: Any, db: asyncpg.Connection, factory: Factory
+) -> None:
+    """The built-in GPT's model calls, priced (the shipped price of gpt-4o): the cost card and
+    the cost-over-time chart show what the stats API says."""
+    project = await factory.project("priced")
+    key = await factory.key(project)
+    unpriced_gpt = await factory.gpt(project_id=project)
+    headers = {"Authorization": f"Bearer {key}"}
+    for text in ("uno", "uno dos", "uno dos tres"):
+        resp = await chat_gateway.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": text}]},
+            headers=headers,
+        )
+        assert resp.status == 200
+
+    async def priced() -> bool:
+        return bool(await db.fetchval("SELECT count(cost_usd) FROM events") == 3)
+
+    await wait_for(priced, timeout=30)
+    base = str(chat_gateway.make_url("")).rstrip("/")
+    page, console, urls = await open_dashboard(browser, base, key, "chatbeto")
+    stats_url = next(u for u in urls if "/stats?" in u)
+    stats = await (await chat_gateway.get(stats_url.removeprefix(base), headers=headers)).json()
+    expected = stats["cost"]["usd"]
+    # gpt-4o: 2.5 USD per 1M input, 10 per 1M output; "echo[1]: …" answers one more word.
+    assert expected == pytest.approx((6 * 2.5 + 9 * 10) / 1e6)
+    shown = await page.get_attribute("[data-testid=cost-total]", "data-value")
+    assert shown is not None and float(shown) == expected
+    assert (await page.inner_text("[data-testid=cost-total]")).startswith("$0.000")
+    drawn = await page.evaluate(
+        """() => {
+            const canvas = document.querySelector('[data-testid=chart-cost]');
+            const chart = Chart.getChart(canvas);
+            const pixels = canvas.getContext('2d')
+                .getImageData(0, 0, canvas.width, canvas.height).data;
+            let painted = 0;
+            for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) painted++;
+            return {data: chart.data.datasets[0].data, painted};
+        }"""
+    )
+    assert sum(v for v in drawn["data"] if v) == pytest.approx(expected)
+    assert len(drawn["data"]) == len(stats["series"]) and drawn["painted"] > 1000
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-cost.png"), full_page=True)
+    # A GPT whose events carry no cost says so rather than showing $0.
+    await page.select_option("[data-testid=gpt-select]", unpriced_gpt)
+    await page.wait_for_selector("[data-testid=cost-note]:has-text('no priced model calls')")
+    assert await page.get_attribute("[data-testid=cost-total]", "data-value") == ""
+    assert console.errors == []

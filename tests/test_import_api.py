@@ -522,3 +522,82 @@ async def test_split_export_zip_over_http_counts_every_part_and_reimports_nothin
         assert (row["state"], row["total"], row["done"], row["failed"]) == ("done", 25, 25, 0)
         assert await db.fetchval("SELECT count(*) FROM messages") == 25 * 4
     assert await db.fetchval("SELECT count(*) FROM conversations") == 25
+
+
+def folder_form(files: dict[str, bytes], project: int | None = None) -> FormData:
+    """An unpacked export as a browser's folder picker sends it: one `file` part per file."""
+    data = FormData(default_to_multipart=True)
+    if project is not None:
+        data.add_field("projectId", str(project))
+    for name, payload in files.items():
+        data.add_field("file", payload, filename=f"chatgpt-export/{name}")
+    return data
+
+
+async def test_unpacked_split_export_as_several_file_parts(
+    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+) -> None:
+    project = await factory.project()
+    key = await factory.key(project)
+    chats = [simple(f"chat {n}", turns=1) for n in range(12)]
+    files = split(chats, 5)  # conversations-000..002.json, export_manifest.json, user.json
+    files["chat.html"] = b"<html><body>your chats</body></html>"
+    files["file-def456-photo.png"] = b"\x89PNG\r\n\x1a\n" + b"\x00" * 64
+    body = await upload(gateway, key, folder_form(files, project))
+    row = await wait_for(lambda: job_state(db, body["data"]["jobId"], "done", "failed"))
+    assert (row["state"], row["total"], row["done"], row["failed"]) == ("done", 12, 12, 0)
+    assert await db.fetchval("SELECT count(*) FROM messages") == 24
+    # The same export again, unpacked or zipped: nothing new.
+    for again in (folder_form(files, project), form(zip_files(files), project)):
+        body = await upload(gateway, key, again)
+        job_id = body["data"]["jobId"]
+        row = await wait_for(lambda j=job_id: job_state(db, j, "done", "failed"))
+        assert (row["state"], row["total"], row["done"]) == ("done", 12, 12)
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 12
+    assert await db.fetchval("SELECT count(*) FROM messages") == 24
+    assert await db.fetchval("SELECT count(*) FROM import_chunks") == 0
+
+
+async def test_one_json_file_under_any_name_imports(
+    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+) -> None:
+    project = await factory.project()
+    key = await factory.key(project)
+    body = await upload(gateway, key, form(FIXTURE.read_bytes(), project, filename="my.json"))
+    row = await wait_for(lambda: job_state(db, body["data"]["jobId"], "done", "failed"))
+    assert (row["state"], row["total"], row["done"]) == ("done", 3, 3)
+
+
+async def test_a_part_the_manifest_names_but_the_upload_lacks_fails_the_job(
+    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+) -> None:
+    project = await factory.project()
+    key = await factory.key(project)
+    files = split([simple("a"), simple("b")], 1)
+    del files["conversations-001.json"]
+    body = await upload(gateway, key, folder_form(files, project))
+    row = await wait_for(lambda: job_state(db, body["data"]["jobId"], "failed"))
+    reason = orjson.loads(row["errors"])[0]["reason"]
+    assert "incomplete" in reason and "conversations-001.json" in reason
+    assert await db.fetchval("SELECT count(*) FROM conversations") == 0
+
+
+@pytest.mark.parametrize(
+    ("files", "message"),
+    [
+        ({"export.zip": zip_files(split([simple("a")], 1)), "user.json": b"[]"}, "alone"),
+        ({"conversations.json": b"[]", "export.zip": zipped(b"[]")}, "alone"),
+        ({"user.json": b'{"id": "u"}', "chat.html": b"<html></html>"}, "not a ChatGPT export"),
+        ({"a/conversations-000.json": b"[]", "b/conversations-000.json": b"[]"}, "two file"),
+    ],
+)
+async def test_bad_file_part_combinations_are_422(
+    gateway: Any, factory: Factory, db: asyncpg.Connection, files: dict[str, bytes], message: str
+) -> None:
+    project = await factory.project()
+    key = await factory.key(project)
+    body = await upload(gateway, key, folder_form(files, project), status=422)
+    assert body["error"]["details"][0]["field"] == "file"
+    assert message in body["error"]["details"][0]["message"]
+    assert await db.fetchval("SELECT count(*) FROM import_uploads") == 0
+    assert await db.fetchval("SELECT count(*) FROM import_chunks") == 0

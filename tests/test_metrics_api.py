@@ -77,6 +77,14 @@ async def test_register_gpt_errors(gateway: Any, tenant: dict[str, Any]) -> None
     assert resp.status == 422
     fields = {d["field"] for d in (await resp.json())["error"]["details"]}
     assert fields == {"id", "name"}
+    resp = await gateway.post(
+        "/api/gpts",
+        json={"id": "ok", "name": "nul\u0000", "projectId": 2**63, "keylessIngest": 1},
+        headers=h(tenant["admin"]),
+    )
+    assert resp.status == 422
+    fields = {d["field"] for d in (await resp.json())["error"]["details"]}
+    assert fields == {"name", "projectId", "keylessIngest"}
     resp = await gateway.post("/api/gpts", data=b"{not json", headers=h(tenant["key"]))
     assert resp.status == 400
     assert (await resp.json())["error"]["code"] == "invalid_json"
@@ -130,6 +138,18 @@ async def test_session_created_and_read_back(gateway: Any, tenant: dict[str, Any
             "timestamp_inicio",
         ),
         ({"gpt_id": "GPT", "usuario_id": "u", "timestamp_inicio": "yesterday"}, "timestamp_inicio"),
+        # What Postgres cannot hold is refused here, not by a worker after the 201.
+        ({"gpt_id": "GPT", "usuario_id": "poison\u0000x"}, "usuario_id"),
+        ({"gpt_id": "GPT\u0000", "usuario_id": "u"}, "gpt_id"),
+        (
+            {"gpt_id": "GPT", "usuario_id": "u", "timestamp_inicio": "9999-12-31T23:59:59-14:00"},
+            "timestamp_inicio",
+        ),
+        (
+            {"gpt_id": "GPT", "usuario_id": "u", "timestamp_inicio": "0001-01-01T00:00:00Z"},
+            "timestamp_inicio",
+        ),
+        ({"gpt_id": "GPT", "usuario_id": "u", "timestamp_inicio": 1767225600}, "timestamp_inicio"),
         ({"gpt_id": "GPT", "usuario_id": "u", "extra": 1}, "extra"),
     ],
 )
@@ -210,6 +230,13 @@ async def test_event_accepted_and_stored(gateway: Any, tenant: dict[str, Any], d
         ({"contenido": "nul\u0000byte"}, "contenido"),
         ({"timestamp": "2026-01-01T00:00:00"}, "timestamp"),
         ({"timestamp": "not a time"}, "timestamp"),
+        ({"timestamp": "9999-12-31T23:59:59-14:00"}, "timestamp"),
+        ({"timestamp": "0001-01-01T00:00:00Z"}, "timestamp"),
+        ({"timestamp": 1767225600}, "timestamp"),
+        ({"timestamp": 1767225600.5}, "timestamp"),
+        ({"tipo": "nul\u0000"}, "tipo"),
+        ({"latency_ms": 2**31}, "latency_ms"),
+        ({"latency_ms": True}, "latency_ms"),
         ({"sesion_id": "not-a-uuid"}, "sesion_id"),
         ({"id": "123"}, "id"),
     ],
@@ -308,15 +335,19 @@ async def test_batch_partial_success(gateway: Any, tenant: dict[str, Any], db: A
         make_event(session, latency_ms=-5),
         "not an object",
         make_event(session, tipo="feedback"),
+        make_event(session, timestamp="9999-12-31T23:59:59-14:00"),
+        make_event(session, contenido="a\u0000b"),
     ]
     resp = await gateway.post(
         "/api/events/batch", json={"events": events}, headers=h(tenant["key"])
     )
     assert resp.status == 207
     results = (await resp.json())["results"]
-    assert [r["index"] for r in results] == list(range(6))
-    assert [r["status"] for r in results] == [202, 422, 404, 422, 422, 202]
+    assert [r["index"] for r in results] == list(range(8))
+    assert [r["status"] for r in results] == [202, 422, 404, 422, 422, 202, 422, 422]
     assert results[1]["error"]["details"][0]["field"] == "tipo"
+    assert results[6]["error"]["details"][0]["field"] == "timestamp"
+    assert results[7]["error"]["details"][0]["field"] == "contenido"
     ids = [r["id"] for r in results if r["status"] == 202]
 
     async def stored() -> bool:
@@ -458,6 +489,10 @@ async def test_stats(gateway: Any, tenant: dict[str, Any], db: Any) -> None:
     assert (
         await gateway.get(f"/api/gpts/{gpt}/stats?from=2026-03-01T00:00:00", headers=h(key))
     ).status == 422
+    for bad in ("0001-01-01T00:00:00Z", "9999-12-31T23:59:59-14:00", "1767225600"):
+        resp = await gateway.get(f"/api/gpts/{gpt}/stats", params={"from": bad}, headers=h(key))
+        assert resp.status == 422, bad
+        assert (await resp.json())["error"]["details"][0]["field"] == "from"
     assert (
         await gateway.get(
             f"/api/gpts/{gpt}/stats?from=2026-04-01T00:00:00Z&to=2026-03-01T00:00:00Z",

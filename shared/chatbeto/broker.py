@@ -146,6 +146,7 @@ class GroupPublisher:
         self._pending: deque[tuple[Sequence[Any], asyncio.Future[None]]] = deque()
         self._pending_count = 0
         self._in_flight = 0
+        self._forming = False  # a publish is started and has not taken its items yet
         self._tasks: set[asyncio.Task[None]] = set()
         self._published = MESSAGES_PUBLISHED.labels(routing_key)
         self._failed = PUBLISH_FAILURES.labels(routing_key)
@@ -158,32 +159,41 @@ class GroupPublisher:
         await future
 
     def _kick(self) -> None:
-        while self._pending and (
-            self._in_flight == 0
-            or (
-                self._in_flight < self._max_in_flight and self._pending_count >= self._overlap_items
-            )
+        """Start a publish if a slot is free; it takes its items when it starts running."""
+        if self._forming or not self._pending:
+            return
+        if self._in_flight == 0 or (
+            self._in_flight < self._max_in_flight and self._pending_count >= self._overlap_items
         ):
-            group: list[tuple[Sequence[Any], asyncio.Future[None]]] = []
-            count = 0
-            while self._pending and (
-                not group or count + len(self._pending[0][0]) <= self._max_items
-            ):
-                items, future = self._pending.popleft()
-                group.append((items, future))
-                count += len(items)
-            self._pending_count -= count
+            self._forming = True
             self._in_flight += 1
-            task = asyncio.create_task(self._flush(group))
+            task = asyncio.create_task(self._flush())
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _flush(self, group: list[tuple[Sequence[Any], asyncio.Future[None]]]) -> None:
+    def _take_group(self) -> list[tuple[Sequence[Any], asyncio.Future[None]]]:
+        group: list[tuple[Sequence[Any], asyncio.Future[None]]] = []
+        count = 0
+        while self._pending and (not group or count + len(self._pending[0][0]) <= self._max_items):
+            items, future = self._pending.popleft()
+            group.append((items, future))
+            count += len(items)
+        self._pending_count -= count
+        return group
+
+    async def _flush(self) -> None:
+        # Taking the items here, one loop turn after the kick, rather than in `_kick`: every
+        # request parsed in the same turn rides this message (in `_kick`, the first request of
+        # a burst went alone and the rest waited a whole confirm for the next one).
+        self._forming = False
+        group = self._take_group()
+        self._kick()
         error: BaseException | None = None
         try:
             items = [item for part, _ in group for item in part]
-            await self._publisher.publish(self._build(items), self._routing_key)
-            self._published.inc()
+            if items:
+                await self._publisher.publish(self._build(items), self._routing_key)
+                self._published.inc()
         except BaseException as exc:  # every waiter must learn the outcome
             self._failed.inc()
             error = exc if isinstance(exc, BrokerUnavailable) else BrokerUnavailable(str(exc))

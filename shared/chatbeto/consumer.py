@@ -9,7 +9,9 @@ with exceptions:
   (confirmed before the original is acked, so nothing is lost), dead-letter after `max_tries`.
 
 Batch consumers receive several messages at once (one transaction for all); when a batch fails,
-each message is retried alone so one poison message can't hold the others back.
+each message is retried alone so one poison message can't hold the others back. A batch handler
+that committed part of the batch raises `PartialFailure` naming the messages still to retry: the
+others are acked.
 
 Broker restarts and dropped connections: the robust connection reconnects and the robust channel
 re-declares the queue and re-registers the consumer (also after a broker-sent basic.cancel). It
@@ -55,6 +57,23 @@ READY_PROBE_SECONDS = 1.0
 
 BatchHandler = Callable[[Sequence[AbstractIncomingMessage]], Awaitable[None]]
 MessageHandler = Callable[[AbstractIncomingMessage], Awaitable[None]]
+
+
+class PartialFailure(Exception):
+    """The handler finished every message of the batch except these (each with its error).
+
+    `bodies` may give a failed message the body its retry carries instead (what is left of it
+    once the rest was stored).
+    """
+
+    def __init__(
+        self,
+        failures: dict[AbstractIncomingMessage, Exception],
+        bodies: dict[AbstractIncomingMessage, bytes] | None = None,
+    ) -> None:
+        super().__init__(f"{len(failures)} message(s) failed")
+        self.failures = failures
+        self.bodies = bodies or {}
 
 
 def attempt_of(message: AbstractIncomingMessage) -> int:
@@ -160,8 +179,11 @@ class Consumer:
             self.stats.handled += 1
             MESSAGES_CONSUMED.labels(self.queue.name, "ok").inc()
 
-    async def _fail(self, message: AbstractIncomingMessage, exc: Exception) -> None:
-        """Dead-letter an invalid or exhausted message; park any other on the retry ladder."""
+    async def _fail(
+        self, message: AbstractIncomingMessage, exc: Exception, body: bytes | None = None
+    ) -> None:
+        """Dead-letter an invalid or exhausted message; park any other on the retry ladder
+        (carrying `body` instead of its own, when given)."""
         attempt = attempt_of(message)
         fields = {
             "message_id": message.message_id,
@@ -175,7 +197,7 @@ class Consumer:
                 MESSAGES_CONSUMED.labels(self.queue.name, "dead_lettered").inc()
             return
         retry = aio_pika.Message(
-            body=message.body,
+            body=message.body if body is None else body,
             content_type=message.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=message.message_id,
@@ -319,6 +341,14 @@ class BatchConsumer(Consumer):
         started = time.perf_counter()
         try:
             await self._handler(batch)
+        except PartialFailure as partial:
+            for message in batch:
+                failure = partial.failures.get(message)
+                if failure is None:
+                    await self._done(message)
+                else:
+                    await self._fail(message, failure, partial.bodies.get(message))
+            return
         except Exception as exc:
             if len(batch) == 1:
                 await self._fail(batch[0], exc)
@@ -331,6 +361,12 @@ class BatchConsumer(Consumer):
             for message in batch:
                 try:
                     await self._handler([message])
+                except PartialFailure as partial:
+                    failure = partial.failures.get(message)
+                    if failure is None:
+                        await self._done(message)
+                    else:
+                        await self._fail(message, failure, partial.bodies.get(message))
                 except Exception as one_exc:
                     await self._fail(message, one_exc)
                 else:

@@ -43,12 +43,18 @@ async def _peek(settings: BaseServiceSettings, base: str, limit: int) -> list[di
             deaths = (message.headers or {}).get("x-death")
             first = deaths[0] if isinstance(deaths, list) and deaths else None
             reason = first.get("reason") if isinstance(first, dict) else None
+            # A worker that dead-lettered one record of a message says why in `x-error`.
+            error = (message.headers or {}).get("x-error")
+            if isinstance(error, bytes):
+                error = error.decode("utf-8", "replace")
+            if isinstance(error, str):
+                error = " ".join(error.split())  # one line per dead letter
             seen.append(
                 {
                     "message_id": message.message_id,
                     "type": message.type,
                     "attempt": (message.headers or {}).get(ATTEMPT_HEADER, 1),
-                    "reason": reason,
+                    "reason": error if error is not None else reason,
                     "bytes": len(message.body),
                 }
             )
@@ -67,8 +73,12 @@ async def replay(settings: BaseServiceSettings, base: str, limit: int | None = N
         channel = await connection.channel()
         await settings.topology.declare(channel)
         queue = await channel.declare_queue(queue_def.dlq, passive=True)
+        # Only what is there now: a record that fails again comes back while we replay, and
+        # must not be replayed round and round.
+        present = queue.declaration_result.message_count or 0
+        limit = present if limit is None else min(limit, present)
         publisher = Publisher(connection, settings.topology)
-        while limit is None or moved < limit:
+        while moved < limit:
             message = await queue.get(no_ack=False, fail=False)
             if message is None:
                 break
@@ -82,6 +92,7 @@ async def replay(settings: BaseServiceSettings, base: str, limit: int | None = N
                     "x-first-death-queue",
                     "x-first-death-reason",
                     "x-delivery-count",
+                    "x-error",
                 )
             }
             headers[ATTEMPT_HEADER] = 1

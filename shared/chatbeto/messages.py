@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast
 
 import aio_pika
@@ -17,33 +18,38 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbeto.logging import REQUEST_ID
-from chatbeto.storable import Text
+from chatbeto.storable import BigInt, NonNegInt32, Text, Timestamp
 
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
 
+# Metrics records use the storable types: a worker that parses a record Postgres could not
+# hold refuses that record alone (it is dead-lettered with the reason), never its message.
 class SessionRecord(Frozen):
     id: uuid.UUID
-    gpt_pk: int
-    usuario_id: str
-    timestamp_inicio: datetime
+    gpt_pk: BigInt
+    usuario_id: Text
+    timestamp_inicio: Timestamp
     # Set for sessions of the built-in `chatbeto` GPT: whose project's traffic it is.
-    project_id: int | None = None
-    request_id: str | None = None
+    project_id: BigInt | None = None
+    request_id: Text | None = None
 
 
 class EventRecord(Frozen):
     id: uuid.UUID
     sesion_id: uuid.UUID
-    tipo: str
-    contenido: str
-    latency_ms: int
-    tokens_entrada: int
-    tokens_salida: int
-    timestamp: datetime
-    request_id: str | None = None
+    tipo: Text
+    contenido: Text
+    latency_ms: NonNegInt32
+    tokens_entrada: NonNegInt32
+    tokens_salida: NonNegInt32
+    timestamp: Timestamp
+    request_id: Text | None = None
+    # What the model call cost, priced from its usage; None when unknown (or not a model call).
+    # Exact (Decimal, as chatbeto.spend prices it); travels as a JSON string.
+    cost_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
 
 
 class MetricsBatch(Frozen):

@@ -25,3 +25,8 @@ MESSAGES_CONSUMED = Counter(
     "chatbeto_messages_consumed_total", "Messages consumed by outcome", ["queue", "outcome"]
 )
 ROWS_STORED = Counter("chatbeto_rows_stored_total", "Rows committed by workers", ["table"])
+ROWS_DEAD_LETTERED = Counter(
+    "chatbeto_rows_dead_lettered_total",
+    "Records a worker could not store, dead-lettered alone (the rest of their message stored)",
+    ["table"],
+)

@@ -9,6 +9,7 @@ these.
 
 from __future__ import annotations
 
+import re
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -42,9 +43,15 @@ def no_nul_anywhere(value: Any) -> Any:
     return value
 
 
+_NUMBER = re.compile(r"\s*[+-]?\d+(\.\d*)?\s*")
+
+
 def _timestamp_string(value: Any) -> Any:
-    # A bare number would be read as epoch seconds: the contract asks for ISO 8601 text.
-    if not isinstance(value, str | datetime):
+    # A bare number (or a string of one) would be read as epoch seconds: the contract asks for
+    # ISO 8601 text.
+    if not isinstance(value, str | datetime) or (
+        isinstance(value, str) and _NUMBER.fullmatch(value)
+    ):
         raise ValueError("must be an ISO 8601 string with Z or an offset")
     return value
 

@@ -44,23 +44,38 @@ class KeyCache:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
         self._entries: dict[bytes, tuple[float, KeyRecord | None]] = {}
+        # One lookup per key at a time: when an entry expires under load, every request in
+        # flight misses at once (64 clients sent 64 queries per key every TTL, a tenth of the
+        # gateway's CPU and its p99); they now share one.
+        self._lookups: dict[bytes, asyncio.Task[KeyRecord | None]] = {}
         self._used: set[int] = set()
         self._task: asyncio.Task[None] | None = None
 
     async def resolve(self, plain: str) -> KeyRecord | None:
         digest = api_keys.hash_key(plain)
-        now = time.monotonic()
         hit = self._entries.get(digest)
-        if hit is not None and hit[0] > now:
+        if hit is not None and hit[0] > time.monotonic():
             record = hit[1]
         else:
-            record = await api_keys.lookup(self._pool, plain)
-            if len(self._entries) >= MAX_CACHED_KEYS:
-                self._entries.clear()
-            self._entries[digest] = (now + TTL_SECONDS, record)
+            lookup = self._lookups.get(digest)
+            if lookup is None:
+                lookup = self._lookups[digest] = asyncio.create_task(self._lookup(digest, plain))
+            # Shielded: a caller that goes away does not cancel the others' lookup.
+            record = await asyncio.shield(lookup)
         if record is not None:
             self._used.add(record.id)
         return record
+
+    async def _lookup(self, digest: bytes, plain: str) -> KeyRecord | None:
+        try:
+            started = time.monotonic()
+            record = await api_keys.lookup(self._pool, plain)
+            if len(self._entries) >= MAX_CACHED_KEYS:
+                self._entries.clear()
+            self._entries[digest] = (started + TTL_SECONDS, record)
+            return record
+        finally:
+            del self._lookups[digest]
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._touch_loop())

@@ -16,13 +16,16 @@ import re
 from datetime import UTC, datetime
 from decimal import Decimal
 from functools import lru_cache
+from typing import Any
 
 import asyncpg
+import orjson
+from aiohttp import web
 from chatbeto import spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
 
-from chatbeto_gateway.errors import ApiError
+from chatbeto_gateway.errors import ApiError, database_unavailable
 
 log = get_logger(__name__)
 # POST routes that call a model (a conversation or message route may not, but is one anyway:
@@ -31,12 +34,42 @@ MODEL_ROUTE_RE = re.compile(
     r"^/(?:v1/(?:chat/completions|responses|embeddings|completions)"
     r"|api/v1/openai/(?:chat/completions|conversations(?:/[^/]+/messages)?))$"
 )
-DB_RETRY_AFTER_SECONDS = 5
 MAX_REMEMBERED = 100_000
 
 
 def is_model_route(method: str, path: str) -> bool:
     return method == "POST" and MODEL_ROUTE_RE.match(path) is not None
+
+
+async def require_stream_usage(request: web.Request) -> None:
+    """A limited key's streamed `/v1/chat/completions` must ask for the usage chunk: without it
+    OpenAI reports no usage, the call could not be priced, and the budget would not see it.
+    (Seed routes and the Responses API always carry usage.) Bad JSON is the handler's to
+    answer."""
+    if request.path != "/v1/chat/completions":
+        return
+    try:
+        body: Any = orjson.loads(await request.read())
+    except orjson.JSONDecodeError:
+        return
+    if not isinstance(body, dict) or body.get("stream") is not True:
+        return
+    options = body.get("stream_options")
+    if isinstance(options, dict) and options.get("include_usage") is True:
+        return
+    field = "stream_options.include_usage"
+    raise ApiError(
+        422,
+        "validation_error",
+        f"invalid fields: {field}",
+        [
+            {
+                "field": field,
+                "message": "must be true for a key with a budget or a token cap (a stream "
+                "without usage cannot be priced)",
+            }
+        ],
+    )
 
 
 def _retry_after(end: datetime, now: datetime) -> str:
@@ -84,24 +117,22 @@ class SpendGuard:
         # (key id, kind, its limit) -> (window start, window end, what was spent): known spent.
         self._spent: dict[tuple[int, str, str], tuple[datetime, datetime, Decimal]] = {}
 
-    async def check(self, key: KeyRecord) -> None:
-        """Raise BudgetExceeded / TokenLimited if the key's window is spent."""
+    async def check(self, key: KeyRecord, request: web.Request | None = None) -> None:
+        """Raise BudgetExceeded / TokenLimited if the key's window is spent (and a 422 for a
+        stream that would carry no usage)."""
         if key.budget is None and key.tpm is None:
             return
         now = datetime.now(UTC)
         budget = _budget(key.budget) if key.budget else None
         self._from_memory(key, budget, now)
+        if request is not None:
+            await require_stream_usage(request)
         try:
             in_budget, in_minute = await spend.key_windows(self._pool, key.id, key.budget, now)
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Fail closed: with Postgres gone nothing could be stored or charged anyway.
             log.warning("budget check failed", error=type(exc).__name__)
-            raise ApiError(
-                503,
-                "database_unavailable",
-                "the database is unreachable; retry shortly",
-                headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
-            ) from None
+            raise database_unavailable() from None
         if budget is not None and in_budget.usd >= budget.usd:
             self._remember((key.id, "budget", key.budget or ""), in_budget, in_budget.usd)
             raise BudgetExceeded(budget, in_budget.usd, in_budget.end, now)

@@ -90,6 +90,9 @@ def message_out(row: asyncpg.Record) -> dict[str, Any]:
         }
     if row["latency_ms"] is not None:
         out["latencyMs"] = row["latency_ms"]
+    if row["role"] == "assistant" and row["prompt_tokens"] is not None:
+        # A model's answer: its price, null for a model without one (docs/COSTS.md).
+        out["costUsd"] = None if row["cost_usd"] is None else float(row["cost_usd"])
     if row["tool_calls"] is not None:
         out["toolCalls"] = row["tool_calls"]
     if row["tool_call_id"] is not None:
@@ -135,7 +138,7 @@ async def get_conversation(
     messages = await conn.fetch(
         """SELECT role, content, model, prompt_tokens, completion_tokens, latency_ms, created_at,
                   cached_tokens, reasoning_tokens, tool_calls, tool_call_id, parts, metadata,
-                  request_id
+                  request_id, cost_usd
            FROM messages WHERE conversation_id = $1 ORDER BY position""",
         conversation_id,
     )

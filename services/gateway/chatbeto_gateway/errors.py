@@ -4,7 +4,18 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from pydantic import ValidationError
+
+# What a client is told to wait while Postgres is away (a restart takes a few seconds).
+DATABASE_RETRY_AFTER_SECONDS = 5
+# Postgres refusing or dropping connections, not a bad query: the server's 08xxx and 57Pxx
+# classes (connection failures, shutting down, starting up) and "too many connections".
+DATABASE_OUTAGES = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
 
 
 class ApiError(Exception):
@@ -54,3 +65,32 @@ def validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
 
 def is_json_error(exc: ValidationError) -> bool:
     return any(err["type"] == "json_invalid" for err in exc.errors())
+
+
+def database_unavailable() -> ApiError:
+    return ApiError(
+        503,
+        "database_unavailable",
+        "the database is unavailable; retry later",
+        headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
+    )
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True for a failure to reach or keep talking to Postgres, wherever a handler met it.
+
+    asyncpg raises its own classes for what the server says, but a refused, reset or timed-out
+    socket arrives as a plain OSError / TimeoutError (or InterfaceError on a closed connection);
+    those count when asyncpg raised them (a frame of asyncpg in their traceback), so a client
+    that hangs up mid-request is not mistaken for the database.
+    """
+    if isinstance(exc, DATABASE_OUTAGES):
+        return True
+    if not isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg"):
+            return True
+        tb = tb.tb_next
+    return False

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from dataclasses import dataclass
 
@@ -28,6 +29,8 @@ class GptCache:
         self._pool = pool
         self._by_pk: dict[int, tuple[float, Gpt]] = {}
         self._by_id: dict[str, tuple[float, Gpt]] = {}
+        # One query per GPT at a time: at expiry every request in flight misses at once.
+        self._lookups: dict[tuple[str, object], asyncio.Task[Gpt | None]] = {}
 
     def _store(self, gpt: Gpt) -> Gpt:
         expires = time.monotonic() + TTL_SECONDS
@@ -39,15 +42,30 @@ class GptCache:
         hit = self._by_pk.get(pk)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        row = await self._pool.fetchrow(f"SELECT {COLUMNS} FROM gpts WHERE pk = $1", pk)
-        return self._store(Gpt(**dict(row))) if row else None
+        return await self._fetch("pk", pk)
 
     async def by_id(self, gpt_id: str) -> Gpt | None:
         hit = self._by_id.get(gpt_id)
         if hit is not None and hit[0] > time.monotonic():
             return hit[1]
-        row = await self._pool.fetchrow(f"SELECT {COLUMNS} FROM gpts WHERE gpt_id = $1", gpt_id)
-        return self._store(Gpt(**dict(row))) if row else None
+        return await self._fetch("gpt_id", gpt_id)
+
+    async def _fetch(self, column: str, value: object) -> Gpt | None:
+        lookup = self._lookups.get((column, value))
+        if lookup is None:
+            lookup = self._lookups[column, value] = asyncio.create_task(self._query(column, value))
+        return await asyncio.shield(lookup)
+
+    async def _query(self, column: str, value: object) -> Gpt | None:
+        try:
+            # `column` is one of two literals above, never input.
+            row = await self._pool.fetchrow(
+                f"SELECT {COLUMNS} FROM gpts WHERE {column} = $1",
+                value,
+            )
+            return self._store(Gpt(**dict(row))) if row else None
+        finally:
+            del self._lookups[column, value]
 
     def remember(self, gpt: Gpt) -> None:
         self._store(gpt)

@@ -1,7 +1,7 @@
 """ChatGPT export imports (contract 3.1): `POST /api/v1/imports`, `GET /api/v1/imports/{jobId}`.
 
 Exports are far bigger than the 1 MiB body limit of every other route, so this handler reads the
-multipart stream itself, with its own limit (`MAX_UPLOAD_BYTES`), and streams the file part into
+multipart stream itself, with its own limit (`MAX_UPLOAD_BYTES`), and streams the file parts into
 Postgres in chunks — never whole in memory — where any import worker can read it. The 202 comes
 only after the job message is confirmed on the broker.
 """
@@ -21,9 +21,11 @@ from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import ImportJob, envelope, to_amqp
 from pydantic import BaseModel, Field
 
+from chatbeto_gateway import import_upload as upload_io
 from chatbeto_gateway import metrics_repo, responses
 from chatbeto_gateway.auth import Principal, require_principal
 from chatbeto_gateway.errors import ApiError, not_found
+from chatbeto_gateway.import_upload import Bundle, Kind
 from chatbeto_gateway.openapi import doc
 from chatbeto_gateway.state import KEYS, POOL, PUBLISHER
 
@@ -34,16 +36,15 @@ CHUNK_BYTES = 1024 * 1024
 MAX_FIELD_BYTES = 64
 MAX_FILENAME_CHARS = 255
 ROUTING_KEY = "import.job"
-# What an export starts with: a zip, or a JSON array (possibly after a BOM and whitespace).
-ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
-UTF8_BOM = b"\xef\xbb\xbf"
 
 
 class ImportForm(BaseModel):
     """multipart/form-data fields of an import."""
 
     file: bytes = Field(
-        description="conversations.json or the export .zip, up to 512 MiB",
+        description="The export .zip, or its JSON files (conversations.json, or "
+        "conversations-NNN.json and export_manifest.json) as one or more file parts; "
+        "other files are skipped; up to 512 MiB in all",
         json_schema_extra={"format": "binary", "type": "string"},
     )
     projectId: int | None = Field(
@@ -61,16 +62,6 @@ def too_large() -> ApiError:
     return ApiError(
         413, "payload_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES >> 20} MiB"
     )
-
-
-def looks_like_export(head: bytes) -> bool | None:
-    """A zip or a JSON array? None while only whitespace (or a zip magic's prefix) came."""
-    if head.startswith(ZIP_MAGIC):
-        return True
-    if len(head) < len(ZIP_MAGIC[0]) and any(m.startswith(head) for m in ZIP_MAGIC):
-        return None
-    rest = head.removeprefix(UTF8_BOM).lstrip()
-    return rest[:1] == b"[" if rest else None
 
 
 async def target_project(pool: asyncpg.Pool, principal: Principal, raw: str | None) -> int:
@@ -92,43 +83,16 @@ async def target_project(pool: asyncpg.Pool, principal: Principal, raw: str | No
     return project_id
 
 
-async def store_file(pool: asyncpg.Pool, upload_id: uuid.UUID, part: BodyPartReader) -> int:
-    """Stream the file part into `import_chunks`; returns its size or raises 413/422.
-
-    A connection is borrowed per chunk, not for the whole upload: a slow client must not hold
-    one of the pool's connections for minutes.
-    """
-    size, seq, buffer, checked = 0, 0, bytearray(), False
-    while True:
-        data = await part.read_chunk(CHUNK_BYTES)
-        if not data:
-            break
-        size += len(data)
-        if size > MAX_UPLOAD_BYTES:
-            raise too_large()
-        buffer += data
-        if not checked:
-            checked = sniff(bytes(buffer))
-        if len(buffer) >= CHUNK_BYTES:
-            await jobs.add_chunk(pool, upload_id, seq, bytes(buffer))
-            seq, buffer = seq + 1, bytearray()
-    if size and not checked:
-        raise not_an_export()
-    if buffer:
-        await jobs.add_chunk(pool, upload_id, seq, bytes(buffer))
-    return size
-
-
 def not_an_export() -> ApiError:
-    return invalid("file", "not a ChatGPT export (conversations.json or the export .zip)")
+    return invalid(
+        "file",
+        "not a ChatGPT export (the export .zip, conversations.json, or its "
+        "conversations-NNN.json and export_manifest.json files)",
+    )
 
 
-def sniff(head: bytes) -> bool:
-    """Refuse at once what can't be an export (the worker checks the rest); False: undecided."""
-    verdict = looks_like_export(head)
-    if verdict is False:
-        raise not_an_export()
-    return verdict is True
+def zip_alone() -> ApiError:
+    return invalid("file", "send the export .zip alone, or its JSON files as several file parts")
 
 
 async def read_field(part: BodyPartReader) -> str:
@@ -151,12 +115,50 @@ class Upload:
     project_id: int | None = None
     size: int | None = None
     created: bool = False
+    received: int = 0  # bytes of file parts, against MAX_UPLOAD_BYTES
+    empty_parts: int = 0
+    skipped_parts: int = 0
+
+    def count(self, n: int) -> None:
+        self.received += n
+        if self.received > MAX_UPLOAD_BYTES:
+            raise too_large()
+
+
+async def store_part(
+    pool: asyncpg.Pool, upload: Upload, bundle: Bundle | None, part: BodyPartReader
+) -> Bundle | None:
+    """One `file` part: the zip as it came, a JSON file into the bundle, anything else skipped."""
+    kind, head = await upload_io.read_head(part, CHUNK_BYTES, upload.count)
+    if kind is Kind.EMPTY:
+        upload.empty_parts += 1
+        return bundle
+    if kind is Kind.OTHER:
+        upload.skipped_parts += 1
+        await upload_io.drain(part, CHUNK_BYTES, upload.count)
+        return bundle
+    if bundle is not None and (bundle.raw or kind is Kind.ZIP):
+        raise zip_alone()
+    if bundle is None:
+        filename = (part.filename or "").replace("\x00", "")[:MAX_FILENAME_CHARS]
+        await jobs.create_upload(pool, upload.id, filename or None)
+        upload.created = True
+        bundle = Bundle(upload_io.ChunkWriter(pool, upload.id, CHUNK_BYTES))
+    if kind is Kind.ZIP:
+        await upload_io.add_raw(bundle, part, head, CHUNK_BYTES, upload.count)
+    else:
+        try:
+            await upload_io.add_member(bundle, part, kind, head, CHUNK_BYTES, upload.count)
+        except ValueError as exc:  # two parts with one name
+            raise invalid("file", str(exc)) from None
+    return bundle
 
 
 async def read_form(request: web.Request, principal: Principal, upload: Upload) -> None:
-    """Read the multipart form in whatever order its parts come, storing the file part."""
+    """Read the multipart form in whatever order its parts come, storing the file parts."""
     pool = request.app[POOL]
     project_given = False
+    bundle: Bundle | None = None
     try:
         reader = await request.multipart()
         while (part := await reader.next()) is not None:
@@ -165,21 +167,22 @@ async def read_form(request: web.Request, principal: Principal, upload: Upload) 
             if part.name == "projectId":
                 upload.project_id = await target_project(pool, principal, await read_field(part))
                 project_given = True
-            elif part.name == "file" and not upload.created:
-                filename = (part.filename or "").replace("\x00", "")[:MAX_FILENAME_CHARS]
-                await jobs.create_upload(pool, upload.id, filename or None)
-                upload.created = True
-                upload.size = await store_file(pool, upload.id, part)
+            elif part.name == "file":
+                bundle = await store_part(pool, upload, bundle, part)
             else:
                 await part.release()
     except (AssertionError, ValueError, BadHttpMessage) as exc:
         # aiohttp's multipart reader signals a malformed body (and a bad part header, e.g. a
         # control character in it: InvalidHeader) this way.
         raise ApiError(400, "bad_request", f"malformed multipart body: {_short(exc)}") from exc
-    if upload.size is None:
+    if bundle is None:
+        if upload.skipped_parts:
+            raise not_an_export()
+        if upload.empty_parts:
+            raise invalid("file", "the file is empty")
         raise invalid("file", "a file field is required")
-    if upload.size == 0:
-        raise invalid("file", "the file is empty")
+    await bundle.finish()
+    upload.size = bundle.writer.size
     if not project_given:
         upload.project_id = await target_project(pool, principal, None)
 

@@ -15,7 +15,7 @@ from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
 
 from chatbeto_gateway import ratelimit, responses
-from chatbeto_gateway.errors import ApiError
+from chatbeto_gateway.errors import ApiError, database_unavailable, is_database_outage
 from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
 
 log = get_logger("chatbeto.gateway.access")
@@ -123,15 +123,25 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 status=exc.status,
                 headers=headers,
             )
-        except ConnectionResetError:
-            # The client went away mid-request: nothing to answer, not a server error.
-            log.debug("client disconnected", path=request.path)
-            response = web.Response(status=499)
-        except Exception:
-            log.exception("unhandled error", path=request.path)
-            response = responses.json(
-                error_body(request.path, 500, "internal_error", "internal error"), status=500
-            )
+        except Exception as exc:
+            if is_database_outage(exc):
+                # Postgres away, on any route: 503 with Retry-After, never a 500.
+                log.warning("database unavailable", path=request.path, error=type(exc).__name__)
+                error = database_unavailable()
+                response = responses.json(
+                    error_body(request.path, error.status, error.code, error.message),
+                    status=error.status,
+                    headers=error.headers,
+                )
+            elif isinstance(exc, ConnectionResetError):
+                # The client went away mid-request: nothing to answer, not a server error.
+                log.debug("client disconnected", path=request.path)
+                response = web.Response(status=499)
+            else:
+                log.exception("unhandled error", path=request.path)
+                response = responses.json(
+                    error_body(request.path, 500, "internal_error", "internal error"), status=500
+                )
         status = response.status
         ratelimit.settle(request, status)  # a 5xx is not charged against the caller's limit
         response.headers["X-Request-Id"] = request_id

@@ -259,7 +259,7 @@ async def charge_key(
     rate = (_parse(record.rate_limit) if record.rate_limit else None) or _default(settings, scope)
     await _spend(request, limiter, f"{scope}:key:{record.id}", rate)
     if is_model_route(request.method, request.path):
-        await limiter.spend.check(record)
+        await limiter.spend.check(record, request)
 
 
 async def charge_gpt(

@@ -7,8 +7,8 @@ from datetime import datetime
 from typing import Annotated, Literal
 
 from chatbeto.gpts import GPT_ID_PATTERN
+from chatbeto.storable import Bool, NonNegInt32, PositiveBigInt, Text, Timestamp
 from pydantic import (
-    AwareDatetime,
     BaseModel,
     ConfigDict,
     Field,
@@ -19,10 +19,11 @@ from pydantic import (
 MAX_CONTENIDO_BYTES = 32 * 1024
 MAX_BATCH_EVENTS = 1000
 
-Tipo = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
-NonNegInt = Annotated[int, Field(ge=0, le=2_147_483_647, strict=True)]
-GptId = Annotated[str, StringConstraints(pattern=GPT_ID_PATTERN)]
-UserId = Annotated[str, StringConstraints(min_length=1, max_length=256)]
+# Every field is built from the storable types (chatbeto.storable): a value Postgres cannot
+# hold is a 422 naming the field here, never a worker's error after the 2xx.
+Tipo = Annotated[Text, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
+GptId = Annotated[Text, StringConstraints(pattern=GPT_ID_PATTERN)]
+UserId = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 
 
 class Input(BaseModel):
@@ -33,9 +34,9 @@ class GptIn(Input):
     id: GptId = Field(
         description="The GPT's id, as its clients send it", examples=["devops-expert"]
     )
-    name: Annotated[str, StringConstraints(min_length=1, max_length=200)]
-    projectId: int | None = Field(default=None, gt=0)
-    keylessIngest: bool = False
+    name: Annotated[Text, StringConstraints(min_length=1, max_length=200)]
+    projectId: PositiveBigInt | None = None
+    keylessIngest: Bool = False
 
 
 class GptOut(BaseModel):
@@ -45,12 +46,15 @@ class GptOut(BaseModel):
     keylessIngest: bool
     builtin: bool
     createdAt: datetime | None = None
+    lastEventAt: datetime | None = Field(
+        default=None, description="The newest event this key may see (GET /api/gpts only)"
+    )
 
 
 class SessionIn(Input):
     gpt_id: GptId
     usuario_id: UserId
-    timestamp_inicio: AwareDatetime | None = Field(
+    timestamp_inicio: Timestamp | None = Field(
         default=None, description="ISO 8601 with Z or an offset; defaults to now"
     )
 
@@ -65,11 +69,13 @@ class SessionOut(BaseModel):
 class EventIn(Input):
     sesion_id: uuid.UUID
     tipo: Tipo
-    contenido: Annotated[str, StringConstraints(max_length=MAX_CONTENIDO_BYTES)]
-    latency_ms: NonNegInt
-    tokens_entrada: NonNegInt
-    tokens_salida: NonNegInt
-    timestamp: AwareDatetime | None = None
+    contenido: Annotated[Text, StringConstraints(max_length=MAX_CONTENIDO_BYTES)]
+    latency_ms: NonNegInt32
+    tokens_entrada: NonNegInt32
+    tokens_salida: NonNegInt32
+    timestamp: Timestamp | None = Field(
+        default=None, description="ISO 8601 with Z or an offset; defaults to when it arrived"
+    )
     id: uuid.UUID | None = Field(default=None, description="Makes retries idempotent")
 
     @field_validator("contenido")
@@ -80,8 +86,6 @@ class EventIn(Input):
             and len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENIDO_BYTES
         ):
             raise ValueError("at most 32 KiB of UTF-8")
-        if "\x00" in value:
-            raise ValueError("must not contain NUL characters")
         return value
 
 

@@ -1,27 +1,71 @@
-"""The metrics-ingest worker: many broker messages, one transaction, then ack them all."""
+"""The metrics-ingest worker: many broker messages, one transaction, then ack them all.
+
+Each message carries many clients' records (the gateway's group commit), so every outcome is
+per record: a record that cannot be stored (invalid, or refused by Postgres for its data) is
+dead-lettered alone with the reason while the rest commit; an event whose session is not
+committed yet is retried in a message of its own; only a transient error (connection lost,
+serialization failure) retries whole messages.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
+from dataclasses import dataclass
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto import topology
+from chatbeto.consumer import PartialFailure
+from chatbeto.db import Conn
 from chatbeto.logging import get_logger
-from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, parse
-from chatbeto.observability import ROWS_STORED
+from chatbeto.messages import EventRecord, InvalidMessage, MetricsBatch, SessionRecord, envelope
+from chatbeto.observability import ROWS_DEAD_LETTERED, ROWS_STORED
 from chatbeto.service import Service, WorkerRuntime
 from chatbeto.settings import MetricsIngestSettings
 
 from chatbeto_metrics_ingest import repo
+from chatbeto_metrics_ingest.dead_letters import dead_letter
+from chatbeto_metrics_ingest.decode import Decoded, decode
+from chatbeto_metrics_ingest.isolate import store_isolating
 from chatbeto_metrics_ingest.live import LivePublisher
+from chatbeto_metrics_ingest.partitions import Partitions
 
 log = get_logger(__name__)
-ACCEPTED_VERSIONS = frozenset({1})
 
 
-def decode(message: AbstractIncomingMessage) -> MetricsBatch:
-    return parse(message.body, MetricsBatch, MetricsBatch.TYPE, ACCEPTED_VERSIONS).data
+class SessionNotStored(Exception):
+    """An event names a session no worker has committed yet: retry later."""
+
+
+@dataclass(frozen=True)
+class Item:
+    """A record and the message it came in (for dead letters and retries)."""
+
+    origin: Decoded
+    position: str
+    record: SessionRecord | EventRecord
+
+
+@dataclass(frozen=True)
+class Bad:
+    origin: Decoded
+    position: str
+    kind: str
+    record: object  # JSON-able, as it will sit in the dead-letter queue
+    reason: str
+
+
+async def _store_sessions(conn: Conn, items: Sequence[Item]) -> list[int]:
+    return [await repo.store_sessions(conn, [i.record for i in items])]  # type: ignore[misc]
+
+
+async def _store_events(conn: Conn, items: Sequence[Item]) -> list[asyncpg.Record]:
+    return await repo.store_events(conn, [i.record for i in items])  # type: ignore[misc]
+
+
+def _why(exc: Exception) -> str:
+    return f"{type(exc).__name__}: {exc}"
 
 
 class MetricsIngest(Service):
@@ -30,10 +74,16 @@ class MetricsIngest(Service):
     def __init__(self, settings: MetricsIngestSettings) -> None:
         super().__init__(settings)
         self.live = LivePublisher(None, settings.topology)
+        self.partitions = Partitions(settings.events_retention_days)
+        self._maintenance: asyncio.Task[None] | None = None
 
     async def setup(self, runtime: WorkerRuntime) -> None:
         self.live = LivePublisher(runtime.connection, self.settings.topology)
         runtime.on_close(self.live.close)
+        # Before consuming: the coming days' partitions exist, expired ones are gone.
+        await self.partitions.maintain(runtime.pool)
+        self._maintenance = asyncio.create_task(self.partitions.run(runtime.pool))
+        runtime.on_close(self._stop_maintenance)
         runtime.consume_batches(
             topology.METRICS_INGEST,
             self.handle,
@@ -43,16 +93,88 @@ class MetricsIngest(Service):
         )
 
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
-        sessions: list[SessionRecord] = []
-        events: list[EventRecord] = []
+        failures: dict[AbstractIncomingMessage, Exception] = {}
+        bodies: dict[AbstractIncomingMessage, bytes] = {}
+        decoded: list[Decoded] = []
         for message in messages:
-            batch = decode(message)
-            sessions.extend(batch.sessions)
-            events.extend(batch.events)
-        stored: list[asyncpg.Record] = []
+            try:
+                decoded.append(decode(message))
+            except InvalidMessage as exc:
+                failures[message] = exc  # dead-lettered whole: it is no metrics batch at all
+        bad = [
+            Bad(d, f"r{n}", r.kind, r.raw, r.reason)
+            for d in decoded
+            for n, r in enumerate(d.rejected)
+        ]
+        sessions = [Item(d, f"s{n}", s) for d in decoded for n, s in enumerate(d.sessions)]
+        events = [Item(d, f"e{n}", e) for d in decoded for n, e in enumerate(d.events)]
+        pending: dict[int, list[EventRecord]] = {}  # id(Decoded) -> events to retry
+        # DDL outside the storing transaction: a late event's day gets its partition first.
+        await self.partitions.ensure_for(self.pool, (i.record.timestamp for i in events))  # type: ignore[union-attr]
         async with self.pool.acquire() as conn, conn.transaction():
-            new_sessions, new_events = await repo.store(conn, sessions, events, stored)
-        ROWS_STORED.labels("sessions").inc(new_sessions)
-        ROWS_STORED.labels("events").inc(new_events)
+            counts, bad_sessions = await store_isolating(conn, sessions, _store_sessions)
+            lost_sessions = {i.record.id: exc for i, exc in bad_sessions}
+            bad += [self._bad(i, "session", exc) for i, exc in bad_sessions]
+            missing = await repo.missing_sessions(conn, [i.record for i in events])  # type: ignore[misc]
+            ready: list[Item] = []
+            for item in events:
+                session_id = item.record.sesion_id  # type: ignore[union-attr]
+                if session_id in lost_sessions:
+                    reason = f"its session could not be stored: {_why(lost_sessions[session_id])}"
+                    bad.append(self._bad(item, "event", reason))
+                elif session_id in missing:
+                    pending.setdefault(id(item.origin), []).append(item.record)  # type: ignore[arg-type]
+                else:
+                    ready.append(item)
+            stored, bad_events = await store_isolating(conn, ready, _store_events)
+            bad += [self._bad(i, "event", exc) for i, exc in bad_events]
+        ROWS_STORED.labels("sessions").inc(sum(counts))
+        ROWS_STORED.labels("events").inc(len(stored))
+        # After the commit: a crash in between redelivers the message, whose good records are
+        # then no-ops and whose bad ones are dead-lettered again (same dead-letter ids).
+        await self._dead_letter(bad)
         if stored:
             await self.live.publish(stored)
+        for d in decoded:
+            waiting = pending.get(id(d))
+            if waiting:
+                failures[d.message] = SessionNotStored(
+                    f"{len(waiting)} event(s) wait for a session"
+                )
+                bodies[d.message] = self._retry_body(d, waiting)
+        if failures:
+            raise PartialFailure(failures, bodies)
+
+    async def _stop_maintenance(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
+
+    @staticmethod
+    def _bad(item: Item, kind: str, exc: Exception | str) -> Bad:
+        reason = exc if isinstance(exc, str) else _why(exc)
+        return Bad(item.origin, item.position, kind, item.record.model_dump(mode="json"), reason)
+
+    @staticmethod
+    def _retry_body(origin: Decoded, events: list[EventRecord]) -> bytes:
+        # Only what still waits: the records stored or dead-lettered now are not tried again.
+        env = envelope(MetricsBatch(events=tuple(events)), request_id=origin.request_id)
+        return env.model_dump_json().encode()
+
+    async def _dead_letter(self, bad: list[Bad]) -> None:
+        assert self.runtime is not None
+        dlq = self.settings.topology.queue(topology.METRICS_INGEST).dlq
+        for b in bad:
+            message = dead_letter(
+                b.origin.message, b.position, b.kind, b.record, b.reason, b.origin.request_id
+            )
+            # Confirmed before the original is acked; a failure raises, so it is redelivered.
+            await self.runtime.publisher.publish(message, dlq, exchange="")
+            ROWS_DEAD_LETTERED.labels(f"{b.kind}s").inc()
+            log.warning(
+                "record dead-lettered",
+                kind=b.kind,
+                message_id=b.origin.message.message_id,
+                dead_letter_id=message.message_id,
+                error=b.reason.split(":", 1)[0],
+            )

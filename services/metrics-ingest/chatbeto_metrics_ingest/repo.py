@@ -82,85 +82,95 @@ EVENT_ROLLUPS = """
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
 
 
-class SessionNotStored(Exception):
-    """An event names a session no worker has committed yet: retry later."""
-
-
-async def store(
-    conn: Conn,
-    sessions: Sequence[SessionRecord],
-    events: Sequence[EventRecord],
-    stored: list[asyncpg.Record] | None = None,
-) -> tuple[int, int]:
-    """Store in the caller's transaction; returns (sessions inserted, events inserted).
-
-    Only rows inserted now feed the rollups (0006_rollups.sql), in the same statement, so a
-    redelivered message counts once. The new events' rows are appended to `stored` (the live
-    feed publishes them after commit).
-    """
-    new_sessions = 0
-    if sessions:
-        new_sessions = await conn.fetchval(
-            f"""WITH ins AS (
-                   INSERT INTO sessions (id, gpt_pk, usuario_id, timestamp_inicio, project_id,
-                                         request_id)
-                   SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[],
-                                        $4::timestamptz[], $5::bigint[], $6::text[])
-                   ON CONFLICT (id) DO NOTHING
-                   RETURNING gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id,
-                             timestamp_inicio),
-               {SESSION_ROLLUPS}
-               SELECT count(*) FROM ins""",
-            [s.id for s in sessions],
-            [s.gpt_pk for s in sessions],
-            [s.usuario_id for s in sessions],
-            [s.timestamp_inicio for s in sessions],
-            [s.project_id for s in sessions],
-            [s.request_id for s in sessions],
-        )
-    if not events:
-        return new_sessions, 0
-    wanted = list({e.sesion_id for e in events})
-    missing: list[uuid.UUID] = [
-        r["id"]
-        for r in await conn.fetch(
-            """SELECT x.id FROM unnest($1::uuid[]) AS x(id)
-               WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = x.id)""",
-            wanted,
-        )
-    ]
-    if missing:
-        raise SessionNotStored(f"{len(missing)} session(s) not stored yet")
-    rows = await conn.fetch(
+async def store_sessions(conn: Conn, sessions: Sequence[SessionRecord]) -> int:
+    """Insert sessions not stored yet (and count them in the rollups); returns how many."""
+    if not sessions:
+        return 0
+    inserted: int = await conn.fetchval(
         f"""WITH ins AS (
+               INSERT INTO sessions (id, gpt_pk, usuario_id, timestamp_inicio, project_id,
+                                     request_id)
+               SELECT * FROM unnest($1::uuid[], $2::bigint[], $3::text[],
+                                    $4::timestamptz[], $5::bigint[], $6::text[])
+               ON CONFLICT (id) DO NOTHING
+               RETURNING gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id,
+                         timestamp_inicio),
+           {SESSION_ROLLUPS}
+           SELECT count(*) FROM ins""",
+        [s.id for s in sessions],
+        [s.gpt_pk for s in sessions],
+        [s.usuario_id for s in sessions],
+        [s.timestamp_inicio for s in sessions],
+        [s.project_id for s in sessions],
+        [s.request_id for s in sessions],
+    )
+    return inserted
+
+
+async def missing_sessions(conn: Conn, events: Sequence[EventRecord]) -> set[uuid.UUID]:
+    """The sessions these events name that no committed transaction (nor this one) stored."""
+    if not events:
+        return set()
+    rows = await conn.fetch(
+        """SELECT x.id FROM unnest($1::uuid[]) AS x(id)
+           WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = x.id)""",
+        list({e.sesion_id for e in events}),
+    )
+    return {r["id"] for r in rows}
+
+
+async def store_events(conn: Conn, events: Sequence[EventRecord]) -> list[asyncpg.Record]:
+    """Insert events not stored yet for their GPT (and count them in the rollups).
+
+    Every event's session must be stored (see `missing_sessions`): the GPT, user and project
+    come from it. Returns the inserted rows, for the live feed.
+    """
+    if not events:
+        return []
+    return list(
+        await conn.fetch(
+            f"""WITH u AS (
+               -- One row per (GPT, id): a batch may carry a retry beside its original.
+               SELECT DISTINCT ON (s.gpt_pk, u.id)
+                      u.id, u.session_id, s.gpt_pk, s.usuario_id, s.project_id, u.tipo,
+                      u.contenido, u.latency_ms, u.tokens_entrada, u.tokens_salida, u.ts,
+                      u.request_id, u.cost_usd
+               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[],
+                           $7::int[], $8::timestamptz[], $9::text[], $10::numeric[])
+                    AS u(id, session_id, tipo, contenido, latency_ms, tokens_entrada,
+                         tokens_salida, ts, request_id, cost_usd)
+               JOIN sessions s ON s.id = u.session_id
+               ORDER BY s.gpt_pk, u.id),
+           -- Event ids are unique per GPT across every partition (0009_events_partitioned.sql):
+           -- only the keys new here are inserted into events.
+           k AS (
+               INSERT INTO event_ids (gpt_pk, id, ts)
+               SELECT gpt_pk, id, ts FROM u
+               ON CONFLICT (gpt_pk, id) DO NOTHING
+               RETURNING gpt_pk, id),
+           ins AS (
                INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo,
                                    contenido, latency_ms, tokens_entrada, tokens_salida, ts,
-                                   request_id)
-               SELECT u.id, u.session_id, s.gpt_pk, s.usuario_id, s.project_id, u.tipo,
+                                   request_id, cost_usd)
+               SELECT u.id, u.session_id, u.gpt_pk, u.usuario_id, u.project_id, u.tipo,
                       u.contenido, u.latency_ms, u.tokens_entrada, u.tokens_salida, u.ts,
-                      u.request_id
-               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[],
-                           $7::int[], $8::timestamptz[], $9::text[])
-                    AS u(id, session_id, tipo, contenido, latency_ms, tokens_entrada,
-                         tokens_salida, ts, request_id)
-               JOIN sessions s ON s.id = u.session_id
-               ON CONFLICT (id) DO NOTHING
+                      u.request_id, u.cost_usd
+               FROM u JOIN k ON k.gpt_pk = u.gpt_pk AND k.id = u.id
                RETURNING id, session_id, gpt_pk, project_id, coalesce(project_id, 0) AS project_key,
                          usuario_id, tipo, latency_ms, tokens_entrada, tokens_salida, ts),
            {EVENT_ROLLUPS}
            SELECT id, session_id, gpt_pk, project_id, usuario_id, tipo, latency_ms,
                   tokens_entrada, tokens_salida, ts
            FROM ins""",
-        [e.id for e in events],
-        [e.sesion_id for e in events],
-        [e.tipo for e in events],
-        [e.contenido for e in events],
-        [e.latency_ms for e in events],
-        [e.tokens_entrada for e in events],
-        [e.tokens_salida for e in events],
-        [e.timestamp for e in events],
-        [e.request_id for e in events],
+            [e.id for e in events],
+            [e.sesion_id for e in events],
+            [e.tipo for e in events],
+            [e.contenido for e in events],
+            [e.latency_ms for e in events],
+            [e.tokens_entrada for e in events],
+            [e.tokens_salida for e in events],
+            [e.timestamp for e in events],
+            [e.request_id for e in events],
+            [e.cost_usd for e in events],
+        )
     )
-    if stored is not None:
-        stored.extend(rows)
-    return new_sessions, len(rows)

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
-from chatbeto import session_ids
+from chatbeto import session_ids, spend
 from chatbeto.consumer import attempt_of
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import (
@@ -136,6 +136,7 @@ class RequestHandler:
         self.replies = replies
         self.usage = usage
         self.session_key = session_key
+        self.prices = settings.price_table()
         self.store = ExchangeStore(pool)
         self.proxy = ProxyHandler(self)
 
@@ -264,6 +265,7 @@ class RequestHandler:
     async def _chat(self, call: Call, job: ChatCall) -> None:
         if job.project_id is None:  # not stored: one metrics session per call
             completion = await self._complete(call, job.messages, job, None)
+            await self.charge_alone(call, completion.model, completion.usage)
             await call.result(answer_of(completion))
             await self.record(call, completion.model, completion.usage, completion.latency_ms)
             return
@@ -326,7 +328,21 @@ class RequestHandler:
         model: str | None,
         source: str,
     ) -> repo.Exchange:
+        # The answer's row carries the call's model and usage: it is priced here, and its spend
+        # is written with the exchange (same transaction, same idempotency).
+        charge = None
+        answer_id = f"{call.message_id}:answer"
+        for n, row in enumerate(rows):
+            if row.external_id == answer_id and row.model is not None:
+                usage = Usage(
+                    prompt_tokens=row.prompt_tokens or 0,
+                    completion_tokens=row.completion_tokens or 0,
+                    cached_tokens=row.cached_tokens or 0,
+                )
+                charge = self.charge_of(call, row.model, usage, project_id)
+                rows = [*rows[:n], replace(row, cost_usd=charge.cost_usd), *rows[n + 1 :]]
         return repo.Exchange(
+            charge=charge,
             external_id=call.message_id,
             messages=rows,
             request_id=call.request_id,
@@ -339,6 +355,32 @@ class RequestHandler:
             if conversation_id is None
             else None,
         )
+
+    def charge_of(
+        self, call: Call, model: str, usage: Usage, project_id: int | None = None
+    ) -> spend.Charge:
+        """The call's spend, priced from its usage (cached input at its own price). No usage at
+        all (a /v1 stream without `stream_options.include_usage`) is unpriced, never free."""
+        reported = usage.prompt_tokens > 0 or usage.completion_tokens > 0
+        cost = self.prices.cost(
+            model, usage.prompt_tokens, usage.cached_tokens, usage.completion_tokens
+        )
+        return spend.Charge(
+            external_id=call.message_id,
+            key_id=call.caller.key_id,
+            project_id=project_id if project_id is not None else call.caller.project_id,
+            model=model,
+            input_tokens=usage.prompt_tokens,
+            cached_input_tokens=usage.cached_tokens,
+            output_tokens=usage.completion_tokens,
+            cost_usd=cost if reported else None,
+        )
+
+    async def charge_alone(self, call: Call, model: str, usage: Usage) -> None:
+        """The spend of a call whose exchange is not stored (no project; embeddings), in its
+        own transaction, before the answer goes out: the next call of the key sees it."""
+        async with self.pool.acquire() as conn, conn.transaction():
+            await spend.record(conn, self.charge_of(call, model, usage))
 
     async def _answer(
         self,
@@ -422,6 +464,7 @@ class RequestHandler:
             latency_ms=latency_ms,
             request_message_id=call.message_id,
             request_id=call.request_id,
+            cost_usd=self.charge_of(call, model, usage).cost_usd,
         )
 
     async def close(self) -> None:

@@ -69,6 +69,8 @@ class ProxyHandler:
         conv = None
         if job.project_id is not None:
             conv = await self.handler.store.store(self._exchange(call, job, outcome, latency_ms))
+        else:
+            await self.handler.charge_alone(call, outcome.model, outcome.usage)
         await call.result(conversation=conv.stored() if conv else None, body=body)
         await self.handler.record(call, outcome.model, outcome.usage, latency_ms, conv)
 
@@ -80,8 +82,10 @@ class ProxyHandler:
         payload = orjson.loads(raw)
         usage = exchange.usage_of(payload.get("usage"))
         latency_ms = round((time.monotonic() - started) * 1000)
+        answered_by = str(payload.get("model") or model)
+        await self.handler.charge_alone(call, answered_by, usage)
         await call.result(body=raw.decode())
-        await self.handler.record(call, str(payload.get("model") or model), usage, latency_ms, None)
+        await self.handler.record(call, answered_by, usage, latency_ms, None)
 
     async def _stream(self, call: Call, job: ProxyCall, model: str) -> tuple[Outcome, str]:
         chat = exchange.ChatStream(model)

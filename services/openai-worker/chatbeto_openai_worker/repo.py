@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
+from decimal import Decimal
 from typing import Any
 
 import asyncpg
 import orjson
+from chatbeto import spend
 from chatbeto.db import Conn
 from chatbeto.messages import ChatMessage, StoredConversation
 
@@ -49,6 +51,8 @@ class NewMessage:
     tool_call_id: str | None = None
     parts: list[dict[str, Any]] | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    # The answer's price (None: a model without a price, or not an answer).
+    cost_usd: Decimal | None = None
 
 
 @dataclass(frozen=True)
@@ -66,6 +70,8 @@ class Exchange:
     model: str | None = None
     source: str = "api"
     session_id: uuid.UUID | None = None
+    # The model call's spend, written in the same transaction (docs/COSTS.md).
+    charge: spend.Charge | None = None
 
 
 class ConversationGone(Exception):
@@ -160,18 +166,19 @@ def _json(value: Any) -> str | None:
 
 _UNNEST = """unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[],
                   $8::text[], $9::text[], $10::int[], $11::int[], $12::text[], $13::text[],
-                  $14::text[], $15::text[]) WITH ORDINALITY
+                  $14::text[], $15::text[], $16::numeric[]) WITH ORDINALITY
            AS u(role, content, model, pt, ct, lat, ext, rid, cached, reasoning, calls,
-                call_id, parts, meta, ord)"""
+                call_id, parts, meta, cost, ord)"""
 _MESSAGE_COLUMNS = """conversation_id, position, role, content, model, prompt_tokens,
                       completion_tokens, latency_ms, external_id, request_id, cached_tokens,
-                      reasoning_tokens, tool_calls, tool_call_id, parts, metadata"""
+                      reasoning_tokens, tool_calls, tool_call_id, parts, metadata, cost_usd"""
 _MESSAGE_VALUES = """u.role, u.content, u.model, u.pt, u.ct, u.lat, u.ext, u.rid, u.cached,
-                     u.reasoning, u.calls::jsonb, u.call_id, u.parts::jsonb, u.meta::jsonb"""
+                     u.reasoning, u.calls::jsonb, u.call_id, u.parts::jsonb, u.meta::jsonb,
+                     u.cost"""
 
 
 def _message_arrays(messages: Sequence[NewMessage]) -> list[list[Any]]:
-    """$2…$15 of the unnest: one array per column."""
+    """$2…$16 of the unnest: one array per column."""
     return [
         [m.role for m in messages],
         [m.content for m in messages],
@@ -188,6 +195,7 @@ def _message_arrays(messages: Sequence[NewMessage]) -> list[list[Any]]:
         [m.tool_call_id for m in messages],
         [_json(m.parts) for m in messages],
         [_json(m.metadata) for m in messages],
+        [m.cost_usd for m in messages],
     ]
 
 
@@ -216,7 +224,7 @@ async def create_with_messages(conn: Conn, exchange: Exchange) -> Conversation |
         f"""WITH conv AS (
                 INSERT INTO conversations (project_id, title, model, source, external_id,
                                            metrics_session_id, request_id)
-                VALUES ($1, coalesce($16, 'New conversation'), $17, $18, $19, $20, $21)
+                VALUES ($1, coalesce($17, 'New conversation'), $18, $19, $20, $21, $22)
                 ON CONFLICT (project_id, source, external_id) WHERE external_id IS NOT NULL
                 DO NOTHING
                 RETURNING {_CONV_COLUMNS}),
@@ -239,30 +247,34 @@ async def create_with_messages(conn: Conn, exchange: Exchange) -> Conversation |
 
 
 async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
-    """The one place an exchange is written (the caller holds a transaction): its conversation
-    (created, or locked to append in order) and its messages, each once."""
+    """The one place an exchange is written (the caller holds a transaction if the exchange
+    takes more than one statement): its conversation (created, or locked to append in order),
+    its messages and its spend, each once."""
     if exchange.conversation_id is None:
         if exchange.project_id is None:
             raise ValueError("a new conversation needs a project")
         created = await create_with_messages(conn, exchange)
-        if created is not None:
-            return created
-        conv = await create_conversation(  # a redelivery: it exists, add what is missing
-            conn,
-            project_id=exchange.project_id,
-            title=exchange.title,
-            model=exchange.model,
-            source=exchange.source,
-            external_id=exchange.external_id,
-            session_id=exchange.session_id,
-            request_id=exchange.request_id,
-        )
+        if created is None:  # a redelivery: it exists; add what is missing
+            created = await create_conversation(
+                conn,
+                project_id=exchange.project_id,
+                title=exchange.title,
+                model=exchange.model,
+                source=exchange.source,
+                external_id=exchange.external_id,
+                session_id=exchange.session_id,
+                request_id=exchange.request_id,
+            )
+            await add_messages(conn, created.id, exchange.messages)
+        conv = created
     else:
         found = await lock_conversation(conn, exchange.conversation_id)
         if found is None:
             raise ConversationGone
         conv = found
-    await add_messages(conn, conv.id, exchange.messages)
+        await add_messages(conn, conv.id, exchange.messages)
+    if exchange.charge is not None:
+        await spend.record(conn, replace(exchange.charge, project_id=conv.project_id))
     return conv
 
 

@@ -74,9 +74,9 @@ class ExchangeStore:
 
     async def _commit(self, exchanges: list[repo.Exchange]) -> list[repo.Conversation]:
         async with self._pool.acquire() as conn:
-            if len(exchanges) == 1 and exchanges[0].conversation_id is None:
-                # One statement, atomic by itself: no BEGIN/COMMIT round trips (the 1-client
-                # latency of every stored /v1 call).
+            one = exchanges[0]
+            if len(exchanges) == 1 and one.conversation_id is None and one.charge is None:
+                # One statement, atomic by itself: no BEGIN/COMMIT round trips.
                 return [await repo.store_exchange(conn, exchanges[0])]
             async with conn.transaction():
                 return [await repo.store_exchange(conn, exchange) for exchange in exchanges]

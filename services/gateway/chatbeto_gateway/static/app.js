@@ -9,7 +9,7 @@ const REFRESH_DEBOUNCE_MS = 250;
 const BACKOFF_MAX_MS = 15000;
 
 const $ = (id) => document.getElementById(id);
-const state = { key: null, gpt: null, charts: {}, live: null, liveTry: 0, refreshTimer: null, loadSeq: 0 };
+const state = { key: null, gpt: null, gpts: [], charts: {}, live: null, liveTry: 0, refreshTimer: null, loadSeq: 0 };
 
 // ---- the key: from the fragment once, then session storage --------------------------------
 
@@ -103,6 +103,14 @@ function setNumber(id, value, digits) {
   el.textContent = value === null || value === undefined ? "–" : digits ? value.toFixed(digits) : fmt.format(value);
 }
 
+// Dollars: cents for big amounts, significant digits for the tiny ones a few calls cost.
+function setMoney(id, value) {
+  const el = $(id);
+  el.dataset.value = value === null || value === undefined ? "" : String(value);
+  el.textContent = value === null || value === undefined ? "–"
+    : value === 0 ? "$0" : value >= 1 ? "$" + value.toFixed(2) : "$" + value.toPrecision(3);
+}
+
 function chart(id, config) {
   if (state.charts[id]) {
     state.charts[id].data = config.data;
@@ -127,6 +135,9 @@ function render(stats) {
   $("latency-p95").textContent = stats.latency.p95 === null ? "" : "p95 " + Math.round(stats.latency.p95) + " ms";
   setNumber("tokens-entrada", stats.tokens.entrada);
   setNumber("tokens-salida", stats.tokens.salida);
+  const cost = stats.cost ? stats.cost.usd : null;
+  setMoney("cost-total", cost);
+  $("cost-note").textContent = cost === null ? "no priced model calls" : "";
   $("percentile-note").textContent = stats.latency.percentiles === "histogram"
     ? "Percentiles are estimated from a latency histogram (large period)." : "";
   chart("chart-sessions", {
@@ -152,6 +163,12 @@ function render(stats) {
       { label: "out (salida)", data: stats.series.map((p) => p.tokensSalida), backgroundColor: "#f59e0b" },
     ] },
   });
+  chart("chart-cost", {
+    type: "bar", legend: false,
+    // Dollars, not counts: no whole-number ticks here.
+    options: { scales: { y: { beginAtZero: true } } },
+    data: { labels, datasets: [{ label: "USD", data: stats.series.map((p) => (p.cost ? p.cost.usd : null)), backgroundColor: "#16a34a" }] },
+  });
   const tbody = $("users-table").querySelector("tbody");
   tbody.replaceChildren(...stats.users.map((u) => {
     const tr = document.createElement("tr");
@@ -166,16 +183,36 @@ function render(stats) {
   }));
 }
 
+const PERIOD_NAMES = { day: "Today", week: "Last 7 days", month: "Last 30 days", custom: "Custom period" };
+
+// What the numbers cover, in words and dates: "Last 30 days: 2026-11-02 to 2026-12-01 (UTC)".
+function describePeriod(p) {
+  const first = isoDate(p.from), last = isoDate(addDays(p.to, -1));
+  const days = first === last ? first : first + " to " + last;
+  return PERIOD_NAMES[$("period").value] + ": " + days + " (UTC)";
+}
+
+// Nothing in the period, but there was activity before: say when, so an empty page is explained.
+function notePeriod(stats) {
+  const gpt = state.gpts.find((g) => g.id === state.gpt);
+  const empty = !stats.totals.sessions && !stats.totals.events;
+  const last = gpt && gpt.lastEventAt;
+  $("period-note").textContent = empty && last
+    ? "Nothing in this period; the last event was on " + last.slice(0, 10) + "." : "";
+  $("period-note").hidden = !$("period-note").textContent;
+}
+
 async function loadStats() {
   if (!state.gpt) return;
   const p = period();
-  $("range-label").textContent = isoDate(p.from) + " → " + isoDate(addDays(p.to, -1));
+  $("range-label").textContent = describePeriod(p);
   const seq = ++state.loadSeq;
   const query = new URLSearchParams({ from: p.from.toISOString(), to: p.to.toISOString(), bucket: p.bucket });
   try {
     const stats = await api("/api/gpts/" + encodeURIComponent(state.gpt) + "/stats?" + query);
     if (seq !== state.loadSeq) return;  // a newer request is under way
     render(stats);
+    notePeriod(stats);
     showMessage("");
     document.body.dataset.loaded = String(seq);
   } catch (err) {
@@ -281,11 +318,21 @@ async function openDashboard() {
   const select = $("gpt");
   select.replaceChildren(...gpts.map((g) => new Option(`${g.name} (${g.id})`, g.id)));
   if (!gpts.length) { showMessage("This key sees no GPTs yet: register one with POST /api/gpts."); return; }
+  state.gpts = gpts;
   const wanted = sessionStorage.getItem(GPT_STORAGE);
-  state.gpt = gpts.some((g) => g.id === wanted) ? wanted : gpts[0].id;
+  state.gpt = gpts.some((g) => g.id === wanted) ? wanted : mostRecentlyActive(gpts).id;
   select.value = state.gpt;
   await loadStats();
   startLive();
+}
+
+// The user's own GPT with the newest event (then the newest registered); the built-in
+// `chatbeto` only when the key sees no other.
+function mostRecentlyActive(gpts) {
+  const own = gpts.filter((g) => !g.builtin);
+  const time = (iso) => (iso ? Date.parse(iso) : -Infinity);
+  return (own.length ? own : gpts).slice().sort((a, b) =>
+    time(b.lastEventAt) - time(a.lastEventAt) || time(b.createdAt) - time(a.createdAt))[0];
 }
 
 function init() {
