@@ -137,15 +137,18 @@ def measure(
     return result, [(b - a) / requests * 1e6 for a, b in zip(before, after, strict=True)]
 
 
-async def bare_limit(wrk: str, script: str, seconds: int) -> tuple[dict[str, float], float]:
-    """The limit's req/s and CPU per request (one process, like one gateway process)."""
+async def bare_limit(
+    wrk: str, script: str, seconds: int, workers: int = 1
+) -> tuple[dict[str, float], float]:
+    """The limit's req/s and CPU per request, with as many processes as the gateway runs."""
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.bare_limit", "--port", str(port)],
+        [sys.executable, "-m", "bench.bare_limit", "--port", str(port), "--workers", str(workers)],
         cwd=str(Path(__file__).resolve().parents[1]),
     )
     try:
         await wait_http(f"http://127.0.0.1:{port}/healthz")
+        await wait_listening(port, workers)
         result, (cpu,) = measure(wrk, f"http://127.0.0.1:{port}", script, seconds, [proc.pid])
         return result, cpu
     finally:
@@ -159,8 +162,10 @@ def single_rows(
     single: dict[str, float],
     cpu: list[float],
     two: dict[str, float],
+    two_limit: dict[str, float],
 ) -> list[Row]:
     ratio = single["rps"] / limit["rps"] if limit["rps"] else 0.0
+    two_ratio = two["rps"] / two_limit["rps"] if two_limit["rps"] else 0.0
     return [
         Row(SECTION, "machine load at start", load_average(), "quiet for final figures"),
         Row(
@@ -193,6 +198,12 @@ def single_rows(
             "",
         ),
         Row(SECTION, "  2 processes p99 latency", f"{two.get('p99', 0):.1f} ms", ""),
+        Row(
+            SECTION,
+            "  bare-HTTP limit with 2 processes; ratio",
+            f"{two_limit['rps']:,.0f}; {two_ratio:.2f}",
+            "",
+        ),
         Row(
             SECTION,
             "  non-2xx / socket errors (1 and 2 processes)",
@@ -239,6 +250,7 @@ async def run(quick: bool) -> list[Row]:
                           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts)) AS p99
                    FROM events"""
             )
+            two_limit, _ = await bare_limit(wrk, bare_script, seconds, workers=2)
             two_port = free_port()
             two_gateways = env.spawn(
                 "run",
@@ -256,7 +268,7 @@ async def run(quick: bool) -> list[Row]:
                 two_gateways.wait(60)
             # Stored before the batch phase starts counting.
             await drain_time(conn, before + accepted + int(two["requests"] - two["non2xx"]))
-            rows += single_rows(limit, limit_cpu, single, cpu, two)
+            rows += single_rows(limit, limit_cpu, single, cpu, two, two_limit)
             rows += [
                 Row(
                     SECTION,

@@ -268,3 +268,38 @@ async def test_a_limited_key_must_stream_with_usage(
     assert resp.status == 200
     await resp.read()
     assert await wait_for(lambda: db.fetchval("SELECT cost_usd FROM spend")) == cost(1, 0, 2)
+
+
+async def test_metrics_event_and_stats_carry_the_cost(
+    sdk: tuple[AsyncOpenAI, str], gateways: list[Any], db: asyncpg.Connection, ingest: Any
+) -> None:
+    client, key = sdk
+    for text in ("uno", "uno dos"):
+        await client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": text}]
+        )
+    await client.chat.completions.create(
+        model="gpt-nobody-prices-this", messages=[{"role": "user", "content": "uno"}]
+    )
+    expected = cost(1, 0, 2) + cost(2, 0, 3)
+
+    async def events() -> list[Any]:
+        rows = await db.fetch("SELECT contenido, cost_usd FROM events ORDER BY cost_usd")
+        return list(rows) if len(rows) == 3 else []
+
+    rows = await wait_for(events, timeout=30)
+    assert [r["cost_usd"] for r in rows] == [cost(1, 0, 2), cost(2, 0, 3), None]
+    resp = await gateways[1].get(
+        "/api/gpts/chatbeto/stats?bucket=day", headers={"Authorization": f"Bearer {key}"}
+    )
+    assert resp.status == 200
+    stats = await resp.json()
+    assert stats["cost"] == {"usd": float(expected)}
+    priced = [p["cost"]["usd"] for p in stats["series"] if p["cost"]["usd"] is not None]
+    assert priced == [float(expected)]
+    # Another project's reader sees none of it.
+    other = await Factory(db).key(await Factory(db).project("other"))
+    resp = await gateways[0].get(
+        "/api/gpts/chatbeto/stats", headers={"Authorization": f"Bearer {other}"}
+    )
+    assert (await resp.json())["cost"] == {"usd": None}

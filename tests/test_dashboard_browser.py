@@ -407,3 +407,56 @@ async def test_dashboard_stays_readable_at_420_px(
     ARTIFACTS.mkdir(exist_ok=True)
     await page.screenshot(path=str(ARTIFACTS / "dashboard-420.png"), full_page=True)
     assert console.errors == []
+
+
+async def test_dashboard_shows_the_cost_card_and_chart(
+    browser: Any, chat_gateway: Any, openai_worker: Any, db: asyncpg.Connection, factory: Factory
+) -> None:
+    """The built-in GPT's model calls, priced (the shipped price of gpt-4o): the cost card and
+    the cost-over-time chart show what the stats API says."""
+    project = await factory.project("priced")
+    key = await factory.key(project)
+    unpriced_gpt = await factory.gpt(project_id=project)
+    headers = {"Authorization": f"Bearer {key}"}
+    for text in ("uno", "uno dos", "uno dos tres"):
+        resp = await chat_gateway.post(
+            "/v1/chat/completions",
+            json={"model": "gpt-4o", "messages": [{"role": "user", "content": text}]},
+            headers=headers,
+        )
+        assert resp.status == 200
+
+    async def priced() -> bool:
+        return bool(await db.fetchval("SELECT count(cost_usd) FROM events") == 3)
+
+    await wait_for(priced, timeout=30)
+    base = str(chat_gateway.make_url("")).rstrip("/")
+    page, console, urls = await open_dashboard(browser, base, key, "chatbeto")
+    stats_url = next(u for u in urls if "/stats?" in u)
+    stats = await (await chat_gateway.get(stats_url.removeprefix(base), headers=headers)).json()
+    expected = stats["cost"]["usd"]
+    # gpt-4o: 2.5 USD per 1M input, 10 per 1M output; "echo[1]: …" answers one more word.
+    assert expected == pytest.approx((6 * 2.5 + 9 * 10) / 1e6)
+    shown = await page.get_attribute("[data-testid=cost-total]", "data-value")
+    assert shown is not None and float(shown) == expected
+    assert (await page.inner_text("[data-testid=cost-total]")).startswith("$0.000")
+    drawn = await page.evaluate(
+        """() => {
+            const canvas = document.querySelector('[data-testid=chart-cost]');
+            const chart = Chart.getChart(canvas);
+            const pixels = canvas.getContext('2d')
+                .getImageData(0, 0, canvas.width, canvas.height).data;
+            let painted = 0;
+            for (let i = 3; i < pixels.length; i += 4) if (pixels[i] > 0) painted++;
+            return {data: chart.data.datasets[0].data, painted};
+        }"""
+    )
+    assert sum(v for v in drawn["data"] if v) == pytest.approx(expected)
+    assert len(drawn["data"]) == len(stats["series"]) and drawn["painted"] > 1000
+    ARTIFACTS.mkdir(exist_ok=True)
+    await page.screenshot(path=str(ARTIFACTS / "dashboard-cost.png"), full_page=True)
+    # A GPT whose events carry no cost says so rather than showing $0.
+    await page.select_option("[data-testid=gpt-select]", unpriced_gpt)
+    await page.wait_for_selector("[data-testid=cost-note]:has-text('no priced model calls')")
+    assert await page.get_attribute("[data-testid=cost-total]", "data-value") == ""
+    assert console.errors == []

@@ -160,6 +160,14 @@ class MetricsIngestSettings(WorkerSettings):
     ingest_batch_max_events: int = Field(default=5000, gt=0)
     ingest_prefetch: int = Field(default=256, gt=0)
     ingest_max_tries: int = Field(default=5, gt=0)
+    # Days of raw events kept (whole daily partitions are dropped); unset keeps everything.
+    events_retention_days: int | None = Field(default=None, gt=0)
+
+    @field_validator("events_retention_days", mode="before")
+    @classmethod
+    def _unset(cls, value: object) -> object:
+        # Compose passes an unset variable as "": keep everything.
+        return None if isinstance(value, str) and not value.strip() else value
 
 
 class OpenAIWorkerSettings(WorkerSettings, OpenAISettings):

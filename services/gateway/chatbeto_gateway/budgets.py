@@ -25,7 +25,7 @@ from chatbeto import spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
 
-from chatbeto_gateway.errors import ApiError
+from chatbeto_gateway.errors import ApiError, database_unavailable
 
 log = get_logger(__name__)
 # POST routes that call a model (a conversation or message route may not, but is one anyway:
@@ -34,7 +34,6 @@ MODEL_ROUTE_RE = re.compile(
     r"^/(?:v1/(?:chat/completions|responses|embeddings|completions)"
     r"|api/v1/openai/(?:chat/completions|conversations(?:/[^/]+/messages)?))$"
 )
-DB_RETRY_AFTER_SECONDS = 5
 MAX_REMEMBERED = 100_000
 
 
@@ -133,12 +132,7 @@ class SpendGuard:
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             # Fail closed: with Postgres gone nothing could be stored or charged anyway.
             log.warning("budget check failed", error=type(exc).__name__)
-            raise ApiError(
-                503,
-                "database_unavailable",
-                "the database is unreachable; retry shortly",
-                headers={"Retry-After": str(DB_RETRY_AFTER_SECONDS)},
-            ) from None
+            raise database_unavailable() from None
         if budget is not None and in_budget.usd >= budget.usd:
             self._remember((key.id, "budget", key.budget or ""), in_budget, in_budget.usd)
             raise BudgetExceeded(budget, in_budget.usd, in_budget.end, now)

@@ -264,14 +264,33 @@ async def stats(
     )
     # Three independent reads on three pooled connections: the answer takes the slowest, not
     # the sum.
-    event_rows, session_rows, users = await asyncio.gather(events_q, sessions_q, users_q)
+    # What the period's model calls cost (only the openai-worker's events carry a cost).
+    cost_q = pool.fetch(
+        f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b, sum(cost_usd) AS usd FROM events
+            WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3 AND cost_usd IS NOT NULL
+              AND ($4::bigint IS NULL OR project_id = $4)
+            GROUP BY 1""",
+        gpt_pk,
+        start,
+        end,
+        project_id,
+    )
+    event_rows, session_rows, users, cost_rows = await asyncio.gather(
+        events_q, sessions_q, users_q, cost_q
+    )
     total_events = sum(r["n"] for r in event_rows)
     exact: dict[datetime | None, tuple[float, float]] = {}
     if 0 < total_events <= EXACT_PERCENTILE_MAX_EVENTS:
+        counted: dict[datetime | None, int] = defaultdict(int)
+        for r in event_rows:
+            counted[r["b"]] += r["n"]
+            counted[None] += r["n"]
+        # Exact only where every counted event is still a row: retention (EVENTS_RETENTION_DAYS)
+        # drops old rows while the rollups keep counting them; there the histogram answers.
         exact = {
             r["b"]: (r["p50"], r["p95"])
             for r in await pool.fetch(
-                f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b,
+                f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b, count(*) AS n,
                            percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
                            percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
                     FROM events
@@ -283,8 +302,21 @@ async def stats(
                 end,
                 project_id,
             )
+            if r["n"] == counted[r["b"]]
         }
-    return _shape(start, end, bucket, event_rows, session_rows, users, exact)
+    return _with_cost(_shape(start, end, bucket, event_rows, session_rows, users, exact), cost_rows)
+
+
+def _with_cost(shaped: dict[str, Any], cost_rows: list[asyncpg.Record]) -> dict[str, Any]:
+    """`cost: {"usd"}` in total and per bucket: the sum of the priced calls, null where none
+    was priced (a GPT whose events carry no cost, a model without a price)."""
+    by_bucket = {r["b"].isoformat(): r["usd"] for r in cost_rows}
+    for point in shaped["series"]:
+        usd = by_bucket.get(point["bucket"])
+        point["cost"] = {"usd": None if usd is None else float(usd)}
+    total = sum(by_bucket.values()) if by_bucket else None
+    shaped["cost"] = {"usd": None if total is None else float(total)}
+    return shaped
 
 
 def _shape(

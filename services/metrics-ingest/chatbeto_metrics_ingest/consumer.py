@@ -9,6 +9,7 @@ serialization failure) retries whole messages.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -28,6 +29,7 @@ from chatbeto_metrics_ingest.dead_letters import dead_letter
 from chatbeto_metrics_ingest.decode import Decoded, decode
 from chatbeto_metrics_ingest.isolate import store_isolating
 from chatbeto_metrics_ingest.live import LivePublisher
+from chatbeto_metrics_ingest.partitions import Partitions
 
 log = get_logger(__name__)
 
@@ -72,10 +74,16 @@ class MetricsIngest(Service):
     def __init__(self, settings: MetricsIngestSettings) -> None:
         super().__init__(settings)
         self.live = LivePublisher(None, settings.topology)
+        self.partitions = Partitions(settings.events_retention_days)
+        self._maintenance: asyncio.Task[None] | None = None
 
     async def setup(self, runtime: WorkerRuntime) -> None:
         self.live = LivePublisher(runtime.connection, self.settings.topology)
         runtime.on_close(self.live.close)
+        # Before consuming: the coming days' partitions exist, expired ones are gone.
+        await self.partitions.maintain(runtime.pool)
+        self._maintenance = asyncio.create_task(self.partitions.run(runtime.pool))
+        runtime.on_close(self._stop_maintenance)
         runtime.consume_batches(
             topology.METRICS_INGEST,
             self.handle,
@@ -101,6 +109,8 @@ class MetricsIngest(Service):
         sessions = [Item(d, f"s{n}", s) for d in decoded for n, s in enumerate(d.sessions)]
         events = [Item(d, f"e{n}", e) for d in decoded for n, e in enumerate(d.events)]
         pending: dict[int, list[EventRecord]] = {}  # id(Decoded) -> events to retry
+        # DDL outside the storing transaction: a late event's day gets its partition first.
+        await self.partitions.ensure_for(self.pool, (i.record.timestamp for i in events))  # type: ignore[union-attr]
         async with self.pool.acquire() as conn, conn.transaction():
             counts, bad_sessions = await store_isolating(conn, sessions, _store_sessions)
             lost_sessions = {i.record.id: exc for i, exc in bad_sessions}
@@ -134,6 +144,11 @@ class MetricsIngest(Service):
                 bodies[d.message] = self._retry_body(d, waiting)
         if failures:
             raise PartialFailure(failures, bodies)
+
+    async def _stop_maintenance(self) -> None:
+        if self._maintenance is not None:
+            self._maintenance.cancel()
+            await asyncio.gather(self._maintenance, return_exceptions=True)
 
     @staticmethod
     def _bad(item: Item, kind: str, exc: Exception | str) -> Bad:

@@ -129,11 +129,10 @@ async def store_events(conn: Conn, events: Sequence[EventRecord]) -> list[asyncp
         return []
     return list(
         await conn.fetch(
-            f"""WITH ins AS (
-               INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo,
-                                   contenido, latency_ms, tokens_entrada, tokens_salida, ts,
-                                   request_id, cost_usd)
-               SELECT u.id, u.session_id, s.gpt_pk, s.usuario_id, s.project_id, u.tipo,
+            f"""WITH u AS (
+               -- One row per (GPT, id): a batch may carry a retry beside its original.
+               SELECT DISTINCT ON (s.gpt_pk, u.id)
+                      u.id, u.session_id, s.gpt_pk, s.usuario_id, s.project_id, u.tipo,
                       u.contenido, u.latency_ms, u.tokens_entrada, u.tokens_salida, u.ts,
                       u.request_id, u.cost_usd
                FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[],
@@ -141,7 +140,22 @@ async def store_events(conn: Conn, events: Sequence[EventRecord]) -> list[asyncp
                     AS u(id, session_id, tipo, contenido, latency_ms, tokens_entrada,
                          tokens_salida, ts, request_id, cost_usd)
                JOIN sessions s ON s.id = u.session_id
+               ORDER BY s.gpt_pk, u.id),
+           -- Event ids are unique per GPT across every partition (0009_events_partitioned.sql):
+           -- only the keys new here are inserted into events.
+           k AS (
+               INSERT INTO event_ids (gpt_pk, id, ts)
+               SELECT gpt_pk, id, ts FROM u
                ON CONFLICT (gpt_pk, id) DO NOTHING
+               RETURNING gpt_pk, id),
+           ins AS (
+               INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo,
+                                   contenido, latency_ms, tokens_entrada, tokens_salida, ts,
+                                   request_id, cost_usd)
+               SELECT u.id, u.session_id, u.gpt_pk, u.usuario_id, u.project_id, u.tipo,
+                      u.contenido, u.latency_ms, u.tokens_entrada, u.tokens_salida, u.ts,
+                      u.request_id, u.cost_usd
+               FROM u JOIN k ON k.gpt_pk = u.gpt_pk AND k.id = u.id
                RETURNING id, session_id, gpt_pk, project_id, coalesce(project_id, 0) AS project_key,
                          usuario_id, tipo, latency_ms, tokens_entrada, tokens_salida, ts),
            {EVENT_ROLLUPS}

@@ -464,6 +464,7 @@ class RequestHandler:
             latency_ms=latency_ms,
             request_message_id=call.message_id,
             request_id=call.request_id,
+            cost_usd=self.charge_of(call, model, usage).cost_usd,
         )
 
     async def close(self) -> None:

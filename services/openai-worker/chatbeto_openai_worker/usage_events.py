@@ -6,6 +6,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import aio_pika
@@ -41,6 +42,7 @@ class UsageEvents:
         latency_ms: int,
         request_message_id: str,
         request_id: str | None,
+        cost_usd: Decimal | None = None,
     ) -> None:
         """Returns once the event is confirmed on the broker (raises BrokerUnavailable)."""
         session = SessionRecord(
@@ -61,6 +63,7 @@ class UsageEvents:
             tokens_salida=usage.completion_tokens,
             timestamp=datetime.now(UTC),
             request_id=request_id,
+            cost_usd=cost_usd,
         )
         # The session rides along every time (stored once): ingest needs it before the event.
         await self._group.submit([session, event])

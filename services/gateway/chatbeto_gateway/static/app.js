@@ -103,6 +103,14 @@ function setNumber(id, value, digits) {
   el.textContent = value === null || value === undefined ? "–" : digits ? value.toFixed(digits) : fmt.format(value);
 }
 
+// Dollars: cents for big amounts, significant digits for the tiny ones a few calls cost.
+function setMoney(id, value) {
+  const el = $(id);
+  el.dataset.value = value === null || value === undefined ? "" : String(value);
+  el.textContent = value === null || value === undefined ? "–"
+    : value === 0 ? "$0" : value >= 1 ? "$" + value.toFixed(2) : "$" + value.toPrecision(3);
+}
+
 function chart(id, config) {
   if (state.charts[id]) {
     state.charts[id].data = config.data;
@@ -127,6 +135,9 @@ function render(stats) {
   $("latency-p95").textContent = stats.latency.p95 === null ? "" : "p95 " + Math.round(stats.latency.p95) + " ms";
   setNumber("tokens-entrada", stats.tokens.entrada);
   setNumber("tokens-salida", stats.tokens.salida);
+  const cost = stats.cost ? stats.cost.usd : null;
+  setMoney("cost-total", cost);
+  $("cost-note").textContent = cost === null ? "no priced model calls" : "";
   $("percentile-note").textContent = stats.latency.percentiles === "histogram"
     ? "Percentiles are estimated from a latency histogram (large period)." : "";
   chart("chart-sessions", {
@@ -151,6 +162,12 @@ function render(stats) {
       { label: "in (entrada)", data: stats.series.map((p) => p.tokensEntrada), backgroundColor: "#0891b2" },
       { label: "out (salida)", data: stats.series.map((p) => p.tokensSalida), backgroundColor: "#f59e0b" },
     ] },
+  });
+  chart("chart-cost", {
+    type: "bar", legend: false,
+    // Dollars, not counts: no whole-number ticks here.
+    options: { scales: { y: { beginAtZero: true } } },
+    data: { labels, datasets: [{ label: "USD", data: stats.series.map((p) => (p.cost ? p.cost.usd : null)), backgroundColor: "#16a34a" }] },
   });
   const tbody = $("users-table").querySelector("tbody");
   tbody.replaceChildren(...stats.users.map((u) => {
