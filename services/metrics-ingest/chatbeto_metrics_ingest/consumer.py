@@ -10,7 +10,7 @@ serialization failure) retries whole messages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -82,27 +82,45 @@ class MetricsIngest(Service):
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         failures: dict[AbstractIncomingMessage, Exception] = {}
         bodies: dict[AbstractIncomingMessage, bytes] = {}
-        decoded: list[Decoded] = []
-        for message in messages:
-            try:
-                decoded.append(decode(message))
-            except InvalidMessage as exc:
-                failures[message] = exc  # dead-lettered whole: it is no metrics batch at all
         # At most INGEST_BATCH_MAX_EVENTS records per transaction (a bigger message goes alone);
-        # all are acked once every group committed.
+        # all are acked once every group committed. The next group is decoded (CPU, here) while
+        # Postgres stores the previous one (on its own core), one transaction at a time.
+        in_flight: asyncio.Task[None] | None = None
+        try:
+            for group in self._groups(messages, failures):
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.create_task(self._store(group, failures, bodies))
+            if in_flight is not None:
+                await in_flight
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+                await asyncio.gather(in_flight, return_exceptions=True)
+        if failures:
+            raise PartialFailure(failures, bodies)
+
+    def _groups(
+        self,
+        messages: Sequence[AbstractIncomingMessage],
+        failures: dict[AbstractIncomingMessage, Exception],
+    ) -> Iterator[list[Decoded]]:
         group: list[Decoded] = []
         size = 0
-        for d in decoded:
+        for message in messages:
+            try:
+                d = decode(message)
+            except InvalidMessage as exc:
+                failures[message] = exc  # dead-lettered whole: it is no metrics batch at all
+                continue
             records = len(d.sessions) + len(d.events)
             if group and size + records > self.settings.ingest_batch_max_events:
-                await self._store(group, failures, bodies)
+                yield group
                 group, size = [], 0
             group.append(d)
             size += records
         if group:
-            await self._store(group, failures, bodies)
-        if failures:
-            raise PartialFailure(failures, bodies)
+            yield group
 
     async def _store(
         self,
