@@ -249,7 +249,8 @@ async def batch_phase(
         "lag_p99_ms": (lag or 0) * 1000,
         "drain_s": drain,
         "p99_ms": batch.get("p99", 0),
-        "lost": accepted - stored,
+        # Requests still in flight when wrk stops are stored but not counted as accepted.
+        "lost": max(accepted - stored, 0),
     }
 
 
