@@ -38,7 +38,8 @@ from tests.rabbit_node import RabbitNode, free_port
 from tests.test_import_api import FIXTURE, form, upload
 
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
-pytestmark = pytest.mark.slow
+# A node start plus three faults on a busy 2-core machine: far past the default 120 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 # Busy 2-core CI: a restarted node plus three reconnecting workers can take a while.
 RECOVERY_TIMEOUT_SECONDS = 120.0
 EXIT_TIMEOUT_SECONDS = 60.0

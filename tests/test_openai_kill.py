@@ -148,3 +148,12 @@ async def test_kill_9_mid_stream_and_mid_call_under_load(
         return await db.fetchval("SELECT count(*) FROM conversations") == len(rows)
 
     await wait_for(settled)
+    # Spend is written with the exchange: one row per stored answer, none without one, and a
+    # redelivery (the killed calls) counted once (cost's, docs/COSTS.md).
+    answers_stored = await db.fetchval("SELECT count(*) FROM messages WHERE role = 'assistant'")
+    assert await db.fetchval("SELECT count(*) FROM spend") == answers_stored
+    assert await db.fetchval("SELECT sum(calls) FROM key_spend_windows") == answers_stored
+    assert not await db.fetchval(
+        """SELECT count(*) FROM messages m WHERE m.role = 'assistant' AND NOT EXISTS
+               (SELECT 1 FROM spend s WHERE s.external_id || ':answer' = m.external_id)"""
+    )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import multiprocessing
 import os
 import signal
@@ -50,6 +51,9 @@ from chatbeto_gateway.state import (
 
 log = get_logger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
+# Young-generation collections every 700 allocations (the default) ran 35 times a second under
+# load; requests' objects die by reference counting long before 20,000 allocations.
+GC_THRESHOLDS = (20_000, 20, 20)
 METRICS_ROUTING_KEY = "metrics.batch"
 
 # Every feature's routes and extra resources, listed here so the factory is the one place the
@@ -136,6 +140,15 @@ def create_app(settings: GatewaySettings) -> web.Application:
     return app
 
 
+async def _freeze_heap(_: web.Application) -> None:
+    """Exclude everything alive after start-up (modules, schemas, pools) from garbage
+    collection: a full collection walked that whole heap, a 80-110 ms pause of every request in
+    flight every few seconds under load (the ingest p99), now it walks what requests allocate."""
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
+
+
 async def _watch_parent(app: web.Application) -> None:
     """A worker whose supervisor died (SIGKILL, OOM) stops by itself instead of lingering."""
     parent = multiprocessing.parent_process()
@@ -159,6 +172,7 @@ def run(settings: GatewaySettings, *, reuse_port: bool = False, watch_parent: bo
     except ImportError:  # pragma: no cover - uvloop is optional off Linux
         pass
     app = create_app(settings)
+    app.on_startup.append(_freeze_heap)
     if watch_parent:
         app.on_startup.append(_watch_parent)
     web.run_app(
