@@ -46,7 +46,7 @@ EXIT_TIMEOUT_SECONDS = 60.0
 WORKER_QUEUES = {
     "metrics-ingest": ("metrics.ingest",),
     "webhook": ("webhook.deliveries",),
-    "openai-worker": ("openai.requests", "openai.jobs", "imports"),
+    "openai-worker": ("openai.calls", "openai.jobs", "imports"),
 }
 PORT_VARIABLES = {
     "metrics-ingest": "METRICS_INGEST_HEALTH_PORT",
@@ -240,7 +240,7 @@ async def job_done(stack: Stack, db: asyncpg.Connection, job_id: str) -> bool:
 
 
 async def prove_every_queue_consumed(stack: Stack, db: asyncpg.Connection) -> None:
-    # openai.requests, and the gateway's own reply queue.
+    # openai.calls, and the gateway's own reply queue.
     body = await chat_answered(stack)
     conversation_id = body["data"]["conversationId"]
     assert await db.fetchval("SELECT count(*) FROM conversations WHERE id = $1", conversation_id)

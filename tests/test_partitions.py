@@ -262,7 +262,8 @@ async def test_migrating_an_unpartitioned_events_table_keeps_every_row(
             timestamp=now + timedelta(days=1),
         )
         async with conn.transaction():
-            assert await repo.store_events(conn, [record]) == []
+            known = await repo.sessions_of(conn, [record])
+            assert await repo.store_events(conn, [record], known) == []
         assert await conn.fetchval("SELECT count(*) FROM events WHERE id = $1", shared) == 2
     finally:
         await conn.close()
