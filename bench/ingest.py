@@ -214,6 +214,75 @@ def single_rows(
     ]
 
 
+BATCH_EVENTS = 100
+BATCH_CLIENTS = 16
+BATCH_TARGET_EVENTS_S = 50_000
+
+
+async def batch_phase(
+    wrk: str, base: str, conn: asyncpg.Connection, quoted: str, key: str, seconds: int
+) -> dict[str, float]:
+    """Batches through the gateway; events/s counted in Postgres once the backlog drained (so
+    the drain is part of the time), and the stored lag (stored_at - ts) p99 of those events."""
+    before = await conn.fetchval("SELECT count(*) FROM events")
+    started = time.monotonic()
+    marker = await conn.fetchval("SELECT now()")
+    batch = run_wrk(
+        wrk,
+        base,
+        LUA % {"sessions": quoted, "key": key, "batch": BATCH_EVENTS},
+        seconds,
+        BATCH_CLIENTS,
+    )
+    accepted = int(batch["requests"] - batch["non2xx"]) * BATCH_EVENTS
+    drain = await drain_time(conn, before + accepted)
+    elapsed = time.monotonic() - started
+    stored = await conn.fetchval("SELECT count(*) FROM events") - before
+    lag = await conn.fetchval(
+        """SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
+           FROM events WHERE stored_at >= $1""",
+        marker,
+    )
+    return {
+        "accepted_s": batch["rps"] * BATCH_EVENTS,
+        "stored_s": stored / elapsed,
+        "lag_p99_ms": (lag or 0) * 1000,
+        "drain_s": drain,
+        "p99_ms": batch.get("p99", 0),
+        # Requests still in flight when wrk stops are stored but not counted as accepted.
+        "lost": max(accepted - stored, 0),
+    }
+
+
+def batch_rows(one: dict[str, float], two: dict[str, float]) -> list[Row]:
+    rows = []
+    for label, r in (("1 metrics-ingest", one), ("2 metrics-ingest", two)):
+        rows += [
+            Row(
+                SECTION,
+                f"POST /api/events/batch events/s accepted ({label})",
+                f"{r['accepted_s']:,.0f}",
+                "",
+            ),
+            Row(
+                SECTION,
+                "  events/s durably stored (incl. drain)",
+                f"{r['stored_s']:,.0f}",
+                f">= {BATCH_TARGET_EVENTS_S:,}",
+            ),
+            Row(SECTION, "  stored end-to-end lag p99", f"{r['lag_p99_ms']:.0f} ms", "< 1 s"),
+            Row(SECTION, "  backlog drained after load", f"{r['drain_s']:.2f} s", ""),
+            Row(
+                SECTION,
+                f"  batch p99 latency ({BATCH_EVENTS} events)",
+                f"{r['p99_ms']:.1f} ms",
+                "",
+            ),
+            Row(SECTION, "  accepted but not stored", f"{r['lost']:.0f}", "0"),
+        ]
+    return rows
+
+
 async def run(quick: bool) -> list[Row]:
     wrk = ensure_wrk()
     seconds = 5 if quick else 15
@@ -279,44 +348,15 @@ async def run(quick: bool) -> list[Row]:
                 Row(SECTION, "  backlog drained after load", f"{drain:.2f} s", ""),
             ]
 
-            # 2. Batches of 100 events, 16 clients.
-            before = await conn.fetchval("SELECT count(*) FROM events")
-            started = time.monotonic()
-            batch = run_wrk(
-                wrk, base, LUA % {"sessions": quoted, "key": key, "batch": 100}, seconds, 16
-            )
-            accepted = int(batch["requests"] - batch["non2xx"]) * 100
-            drain = await drain_time(conn, before + accepted)
-            elapsed = time.monotonic() - started
-            stored = await conn.fetchval("SELECT count(*) FROM events") - before
-            lag = await conn.fetchrow(
-                """SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts)) AS p99
-                   FROM events WHERE stored_at > now() - make_interval(secs => $1)""",
-                elapsed + 1,
-            )
-            rows += [
-                Row(
-                    SECTION,
-                    "POST /api/events/batch events/s accepted",
-                    f"{batch['rps'] * 100:,.0f}",
-                    "",
-                ),
-                Row(
-                    SECTION,
-                    "  events/s durably stored (incl. drain)",
-                    f"{stored / elapsed:,.0f}",
-                    ">= 40,000",
-                ),
-                Row(
-                    SECTION,
-                    "  stored end-to-end lag p99",
-                    f"{(lag['p99'] or 0) * 1000:.0f} ms",
-                    "< 1 s",
-                ),
-                Row(
-                    SECTION, "  batch p99 latency (100 events)", f"{batch.get('p99', 0):.1f} ms", ""
-                ),
-            ]
+            # 2. Batches of 100 events, 16 clients: one metrics-ingest, then two.
+            one = await batch_phase(wrk, base, conn, quoted, key, seconds)
+            second = env.spawn("run", "metrics-ingest")
+            try:
+                two_ingest = await batch_phase(wrk, base, conn, quoted, key, seconds)
+            finally:
+                second.terminate()
+                second.wait(60)
+            rows += batch_rows(one, two_ingest)
         finally:
             await conn.close()
             for proc in procs:

@@ -38,14 +38,15 @@ from tests.rabbit_node import RabbitNode, free_port
 from tests.test_import_api import FIXTURE, form, upload
 
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
-pytestmark = pytest.mark.slow
+# A node start plus three faults on a busy 2-core machine: far past the default 120 s.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 # Busy 2-core CI: a restarted node plus three reconnecting workers can take a while.
 RECOVERY_TIMEOUT_SECONDS = 120.0
 EXIT_TIMEOUT_SECONDS = 60.0
 WORKER_QUEUES = {
     "metrics-ingest": ("metrics.ingest",),
     "webhook": ("webhook.deliveries",),
-    "openai-worker": ("openai.requests", "openai.jobs", "imports"),
+    "openai-worker": ("openai.calls", "openai.jobs", "imports"),
 }
 PORT_VARIABLES = {
     "metrics-ingest": "METRICS_INGEST_HEALTH_PORT",
@@ -239,7 +240,7 @@ async def job_done(stack: Stack, db: asyncpg.Connection, job_id: str) -> bool:
 
 
 async def prove_every_queue_consumed(stack: Stack, db: asyncpg.Connection) -> None:
-    # openai.requests, and the gateway's own reply queue.
+    # openai.calls, and the gateway's own reply queue.
     body = await chat_answered(stack)
     conversation_id = body["data"]["conversationId"]
     assert await db.fetchval("SELECT count(*) FROM conversations WHERE id = $1", conversation_id)

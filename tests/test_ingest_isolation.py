@@ -118,7 +118,12 @@ async def test_isolating_store_keeps_good_rows_and_names_the_bad_ones(
     events[36] = event(tokens_salida=2**31)
     async with db.transaction():
         counts, bad_sessions = await store_isolating(db, sessions, _sessions)
-        stored, bad_events = await store_isolating(db, events, repo.store_events)
+        known = await repo.sessions_of(db, events)
+
+        async def store(conn: Any, rows: Any) -> Any:
+            return await repo.store_events(conn, rows, known)
+
+        stored, bad_events = await store_isolating(db, events, store)
     assert sum(counts) == 1
     assert [s for s, _ in bad_sessions] == sessions[1:]
     assert all(

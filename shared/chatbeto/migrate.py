@@ -10,7 +10,7 @@ from importlib import resources
 
 import asyncpg
 
-from chatbeto.db import database_name, with_database
+from chatbeto.db import connect, database_name, with_database
 from chatbeto.logging import get_logger
 
 log = get_logger(__name__)
@@ -33,9 +33,9 @@ def migration_files() -> list[tuple[int, str, str]]:
 async def ensure_database(dsn: str) -> None:
     name = database_name(dsn)
     try:
-        conn = await asyncpg.connect(dsn)
+        conn = await connect(dsn)  # a Postgres still starting gets a few seconds
     except asyncpg.InvalidCatalogNameError:
-        admin = await asyncpg.connect(with_database(dsn, "postgres"))
+        admin = await connect(with_database(dsn, "postgres"))
         try:
             quoted = '"' + name.replace('"', '""') + '"'
             await admin.execute(f"CREATE DATABASE {quoted}")
@@ -51,7 +51,7 @@ async def ensure_database(dsn: str) -> None:
 async def apply_migrations(dsn: str) -> list[str]:
     """Apply what is missing; returns the names applied now."""
     await ensure_database(dsn)
-    conn = await asyncpg.connect(dsn)
+    conn = await connect(dsn)
     applied_now: list[str] = []
     try:
         await conn.execute("SELECT pg_advisory_lock($1)", MIGRATION_LOCK_ID)

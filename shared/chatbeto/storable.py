@@ -48,12 +48,16 @@ _NUMBER = re.compile(r"\s*[+-]?\d+(\.\d*)?\s*")
 
 def _timestamp_string(value: Any) -> Any:
     # A bare number (or a string of one) would be read as epoch seconds: the contract asks for
-    # ISO 8601 text.
-    if not isinstance(value, str | datetime) or (
-        isinstance(value, str) and _NUMBER.fullmatch(value)
-    ):
-        raise ValueError("must be an ISO 8601 string with Z or an offset")
-    return value
+    # ISO 8601 text. (Plain type checks: `isinstance(v, str | datetime)` was a quarter of
+    # metrics-ingest's CPU.)
+    kind = type(value)
+    if kind is str:
+        if _NUMBER.fullmatch(value):
+            raise ValueError("must be an ISO 8601 string with Z or an offset")
+        return value
+    if kind is datetime or isinstance(value, (str, datetime)):
+        return value
+    raise ValueError("must be an ISO 8601 string with Z or an offset")
 
 
 def _in_range(value: datetime) -> datetime:

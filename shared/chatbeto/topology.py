@@ -13,6 +13,7 @@ empty) prefixes every name as well; the tests use it to give each test its own n
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractQueue
@@ -27,6 +28,12 @@ class WorkQueue:
     name: str
     bindings: tuple[str, ...]
     retry_delays_ms: tuple[int, ...] = field(default=RETRY_DELAYS_MS)
+    # Work whose caller is waiting and retries (request/reply): a classic queue of transient
+    # messages, no fsync per message. What the work produces is durable elsewhere (Postgres,
+    # committed before the caller is answered); a broker restart loses only requests whose
+    # callers get a 504. No delivery limit on a classic queue: a crash-looping request ends
+    # when its deadline passes (the worker skips it).
+    transient: bool = False
 
     @property
     def dlq(self) -> str:
@@ -43,7 +50,11 @@ class WorkQueue:
 
 
 METRICS_INGEST = "metrics.ingest"
-OPENAI_REQUESTS = "openai.requests"
+OPENAI_REQUESTS = "openai.calls"
+# Work queues of earlier releases, removed by `declare` (`chatbeto migrate`): `openai.requests`
+# was a quorum queue of persistent requests, each one fsynced before the gateway went on.
+LEGACY_QUEUES = ("openai.requests",)
+TRANSIENT_QUEUES = frozenset({OPENAI_REQUESTS})
 OPENAI_JOBS = "openai.jobs"
 WEBHOOK_DELIVERIES = "webhook.deliveries"
 IMPORTS = "imports"
@@ -76,7 +87,9 @@ class Topology:
         return f"{self.namespace}chatbeto.replies"
 
     def queue(self, base: str) -> WorkQueue:
-        return WorkQueue(f"{self.namespace}{base}", QUEUE_BINDINGS[base])
+        return WorkQueue(
+            f"{self.namespace}{base}", QUEUE_BINDINGS[base], transient=base in TRANSIENT_QUEUES
+        )
 
     @property
     def work_queues(self) -> list[WorkQueue]:
@@ -87,6 +100,8 @@ class Topology:
         exchange = await self.declare_exchanges(channel)
         for queue in self.work_queues:
             await self.declare_work_queue(channel, queue, exchange)
+        for legacy in LEGACY_QUEUES:  # bound to the same keys, nobody consumes it any more
+            await channel.queue_delete(f"{self.namespace}{legacy}")
         return exchange
 
     async def declare_exchanges(self, channel: AbstractChannel) -> AbstractExchange:
@@ -111,17 +126,16 @@ class Topology:
         re-declares (with these same arguments) and re-consumes only queues it declared itself.
         """
         await channel.declare_queue(queue.dlq, durable=True, arguments={"x-queue-type": "quorum"})
-        main = await channel.declare_queue(
-            queue.name,
-            durable=True,
-            arguments={
-                "x-queue-type": "quorum",
-                # reject(requeue=False) and crash loops both end in the dead-letter queue.
-                "x-dead-letter-exchange": "",
-                "x-dead-letter-routing-key": queue.dlq,
-                "x-delivery-limit": MAX_REDELIVERIES,
-            },
-        )
+        arguments: dict[str, Any] = {
+            # reject(requeue=False) and crash loops both end in the dead-letter queue.
+            "x-dead-letter-exchange": "",
+            "x-dead-letter-routing-key": queue.dlq,
+        }
+        if queue.transient:
+            arguments["x-queue-type"] = "classic"
+        else:
+            arguments |= {"x-queue-type": "quorum", "x-delivery-limit": MAX_REDELIVERIES}
+        main = await channel.declare_queue(queue.name, durable=True, arguments=arguments)
         for key in queue.bindings:
             await main.bind(exchange, routing_key=key)
         for delay_name, delay_ms in zip(
@@ -171,5 +185,7 @@ class Topology:
         for queue in self.work_queues:
             for name in (queue.name, queue.dlq, *queue.retry_queues):
                 await channel.queue_delete(name)
+        for legacy in LEGACY_QUEUES:
+            await channel.queue_delete(f"{self.namespace}{legacy}")
         for name in (self.exchange, self.live_exchange, self.replies_exchange):
             await channel.exchange_delete(name)

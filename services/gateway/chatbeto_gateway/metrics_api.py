@@ -388,7 +388,15 @@ async def gpt_stats(request: web.Request) -> web.Response:
             [{"field": "from", "message": "must be before to"}],
         )
     project = principal.project_id if gpt.builtin else None
-    data = await metrics_repo.stats(request.app[POOL], gpt.pk, start, end, bucket, project)  # type: ignore[arg-type]
+    data = await metrics_repo.stats(
+        request.app[POOL],
+        gpt.pk,
+        start,
+        end,
+        bucket,  # type: ignore[arg-type]
+        project,
+        priced=gpt.builtin,
+    )
     return responses.json(
         {
             "gpt_id": gpt.gpt_id,

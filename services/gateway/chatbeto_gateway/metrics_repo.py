@@ -188,8 +188,11 @@ async def stats(
     end: datetime,
     bucket: Bucket,
     project_id: int | None,
+    *,
+    priced: bool = True,
 ) -> dict[str, Any]:
-    """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows.
+    """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows;
+    `priced` says whether its events may carry a cost (only the built-in GPT's do).
 
     Whole days and hours come from the rollups metrics-ingest maintains (0006_rollups.sql), the
     partial hours at the ends of the period from the raw rows (see `tiers`), so the answer is
@@ -264,16 +267,22 @@ async def stats(
     )
     # Three independent reads on three pooled connections: the answer takes the slowest, not
     # the sum.
-    # What the period's model calls cost (only the openai-worker's events carry a cost).
-    cost_q = pool.fetch(
-        f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b, sum(cost_usd) AS usd FROM events
+    # What the period's model calls cost. Only the openai-worker's events (the built-in GPT's)
+    # carry a cost, and this reads raw rows (no rollup holds cost): for any other GPT, whose
+    # month may be millions of rows, there is nothing to sum and no reason to scan them.
+    cost_q = (
+        _no_rows()
+        if not priced
+        else pool.fetch(
+            f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b, sum(cost_usd) AS usd FROM events
             WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3 AND cost_usd IS NOT NULL
               AND ($4::bigint IS NULL OR project_id = $4)
             GROUP BY 1""",
-        gpt_pk,
-        start,
-        end,
-        project_id,
+            gpt_pk,
+            start,
+            end,
+            project_id,
+        )
     )
     event_rows, session_rows, users, cost_rows = await asyncio.gather(
         events_q, sessions_q, users_q, cost_q
@@ -305,6 +314,10 @@ async def stats(
             if r["n"] == counted[r["b"]]
         }
     return _with_cost(_shape(start, end, bucket, event_rows, session_rows, users, exact), cost_rows)
+
+
+async def _no_rows() -> list[asyncpg.Record]:
+    return []
 
 
 def _with_cost(shaped: dict[str, Any], cost_rows: list[asyncpg.Record]) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Request/reply over RabbitMQ (see docs/ARCHITECTURE.md, "Request/reply").
 
 The gateway publishes a persistent, confirmed `OpenAIRequest` (routing key
-`openai.request.<action>` → the `openai.requests` work queue, where worker replicas compete)
+`openai.request.<action>` → the `openai.calls` work queue, where worker replicas compete)
 with a fresh `correlation_id` and `reply_to` = this process's own exclusive reply queue. Replies
 (streamed chunks, then one result or error, each tagged with the delivery that sent it) come back on that queue only, and are handed to
 the waiting call by correlation id. Each call waits until its deadline, then answers 504.
@@ -155,8 +155,13 @@ class Rpc:
         pending = Pending(time.monotonic() + self._timeout_seconds + REPLY_GRACE_SECONDS)
         self._waiting[correlation_id] = pending
         try:
+            # Transient (a classic queue, no fsync): the caller is waiting, and what must last
+            # is the stored exchange, committed before the worker answers.
             message = to_amqp(
-                envelope(request), correlation_id=correlation_id, reply_to=self.queue_name
+                envelope(request),
+                persistent=False,
+                correlation_id=correlation_id,
+                reply_to=self.queue_name,
             )
             try:
                 await self._publisher.publish(message, request.routing_key)

@@ -10,10 +10,10 @@ serialization failure) retries whole messages.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto import topology
 from chatbeto.consumer import PartialFailure
@@ -39,15 +39,6 @@ class SessionNotStored(Exception):
 
 
 @dataclass(frozen=True)
-class Item:
-    """A record and the message it came in (for dead letters and retries)."""
-
-    origin: Decoded
-    position: str
-    record: SessionRecord | EventRecord
-
-
-@dataclass(frozen=True)
 class Bad:
     origin: Decoded
     position: str
@@ -56,12 +47,8 @@ class Bad:
     reason: str
 
 
-async def _store_sessions(conn: Conn, items: Sequence[Item]) -> list[int]:
-    return [await repo.store_sessions(conn, [i.record for i in items])]  # type: ignore[misc]
-
-
-async def _store_events(conn: Conn, items: Sequence[Item]) -> list[asyncpg.Record]:
-    return await repo.store_events(conn, [i.record for i in items])  # type: ignore[misc]
+async def _store_sessions(conn: Conn, rows: Sequence[SessionRecord]) -> list[int]:
+    return [await repo.store_sessions(conn, rows)]
 
 
 def _why(exc: Exception) -> str:
@@ -95,39 +82,83 @@ class MetricsIngest(Service):
     async def handle(self, messages: Sequence[AbstractIncomingMessage]) -> None:
         failures: dict[AbstractIncomingMessage, Exception] = {}
         bodies: dict[AbstractIncomingMessage, bytes] = {}
-        decoded: list[Decoded] = []
+        # At most INGEST_BATCH_MAX_EVENTS records per transaction (a bigger message goes alone);
+        # all are acked once every group committed. The next group is decoded (CPU, here) while
+        # Postgres stores the previous one (on its own core), one transaction at a time.
+        in_flight: asyncio.Task[None] | None = None
+        try:
+            for group in self._groups(messages, failures):
+                if in_flight is not None:
+                    await in_flight
+                in_flight = asyncio.create_task(self._store(group, failures, bodies))
+            if in_flight is not None:
+                await in_flight
+        finally:
+            if in_flight is not None and not in_flight.done():
+                in_flight.cancel()
+                await asyncio.gather(in_flight, return_exceptions=True)
+        if failures:
+            raise PartialFailure(failures, bodies)
+
+    def _groups(
+        self,
+        messages: Sequence[AbstractIncomingMessage],
+        failures: dict[AbstractIncomingMessage, Exception],
+    ) -> Iterator[list[Decoded]]:
+        group: list[Decoded] = []
+        size = 0
         for message in messages:
             try:
-                decoded.append(decode(message))
+                d = decode(message)
             except InvalidMessage as exc:
                 failures[message] = exc  # dead-lettered whole: it is no metrics batch at all
+                continue
+            records = len(d.sessions) + len(d.events)
+            if group and size + records > self.settings.ingest_batch_max_events:
+                yield group
+                group, size = [], 0
+            group.append(d)
+            size += records
+        if group:
+            yield group
+
+    async def _store(
+        self,
+        group: list[Decoded],
+        failures: dict[AbstractIncomingMessage, Exception],
+        bodies: dict[AbstractIncomingMessage, bytes],
+    ) -> None:
+        """One transaction for these messages' records; what cannot be stored is set aside."""
         bad = [
             Bad(d, f"r{n}", r.kind, r.raw, r.reason)
-            for d in decoded
+            for d in group
             for n, r in enumerate(d.rejected)
         ]
-        sessions = [Item(d, f"s{n}", s) for d in decoded for n, s in enumerate(d.sessions)]
-        events = [Item(d, f"e{n}", e) for d in decoded for n, e in enumerate(d.events)]
-        pending: dict[int, list[EventRecord]] = {}  # id(Decoded) -> events to retry
+        sessions = [s for d in group for s in d.sessions]
+        events = [e for d in group for e in d.events]
+        waiting: list[EventRecord] = []
         # DDL outside the storing transaction: a late event's day gets its partition first.
-        await self.partitions.ensure_for(self.pool, (i.record.timestamp for i in events))  # type: ignore[union-attr]
+        await self.partitions.ensure_for(self.pool, (e.timestamp for e in events))
         async with self.pool.acquire() as conn, conn.transaction():
             counts, bad_sessions = await store_isolating(conn, sessions, _store_sessions)
-            lost_sessions = {i.record.id: exc for i, exc in bad_sessions}
-            bad += [self._bad(i, "session", exc) for i, exc in bad_sessions]
-            missing = await repo.missing_sessions(conn, [i.record for i in events])  # type: ignore[misc]
-            ready: list[Item] = []
-            for item in events:
-                session_id = item.record.sesion_id  # type: ignore[union-attr]
-                if session_id in lost_sessions:
-                    reason = f"its session could not be stored: {_why(lost_sessions[session_id])}"
-                    bad.append(self._bad(item, "event", reason))
-                elif session_id in missing:
-                    pending.setdefault(id(item.origin), []).append(item.record)  # type: ignore[arg-type]
+            lost = {s.id: exc for s, exc in bad_sessions}
+            bad += [self._bad(group, "session", s, exc) for s, exc in bad_sessions]
+            known = await repo.sessions_of(conn, events)
+            ready: list[EventRecord] = []
+            for e in events:
+                if e.sesion_id in known:
+                    ready.append(e)
+                elif e.sesion_id in lost:
+                    why = f"its session could not be stored: {_why(lost[e.sesion_id])}"
+                    bad.append(self._bad(group, "event", e, why))
                 else:
-                    ready.append(item)
-            stored, bad_events = await store_isolating(conn, ready, _store_events)
-            bad += [self._bad(i, "event", exc) for i, exc in bad_events]
+                    waiting.append(e)
+
+            async def store(c: Conn, rows: Sequence[EventRecord]) -> list[dict[str, Any]]:
+                return await repo.store_events(c, rows, known)
+
+            stored, bad_events = await store_isolating(conn, ready, store)
+            bad += [self._bad(group, "event", e, exc) for e, exc in bad_events]
         ROWS_STORED.labels("sessions").inc(sum(counts))
         ROWS_STORED.labels("events").inc(len(stored))
         # After the commit: a crash in between redelivers the message, whose good records are
@@ -135,15 +166,15 @@ class MetricsIngest(Service):
         await self._dead_letter(bad)
         if stored:
             await self.live.publish(stored)
-        for d in decoded:
-            waiting = pending.get(id(d))
-            if waiting:
-                failures[d.message] = SessionNotStored(
-                    f"{len(waiting)} event(s) wait for a session"
-                )
-                bodies[d.message] = self._retry_body(d, waiting)
-        if failures:
-            raise PartialFailure(failures, bodies)
+        if waiting:
+            ids = {id(e) for e in waiting}
+            for d in group:
+                mine = [e for e in d.events if id(e) in ids]
+                if mine:
+                    failures[d.message] = SessionNotStored(
+                        f"{len(mine)} event(s) wait for a session"
+                    )
+                    bodies[d.message] = self._retry_body(d, mine)
 
     async def _stop_maintenance(self) -> None:
         if self._maintenance is not None:
@@ -151,9 +182,19 @@ class MetricsIngest(Service):
             await asyncio.gather(self._maintenance, return_exceptions=True)
 
     @staticmethod
-    def _bad(item: Item, kind: str, exc: Exception | str) -> Bad:
-        reason = exc if isinstance(exc, str) else _why(exc)
-        return Bad(item.origin, item.position, kind, item.record.model_dump(mode="json"), reason)
+    def _bad(
+        group: list[Decoded], kind: str, record: SessionRecord | EventRecord, exc: Exception | str
+    ) -> Bad:
+        """A record to dead-letter, with the message it came in (found only now: rare)."""
+        for d in group:
+            rows: Sequence[SessionRecord | EventRecord] = (
+                d.sessions if kind == "session" else d.events
+            )
+            for n, row in enumerate(rows):
+                if row is record:
+                    reason = exc if isinstance(exc, str) else _why(exc)
+                    return Bad(d, f"{kind[0]}{n}", kind, record.model_dump(mode="json"), reason)
+        raise AssertionError("a record of no message in the group")
 
     @staticmethod
     def _retry_body(origin: Decoded, events: list[EventRecord]) -> bytes:

@@ -12,7 +12,7 @@ from typing import Any, Literal
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
-from chatbeto.messages import EventRecord, InvalidMessage, MetricsBatch, SessionRecord, parse
+from chatbeto.messages import Envelope, EventRecord, InvalidMessage, MetricsBatch, SessionRecord
 from pydantic import ValidationError
 
 ACCEPTED_VERSIONS = frozenset({1})
@@ -37,12 +37,18 @@ class Decoded:
     rejected: list[Rejected] = field(default_factory=list)
 
 
+_ENVELOPE: Any = Envelope[MetricsBatch]
+
+
 def decode(message: AbstractIncomingMessage) -> Decoded:
     """Raises `InvalidMessage` only when the message as a whole is not a metrics batch."""
     try:
-        env = parse(message.body, MetricsBatch, MetricsBatch.TYPE, ACCEPTED_VERSIONS)
-    except InvalidMessage:
+        # The whole body in one pass of pydantic's JSON parser: the common case, and the fast one.
+        env = _ENVELOPE.model_validate_json(message.body)
+    except ValidationError:
         return _one_by_one(message)  # re-raises when the envelope itself is at fault
+    if env.type != MetricsBatch.TYPE or env.version not in ACCEPTED_VERSIONS:
+        return _one_by_one(message)
     return Decoded(message, env.request_id, list(env.data.sessions), list(env.data.events))
 
 

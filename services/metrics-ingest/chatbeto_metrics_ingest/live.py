@@ -8,10 +8,10 @@ fail (and so redeliver) an ingest batch.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import aio_pika
-import asyncpg
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 from chatbeto.logging import get_logger
 from chatbeto.messages import LiveEvent, LiveEvents, envelope
@@ -23,7 +23,7 @@ PUBLISH_TIMEOUT_SECONDS = 1.0
 LIVE_TTL_MS = 10_000
 
 
-def live_message(rows: Sequence[asyncpg.Record]) -> aio_pika.Message:
+def live_message(rows: Sequence[Mapping[str, Any]]) -> aio_pika.Message:
     events = tuple(
         LiveEvent.model_construct(
             id=r["id"],
@@ -69,7 +69,7 @@ class LivePublisher:
             )
         return self._exchange
 
-    async def publish(self, rows: Sequence[asyncpg.Record]) -> None:
+    async def publish(self, rows: Sequence[Mapping[str, Any]]) -> None:
         try:
             exchange = await asyncio.wait_for(self._ensure(), PUBLISH_TIMEOUT_SECONDS)
             await asyncio.wait_for(

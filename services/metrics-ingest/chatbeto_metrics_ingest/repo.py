@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
-import asyncpg
 from chatbeto.db import Conn
 from chatbeto.messages import EventRecord, SessionRecord
 
@@ -107,40 +108,50 @@ async def store_sessions(conn: Conn, sessions: Sequence[SessionRecord]) -> int:
     return inserted
 
 
-async def missing_sessions(conn: Conn, events: Sequence[EventRecord]) -> set[uuid.UUID]:
-    """The sessions these events name that no committed transaction (nor this one) stored."""
+@dataclass(frozen=True)
+class SessionInfo:
+    """What an event takes from its session."""
+
+    gpt_pk: int
+    project_id: int | None
+    usuario_id: str
+
+
+async def sessions_of(conn: Conn, events: Sequence[EventRecord]) -> dict[uuid.UUID, SessionInfo]:
+    """The stored sessions these events name (committed, or stored in this transaction); a
+    session missing here is not stored yet."""
     if not events:
-        return set()
+        return {}
     rows = await conn.fetch(
-        """SELECT x.id FROM unnest($1::uuid[]) AS x(id)
-           WHERE NOT EXISTS (SELECT 1 FROM sessions s WHERE s.id = x.id)""",
+        "SELECT id, gpt_pk, project_id, usuario_id FROM sessions WHERE id = ANY($1::uuid[])",
         list({e.sesion_id for e in events}),
     )
-    return {r["id"] for r in rows}
+    return {r["id"]: SessionInfo(r["gpt_pk"], r["project_id"], r["usuario_id"]) for r in rows}
 
 
-async def store_events(conn: Conn, events: Sequence[EventRecord]) -> list[asyncpg.Record]:
+async def store_events(
+    conn: Conn, events: Sequence[EventRecord], sessions: dict[uuid.UUID, SessionInfo]
+) -> list[dict[str, Any]]:
     """Insert events not stored yet for their GPT (and count them in the rollups).
 
-    Every event's session must be stored (see `missing_sessions`): the GPT, user and project
-    come from it. Returns the inserted rows, for the live feed.
+    Every event's session must be in `sessions` (see `sessions_of`): the GPT, user and project
+    come from it. Returns the inserted events, as the live feed shows them.
     """
-    if not events:
+    # One row per (GPT, id): a batch may carry a retry beside its original.
+    unique: dict[tuple[int, uuid.UUID], EventRecord] = {}
+    for e in events:
+        unique.setdefault((sessions[e.sesion_id].gpt_pk, e.id), e)
+    if not unique:
         return []
-    return list(
-        await conn.fetch(
-            f"""WITH u AS (
-               -- One row per (GPT, id): a batch may carry a retry beside its original.
-               SELECT DISTINCT ON (s.gpt_pk, u.id)
-                      u.id, u.session_id, s.gpt_pk, s.usuario_id, s.project_id, u.tipo,
-                      u.contenido, u.latency_ms, u.tokens_entrada, u.tokens_salida, u.ts,
-                      u.request_id, u.cost_usd
-               FROM unnest($1::uuid[], $2::uuid[], $3::text[], $4::text[], $5::int[], $6::int[],
-                           $7::int[], $8::timestamptz[], $9::text[], $10::numeric[])
-                    AS u(id, session_id, tipo, contenido, latency_ms, tokens_entrada,
-                         tokens_salida, ts, request_id, cost_usd)
-               JOIN sessions s ON s.id = u.session_id
-               ORDER BY s.gpt_pk, u.id),
+    batch = list(unique.values())
+    info = [sessions[e.sesion_id] for e in batch]
+    rows = await conn.fetch(
+        f"""WITH u AS (
+               SELECT * FROM unnest($1::uuid[], $2::uuid[], $3::bigint[], $4::text[],
+                                    $5::bigint[], $6::text[], $7::text[], $8::int[], $9::int[],
+                                    $10::int[], $11::timestamptz[], $12::text[], $13::numeric[])
+                    AS u(id, session_id, gpt_pk, usuario_id, project_id, tipo, contenido,
+                         latency_ms, tokens_entrada, tokens_salida, ts, request_id, cost_usd)),
            -- Event ids are unique per GPT across every partition (0009_events_partitioned.sql):
            -- only the keys new here are inserted into events.
            k AS (
@@ -152,25 +163,38 @@ async def store_events(conn: Conn, events: Sequence[EventRecord]) -> list[asyncp
                INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo,
                                    contenido, latency_ms, tokens_entrada, tokens_salida, ts,
                                    request_id, cost_usd)
-               SELECT u.id, u.session_id, u.gpt_pk, u.usuario_id, u.project_id, u.tipo,
-                      u.contenido, u.latency_ms, u.tokens_entrada, u.tokens_salida, u.ts,
-                      u.request_id, u.cost_usd
-               FROM u JOIN k ON k.gpt_pk = u.gpt_pk AND k.id = u.id
-               RETURNING id, session_id, gpt_pk, project_id, coalesce(project_id, 0) AS project_key,
-                         usuario_id, tipo, latency_ms, tokens_entrada, tokens_salida, ts),
+               SELECT * FROM u WHERE (gpt_pk, id) IN (SELECT gpt_pk, id FROM k)
+               RETURNING id, gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id, tipo,
+                         latency_ms, tokens_entrada, tokens_salida, ts),
            {EVENT_ROLLUPS}
-           SELECT id, session_id, gpt_pk, project_id, usuario_id, tipo, latency_ms,
-                  tokens_entrada, tokens_salida, ts
-           FROM ins""",
-            [e.id for e in events],
-            [e.sesion_id for e in events],
-            [e.tipo for e in events],
-            [e.contenido for e in events],
-            [e.latency_ms for e in events],
-            [e.tokens_entrada for e in events],
-            [e.tokens_salida for e in events],
-            [e.timestamp for e in events],
-            [e.request_id for e in events],
-            [e.cost_usd for e in events],
-        )
+           SELECT gpt_pk, id FROM ins""",
+        [e.id for e in batch],
+        [e.sesion_id for e in batch],
+        [i.gpt_pk for i in info],
+        [i.usuario_id for i in info],
+        [i.project_id for i in info],
+        [e.tipo for e in batch],
+        [e.contenido for e in batch],
+        [e.latency_ms for e in batch],
+        [e.tokens_entrada for e in batch],
+        [e.tokens_salida for e in batch],
+        [e.timestamp for e in batch],
+        [e.request_id for e in batch],
+        [e.cost_usd for e in batch],
     )
+    new = [unique[(r["gpt_pk"], r["id"])] for r in rows]
+    return [
+        {
+            "id": e.id,
+            "session_id": e.sesion_id,
+            "gpt_pk": sessions[e.sesion_id].gpt_pk,
+            "project_id": sessions[e.sesion_id].project_id,
+            "usuario_id": sessions[e.sesion_id].usuario_id,
+            "tipo": e.tipo,
+            "latency_ms": e.latency_ms,
+            "tokens_entrada": e.tokens_entrada,
+            "tokens_salida": e.tokens_salida,
+            "ts": e.timestamp,
+        }
+        for e in new
+    ]

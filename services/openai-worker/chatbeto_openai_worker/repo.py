@@ -164,29 +164,22 @@ def _json(value: Any) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
 
 
-async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewMessage]) -> None:
-    """Append in order (the caller holds the conversation's lock); already stored ones skip."""
-    if not messages:
-        return
-    await conn.execute(
-        """INSERT INTO messages (conversation_id, position, role, content, model, prompt_tokens,
-                                 completion_tokens, latency_ms, external_id, request_id,
-                                 cached_tokens, reasoning_tokens, tool_calls, tool_call_id,
-                                 parts, metadata, cost_usd)
-           SELECT $1, base.n + u.ord, u.role, u.content, u.model, u.pt, u.ct, u.lat, u.ext, u.rid,
-                  u.cached, u.reasoning, u.calls::jsonb, u.call_id, u.parts::jsonb,
-                  u.meta::jsonb, u.cost
-           FROM (SELECT coalesce(max(position), -1) AS n FROM messages
-                 WHERE conversation_id = $1) AS base,
-                unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[],
-                       $8::text[], $9::text[], $10::int[], $11::int[], $12::text[], $13::text[],
-                       $14::text[], $15::text[], $16::numeric[]) WITH ORDINALITY
-                AS u(role, content, model, pt, ct, lat, ext, rid, cached, reasoning, calls,
-                     call_id, parts, meta, cost, ord)
-           WHERE NOT EXISTS (SELECT 1 FROM messages m
-                             WHERE m.conversation_id = $1 AND m.external_id = u.ext)
-           ORDER BY u.ord""",
-        conversation_id,
+_UNNEST = """unnest($2::text[], $3::text[], $4::text[], $5::int[], $6::int[], $7::int[],
+                  $8::text[], $9::text[], $10::int[], $11::int[], $12::text[], $13::text[],
+                  $14::text[], $15::text[], $16::numeric[]) WITH ORDINALITY
+           AS u(role, content, model, pt, ct, lat, ext, rid, cached, reasoning, calls,
+                call_id, parts, meta, cost, ord)"""
+_MESSAGE_COLUMNS = """conversation_id, position, role, content, model, prompt_tokens,
+                      completion_tokens, latency_ms, external_id, request_id, cached_tokens,
+                      reasoning_tokens, tool_calls, tool_call_id, parts, metadata, cost_usd"""
+_MESSAGE_VALUES = """u.role, u.content, u.model, u.pt, u.ct, u.lat, u.ext, u.rid, u.cached,
+                     u.reasoning, u.calls::jsonb, u.call_id, u.parts::jsonb, u.meta::jsonb,
+                     u.cost"""
+
+
+def _message_arrays(messages: Sequence[NewMessage]) -> list[list[Any]]:
+    """$2…$16 of the unnest: one array per column."""
+    return [
         [m.role for m in messages],
         [m.content for m in messages],
         [m.model for m in messages],
@@ -203,31 +196,83 @@ async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewM
         [_json(m.parts) for m in messages],
         [_json(m.metadata) for m in messages],
         [m.cost_usd for m in messages],
+    ]
+
+
+async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewMessage]) -> None:
+    """Append in order (the caller holds the conversation's lock); already stored ones skip."""
+    if not messages:
+        return
+    await conn.execute(
+        f"""INSERT INTO messages ({_MESSAGE_COLUMNS})
+            SELECT $1, base.n + u.ord, {_MESSAGE_VALUES}
+            FROM (SELECT coalesce(max(position), -1) AS n FROM messages
+                  WHERE conversation_id = $1) AS base,
+                 {_UNNEST}
+            WHERE NOT EXISTS (SELECT 1 FROM messages m
+                              WHERE m.conversation_id = $1 AND m.external_id = u.ext)
+            ORDER BY u.ord""",
+        conversation_id,
+        *_message_arrays(messages),
     )
 
 
+async def create_with_messages(conn: Conn, exchange: Exchange) -> Conversation | None:
+    """A new conversation and its messages in one statement (one round trip: the hot path of
+    every stored `/v1` call); None if a delivery of this request created it already."""
+    row = await conn.fetchrow(
+        f"""WITH conv AS (
+                INSERT INTO conversations (project_id, title, model, source, external_id,
+                                           metrics_session_id, request_id)
+                VALUES ($1, coalesce($17, 'New conversation'), $18, $19, $20, $21, $22)
+                ON CONFLICT (project_id, source, external_id) WHERE external_id IS NOT NULL
+                DO NOTHING
+                RETURNING {_CONV_COLUMNS}),
+            added AS (
+                INSERT INTO messages ({_MESSAGE_COLUMNS})
+                SELECT conv.id, u.ord - 1, {_MESSAGE_VALUES}
+                FROM conv, {_UNNEST}
+                RETURNING 1)
+            SELECT *, (SELECT count(*) FROM added) AS added FROM conv""",
+        exchange.project_id,
+        *_message_arrays(exchange.messages),
+        exchange.title,
+        exchange.model,
+        exchange.source,
+        exchange.external_id,
+        exchange.session_id,
+        exchange.request_id,
+    )
+    return None if row is None else _conversation(row)
+
+
 async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
-    """The one place an exchange is written (the caller holds a transaction): its conversation
-    (created, or locked to append in order), its messages and its spend, each once."""
+    """The one place an exchange is written (the caller holds a transaction if the exchange
+    takes more than one statement): its conversation (created, or locked to append in order),
+    its messages and its spend, each once."""
     if exchange.conversation_id is None:
         if exchange.project_id is None:
             raise ValueError("a new conversation needs a project")
-        conv = await create_conversation(
-            conn,
-            project_id=exchange.project_id,
-            title=exchange.title,
-            model=exchange.model,
-            source=exchange.source,
-            external_id=exchange.external_id,
-            session_id=exchange.session_id,
-            request_id=exchange.request_id,
-        )
+        created = await create_with_messages(conn, exchange)
+        if created is None:  # a redelivery: it exists; add what is missing
+            created = await create_conversation(
+                conn,
+                project_id=exchange.project_id,
+                title=exchange.title,
+                model=exchange.model,
+                source=exchange.source,
+                external_id=exchange.external_id,
+                session_id=exchange.session_id,
+                request_id=exchange.request_id,
+            )
+            await add_messages(conn, created.id, exchange.messages)
+        conv = created
     else:
         found = await lock_conversation(conn, exchange.conversation_id)
         if found is None:
             raise ConversationGone
         conv = found
-    await add_messages(conn, conv.id, exchange.messages)
+        await add_messages(conn, conv.id, exchange.messages)
     if exchange.charge is not None:
         await spend.record(conn, replace(exchange.charge, project_id=conv.project_id))
     return conv

@@ -73,8 +73,13 @@ class ExchangeStore:
             self._kick()
 
     async def _commit(self, exchanges: list[repo.Exchange]) -> list[repo.Conversation]:
-        async with self._pool.acquire() as conn, conn.transaction():
-            return [await repo.store_exchange(conn, exchange) for exchange in exchanges]
+        async with self._pool.acquire() as conn:
+            one = exchanges[0]
+            if len(exchanges) == 1 and one.conversation_id is None and one.charge is None:
+                # One statement, atomic by itself: no BEGIN/COMMIT round trips.
+                return [await repo.store_exchange(conn, exchanges[0])]
+            async with conn.transaction():
+                return [await repo.store_exchange(conn, exchange) for exchange in exchanges]
 
     async def close(self) -> None:
         while self._tasks:

@@ -72,7 +72,11 @@ class Completion:
 
 
 def make_client(settings: OpenAISettings) -> AsyncOpenAI | None:
-    """None when no key is configured. Retries are ours (they must respect the deadline)."""
+    """None when no key is configured. Retries are ours (they must respect the deadline).
+
+    The SDK's aiohttp transport: the SDK still builds, authenticates and maps every call,
+    aiohttp's C parser carries the bytes (the default httpx transport was most of the worker's
+    CPU per proxied call)."""
     if settings.openai_api_key is None:
         return None
     return AsyncOpenAI(
@@ -81,6 +85,10 @@ def make_client(settings: OpenAISettings) -> AsyncOpenAI | None:
         base_url=settings.openai_base_url,
         max_retries=0,
         timeout=settings.openai_timeout,
+        http_client=openai.DefaultAioHttpClient(
+            timeout=settings.openai_timeout,
+            limits=httpx2.Limits(max_connections=None, max_keepalive_connections=256),
+        ),
     )
 
 
