@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from urllib.parse import urlsplit, urlunsplit
 
 
 class TcpProxy:
@@ -49,3 +50,18 @@ class TcpProxy:
         finally:
             with contextlib.suppress(Exception):
                 writer.transport.abort()
+
+
+def through(url: str, proxy: TcpProxy) -> str:
+    """`url` (credentials kept) pointed at the proxy instead of its server."""
+    parts = urlsplit(url)
+    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
+
+
+async def proxy_to(url: str, default_port: int) -> tuple[TcpProxy, str]:
+    """A started proxy in front of `url`'s server, and the url that goes through it."""
+    parts = urlsplit(url)
+    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or default_port)
+    await proxy.start()
+    return proxy, through(url, proxy)

@@ -291,27 +291,19 @@ def test_cli_keys_create_with_budget_and_list_shows_spend(env: dict[str, str]) -
 async def test_budget_check_without_postgres_is_503_and_a_spent_window_stays_refused(
     database: str, db: asyncpg.Connection, factory: Factory
 ) -> None:
-    from urllib.parse import urlsplit, urlunsplit
 
     from chatbeto_gateway.budgets import BudgetExceeded, SpendGuard
     from chatbeto_gateway.errors import ApiError
 
-    from tests.tcp_proxy import TcpProxy
+    from tests.tcp_proxy import proxy_to
 
     project = await factory.project()
     _, spent_key = await budget_key(db, project, budget="0.1/1d")
     _, fresh_key = await budget_key(db, project, budget="0.1/1d")
     async with db.transaction():
         await spend.record(db, charge(spent_key, 0, "0.1"))
-    parts = urlsplit(database)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    netloc = (
-        f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
-    )
-    pool = await asyncpg.create_pool(
-        urlunsplit(parts._replace(netloc=netloc)), min_size=1, max_size=1
-    )
+    proxy, dsn = await proxy_to(database, 5432)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     try:
         guard = SpendGuard(pool)
         with pytest.raises(BudgetExceeded):

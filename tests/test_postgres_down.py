@@ -9,30 +9,21 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import pytest
 from chatbeto.settings import GatewaySettings
 
 from tests.conftest import Factory, make_event, wait_for
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import TcpProxy, proxy_to, through
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
 async def pg_proxy(database: str) -> AsyncIterator[TcpProxy]:
-    parts = urlsplit(database)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
+    proxy, _ = await proxy_to(database, 5432)
     yield proxy
     await proxy.stop()
-
-
-def through(dsn: str, proxy: TcpProxy) -> str:
-    parts = urlsplit(dsn)
-    auth = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
-    return urlunsplit(parts._replace(netloc=f"{auth}127.0.0.1:{proxy.port}"))
 
 
 @pytest.fixture

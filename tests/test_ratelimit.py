@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import asyncio
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
 from chatbeto.settings import GatewaySettings, RateLimit
 
 from tests.conftest import Factory, wait_for
-from tests.tcp_proxy import TcpProxy
+from tests.tcp_proxy import proxy_to
 
 LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
 
@@ -168,15 +167,8 @@ async def test_postgres_unreachable_fails_open(database: str) -> None:
     through (and logs a warning) until Postgres answers again."""
     from chatbeto_gateway.ratelimit import Limiter
 
-    parts = urlsplit(database)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5432)
-    await proxy.start()
-    netloc = (
-        f"{parts.username}@127.0.0.1:{proxy.port}" if parts.username else f"127.0.0.1:{proxy.port}"
-    )
-    pool = await asyncpg.create_pool(
-        urlunsplit(parts._replace(netloc=netloc)), min_size=1, max_size=1
-    )
+    proxy, dsn = await proxy_to(database, 5432)
+    pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
     try:
         limiter = Limiter(pool)
         rate = RateLimit(1, 3600)
@@ -244,14 +236,11 @@ async def test_5xx_answers_are_not_charged(
     are served again as soon as the broker is back (not locked out by their retries)."""
     from chatbeto_gateway.app import create_app
 
-    parts = urlsplit(amqp_url)
-    proxy = TcpProxy(parts.hostname or "127.0.0.1", parts.port or 5672)
-    await proxy.start()
-    netloc = f"{parts.username}:{parts.password}@127.0.0.1:{proxy.port}"
+    proxy, proxied_amqp = await proxy_to(amqp_url, 5672)
     settings = GatewaySettings(
         _env_file=None,  # type: ignore[call-arg]
         database_url=database,
-        amqp_url=urlunsplit(parts._replace(netloc=netloc)),
+        amqp_url=proxied_amqp,
         amqp_namespace=namespace,
     )
     gw = await aiohttp_client(create_app(settings))
