@@ -317,6 +317,68 @@ async def stored_message(
     )
 
 
+# --- reads of the API (`GET /api/v1/openai/conversations…`) ---------------------------------
+
+# A conversation as the API shows it, and its messages' columns.
+SHOWN_COLUMNS = (
+    "id, project_id, title, model, source, remote_id, created_at, updated_at, request_id"
+)
+SHOWN_MESSAGE_COLUMNS = """role, content, model, prompt_tokens, completion_tokens, latency_ms,
+                           created_at, cached_tokens, reasoning_tokens, tool_calls, tool_call_id,
+                           parts, metadata, request_id, cost_usd"""
+
+
+async def project_of(conn: Conn, conversation_id: int) -> int | None:
+    value: int | None = await conn.fetchval(
+        "SELECT project_id FROM conversations WHERE id = $1", conversation_id
+    )
+    return value
+
+
+async def get_shown(
+    conn: Conn, conversation_id: int
+) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    """The conversation and its messages in order (`SHOWN_COLUMNS`, `SHOWN_MESSAGE_COLUMNS`)."""
+    row = await conn.fetchrow(
+        f"SELECT {SHOWN_COLUMNS} FROM conversations WHERE id = $1", conversation_id
+    )
+    if row is None:
+        return None
+    messages = await conn.fetch(
+        f"""SELECT {SHOWN_MESSAGE_COLUMNS}
+            FROM messages WHERE conversation_id = $1 ORDER BY position""",
+        conversation_id,
+    )
+    return row, list(messages)
+
+
+async def list_shown(
+    conn: Conn,
+    *,
+    project_id: int | None,
+    limit: int,
+    after: tuple[datetime, int] | None,
+    request_id: str | None = None,
+) -> list[asyncpg.Record]:
+    """Newest first, up to `limit` rows after the keyset (created_at, id) `after`; with
+    `request_id`, only the conversation that request stored."""
+    return list(
+        await conn.fetch(
+            f"""SELECT {SHOWN_COLUMNS} FROM conversations
+                WHERE ($1::bigint IS NULL OR project_id = $1)
+                  AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
+                  AND ($5::text IS NULL OR request_id = $5)
+                ORDER BY created_at DESC, id DESC
+                LIMIT $4""",
+            project_id,
+            after[0] if after else None,
+            after[1] if after else 0,
+            limit,
+            request_id,
+        )
+    )
+
+
 # --- sync to OpenAI --------------------------------------------------------------------------
 
 

@@ -6,6 +6,8 @@ import re
 from dataclasses import dataclass
 from datetime import datetime
 
+import asyncpg
+
 from chatbeto.db import Conn
 
 GPT_ID_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
@@ -69,3 +71,9 @@ async def update(conn: Conn, gpt_id: str, name: str, keyless: bool) -> None:
         name,
         keyless,
     )
+
+
+async def builtin_pk(conn: Conn | asyncpg.Pool) -> int | None:
+    """The built-in GPT's key (the model calls' metrics go to it); None before `migrate`."""
+    pk: int | None = await conn.fetchval("SELECT pk FROM gpts WHERE builtin ORDER BY pk LIMIT 1")
+    return pk
