@@ -25,7 +25,7 @@ lint: install
 	$(BIN)/ruff check shared services tests bench
 
 typecheck: install
-	$(BIN)/mypy shared services
+	$(BIN)/mypy shared services tests bench
 
 check: lint typecheck test
 

@@ -117,7 +117,7 @@ def env(database: str, amqp_url: str, namespace: str) -> dict[str, str]:
 @pytest.fixture
 def gateway_settings(database: str, amqp_url: str, namespace: str) -> GatewaySettings:
     return GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -128,7 +128,7 @@ def gateway_settings(database: str, amqp_url: str, namespace: str) -> GatewaySet
 @pytest.fixture
 def ingest_settings(database: str, amqp_url: str, namespace: str) -> MetricsIngestSettings:
     return MetricsIngestSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -156,7 +156,7 @@ async def ingest(ingest_settings: MetricsIngestSettings) -> AsyncIterator[Any]:
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, interval: float = 0.05
 ) -> T:
     """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

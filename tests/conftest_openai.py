@@ -48,7 +48,7 @@ async def start_openai_worker(
             "openai_timeout": 10,
         }
         fields.update(overrides)
-        worker = OpenAIWorker(OpenAIWorkerSettings(_env_file=None, **fields))  # type: ignore[call-arg]
+        worker = OpenAIWorker(OpenAIWorkerSettings(_env_file=None, **fields))
         await worker.start()
         started.append(worker)
         return worker
@@ -70,7 +70,7 @@ def openai_gateway_settings(
 ) -> GatewaySettings:
     """Gateway settings with OpenAI configured (the stub) and a generous API rate limit."""
     return GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,

@@ -157,7 +157,7 @@ async def stack(
     workers = [spawn(name, env, tmp_path) for name in WORKER_QUEUES]
     try:
         settings = GatewaySettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=database,
             amqp_url=rabbit_node.url,
             amqp_namespace=namespace,
@@ -291,9 +291,11 @@ def gateway_queues_consumed(stack: Stack) -> bool:
 
 
 async def stored_once(db: asyncpg.Connection, ids: list[str]) -> tuple[int, int]:
-    stored, distinct = await db.fetchrow(
+    row = await db.fetchrow(
         "SELECT count(*), count(DISTINCT id) FROM events WHERE id = ANY($1::uuid[])", ids
     )
+    assert row is not None
+    stored, distinct = row
     return int(stored), int(distinct)
 
 

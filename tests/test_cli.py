@@ -218,6 +218,7 @@ async def test_gpts_add_refuses_a_taken_id_unless_update(
     code, _, err = await chatbeto(*args, "--name", "Dup", env=env)
     one_line_failure(code, err, "already exists", "--update")
     row = await db.fetchrow("SELECT name, keyless_ingest FROM gpts WHERE gpt_id = 'devops-expert'")
+    assert row is not None
     assert (row["name"], row["keyless_ingest"]) == ("DevOps", True)  # untouched
 
     code, out, err = await chatbeto(*args, "--name", "Dup", "--update", env=env)
@@ -225,6 +226,7 @@ async def test_gpts_add_refuses_a_taken_id_unless_update(
     assert "name 'DevOps' -> 'Dup'" in out
     assert "keyless" not in out  # not given: unchanged
     row = await db.fetchrow("SELECT name, keyless_ingest FROM gpts WHERE gpt_id = 'devops-expert'")
+    assert row is not None
     assert (row["name"], row["keyless_ingest"]) == ("Dup", True)
 
     code, out, err = await chatbeto(

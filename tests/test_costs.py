@@ -123,6 +123,7 @@ async def test_a_call_costs_exactly_its_usage_at_the_file_price_with_cached_toke
     expected = cost(usage.prompt_tokens, cached, usage.completion_tokens)
     assert expected == Decimal("0.0125")  # (2 * 1000 + 2 * 250 + 5 * 2000) / 1M
     row = await db.fetchrow("SELECT * FROM spend")
+    assert row is not None
     assert row["cost_usd"] == expected and row["cached_input_tokens"] == 2
     assert row["model"] == MODEL and row["project_id"] is not None
     answer = await stored_answer(gateways[0], key)
@@ -162,6 +163,7 @@ async def test_a_redelivered_request_is_charged_once(
     client, _ = sdk
     await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "uno"}])
     row = await db.fetchrow("SELECT * FROM spend")
+    assert row is not None
     # What a second delivery of the same request writes: nothing.
     from chatbeto import spend
 

@@ -78,6 +78,7 @@ async def raw_stats(
         end,
         project,
     )
+    assert row is not None
     sessions = await db.fetchval(
         """SELECT count(*) FROM sessions WHERE timestamp_inicio >= $1 AND timestamp_inicio < $2
            AND ($3::bigint IS NULL OR project_id = $3)""",

@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -92,9 +93,9 @@ async def test_kill_9_ingest_while_events_stream_loses_nothing_stores_nothing_tw
                 group.create_task(producer(n))
             for round_ in range(3):
                 # Let it store part of the stream, then kill it mid-flight and start a new one.
-                await wait_for(lambda n=400 * (round_ + 1): _len_at_least(accepted, n), timeout=120)
+                await wait_for(partial(_len_at_least, accepted, 400 * (round_ + 1)), timeout=120)
                 stored = await db.fetchval("SELECT count(*) FROM events")
-                await wait_for(lambda n=stored + 1: _at_least(db, n), timeout=120)
+                await wait_for(partial(_at_least, db, stored + 1), timeout=120)
                 worker.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(worker.wait, 30)
                 worker = spawn_ingest(env)
@@ -124,7 +125,7 @@ async def test_sigterm_drains_and_exits_cleanly(
     key, sessions = await setup_sessions(gateway, factory, 2)
     log = tmp_path / "ingest.log"
     worker = spawn_ingest(env, log)
-    accepted = []
+    accepted: list[str] = []
     for i in range(30):
         batch = [make_event(sessions[i % 2]) for _ in range(50)]
         resp = await gateway.post(
@@ -167,7 +168,7 @@ async def test_broker_outage_answers_503_never_2xx_and_recovers(
     settings = GatewaySettings(
         _env_file=None,
         database_url=database,
-        amqp_url=proxied,  # type: ignore[call-arg]
+        amqp_url=proxied,
         amqp_namespace=namespace,
     )
     gateway = await aiohttp_client(create_app(settings))
@@ -277,11 +278,11 @@ async def test_transient_failure_retries_then_dead_letters_then_replays(
         tokens_entrada=1,
         tokens_salida=1,
         timestamp="2026-01-01T00:00:00Z",
-    )  # type: ignore[arg-type]
+    )
     settings = MetricsIngestSettings(
         _env_file=None,
         database_url=database,
-        amqp_url=amqp_url,  # type: ignore[call-arg]
+        amqp_url=amqp_url,
         amqp_namespace=namespace,
         ingest_max_tries=2,
     )

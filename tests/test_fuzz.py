@@ -180,7 +180,7 @@ async def send(
 
 def json_body(op: dict[str, Any], components: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     content = op.get("requestBody", {}).get("content", {})
-    spec = content.get("application/json") or next(iter(content.values()), {})
+    spec: dict[str, Any] = content.get("application/json") or next(iter(content.values()), {})
     schema = resolve(spec.get("schema", {}), components)
     return schema, sample(schema, components)
 

@@ -7,6 +7,7 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
@@ -33,7 +34,7 @@ async def importer(database: str, amqp_url: str, namespace: str) -> AsyncIterato
     from chatbeto_openai_worker.imports import ImportWorker
 
     settings = WorkerSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -203,6 +204,7 @@ async def test_a_job_interrupted_midway_resumes_without_duplicates(
     )
     await importer.run_job(ImportJob(job_id=uuid.UUID(job_id), project_id=project))
     row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1::uuid", job_id)
+    assert row is not None
     assert (row["state"], row["total"], row["done"]) == ("done", 3, 3)
     assert await db.fetchval("SELECT count(*) FROM messages") == 15
     assert (await import_file(database, FIXTURE, project)).messages == 0
@@ -334,7 +336,7 @@ async def test_broker_outage_is_503_and_leaves_nothing(
     await proxy.start()
     proxied = f"amqp://{parts.username}:{parts.password}@127.0.0.1:{proxy.port}{parts.path or '/'}"
     settings = GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=proxied,
         amqp_namespace=namespace,
@@ -389,7 +391,7 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_marked_failed(
     # The worker's read of the upload fails every time (as if that table were unreachable).
     await db.execute("ALTER TABLE import_chunks RENAME TO import_chunks_gone")
     settings = WorkerSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -518,7 +520,7 @@ async def test_split_export_zip_over_http_counts_every_part_and_reimports_nothin
     for _ in range(2):  # the second time: everything is already there
         body = await upload(gateway, key, form(stored, project, filename="export.zip"))
         job_id = body["data"]["jobId"]
-        row = await wait_for(lambda j=job_id: job_state(db, j, "done", "failed"))
+        row = await wait_for(partial(job_state, db, job_id, "done", "failed"))
         assert (row["state"], row["total"], row["done"], row["failed"]) == ("done", 25, 25, 0)
         assert await db.fetchval("SELECT count(*) FROM messages") == 25 * 4
     assert await db.fetchval("SELECT count(*) FROM conversations") == 25
@@ -551,7 +553,7 @@ async def test_unpacked_split_export_as_several_file_parts(
     for again in (folder_form(files, project), form(zip_files(files), project)):
         body = await upload(gateway, key, again)
         job_id = body["data"]["jobId"]
-        row = await wait_for(lambda j=job_id: job_state(db, j, "done", "failed"))
+        row = await wait_for(partial(job_state, db, job_id, "done", "failed"))
         assert (row["state"], row["total"], row["done"]) == ("done", 12, 12)
     assert await db.fetchval("SELECT count(*) FROM conversations") == 12
     assert await db.fetchval("SELECT count(*) FROM messages") == 24

@@ -7,6 +7,7 @@ import asyncio
 import subprocess
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import aio_pika
@@ -142,7 +143,7 @@ async def test_project_key_on_the_builtin_gpt_sees_only_its_project() -> None:
             latency_ms=1,
             tokens_entrada=1,
             tokens_salida=1,
-            timestamp="2026-03-01T00:00:00Z",  # type: ignore[arg-type]
+            timestamp="2026-03-01T00:00:00Z",
         )
 
     with (
@@ -217,5 +218,5 @@ async def test_live_feed_failures_never_fail_ingestion(
         await channel.exchange_delete(f"{namespace}chatbeto.live")
     for n in range(2, 5):
         await gateway.post("/api/events", json=make_event(session), headers=h(tenant["key"]))
-        await wait_for(lambda n=n: stored(n))  # type: ignore[misc]
+        await wait_for(partial(stored, n))
     assert await db.fetchval("SELECT sum(events) FROM event_rollups") == 4

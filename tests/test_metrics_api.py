@@ -364,6 +364,7 @@ async def test_batch_limits_and_shape(gateway: Any, tenant: dict[str, Any]) -> N
     too_many = {"events": [make_event(session, contenido="")] * 1001}
     resp = await gateway.post("/api/events/batch", json=too_many, headers=h(tenant["key"]))
     assert resp.status == 422
+    body: object
     for body in ({"events": "nope"}, {}, []):
         resp = await gateway.post("/api/events/batch", json=body, headers=h(tenant["key"]))
         assert resp.status == 422

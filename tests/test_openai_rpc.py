@@ -96,7 +96,9 @@ async def test_a_redelivered_request_is_stored_and_answered_once(
             "openai.request.chat",
         )
     await wait_for(lambda: _count(replies, 2))
-    answers = [r.part.answer.content for r in replies if isinstance(r.part, ReplyResult)]
+    answers = [
+        r.part.answer and r.part.answer.content for r in replies if isinstance(r.part, ReplyResult)
+    ]
     assert answers == ["echo[1]: una vez"] * 2
     assert await db.fetchval("SELECT count(*) FROM conversations") == 1
     assert await db.fetchval("SELECT count(*) FROM messages") == 2

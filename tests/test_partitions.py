@@ -98,6 +98,7 @@ async def test_a_retry_across_a_partition_boundary_and_a_restart_is_stored_once(
     row = await db.fetchrow(
         "SELECT tableoid::regclass::text AS part, ts FROM events WHERE id = $1", uuid.UUID(event_id)
     )
+    assert row is not None
     assert row["part"] == f"events_p{late:%Y%m%d}"
     # A new worker (a restart) forgets nothing: the key is in the database, not in memory.
     worker = MetricsIngest(ingest_settings)

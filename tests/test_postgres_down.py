@@ -38,7 +38,7 @@ async def cut_gateway(
     from chatbeto_gateway.app import create_app
 
     settings = GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=through(database, pg_proxy),
         amqp_url=amqp_url,
         amqp_namespace=namespace,

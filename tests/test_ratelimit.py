@@ -238,7 +238,7 @@ async def test_5xx_answers_are_not_charged(
 
     proxy, proxied_amqp = await proxy_to(amqp_url, 5672)
     settings = GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=proxied_amqp,
         amqp_namespace=namespace,

@@ -48,7 +48,7 @@ async def openai_worker(
 ) -> AsyncIterator[Any]:
     service = await start_worker(
         WebhookSettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=database,
             amqp_url=amqp_url,
             amqp_namespace=namespace,
@@ -111,6 +111,7 @@ async def test_response_completed_is_fetched_and_stored_with_its_conversation(
             project,
         )
         stored = await db.fetchrow("SELECT * FROM messages WHERE external_id = $1", response.id)
+        assert stored is not None
         assert stored["conversation_id"] == conv_id and stored["role"] == "assistant"
         assert stored["content"] == response.output_text
         assert stored["model"] == "gpt-4o"
@@ -146,7 +147,7 @@ async def test_openai_unreachable_retries_then_records_failure(
     # Nothing listens on port 9 here: every fetch is a connection error (transient).
     service = await start_worker(
         WebhookSettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=database,
             amqp_url=amqp_url,
             amqp_namespace=namespace,
@@ -175,7 +176,7 @@ async def test_openai_not_configured_records_failure(
 ) -> None:
     service = await start_worker(
         WebhookSettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=database,
             amqp_url=amqp_url,
             amqp_namespace=namespace,

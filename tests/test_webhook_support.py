@@ -129,7 +129,7 @@ async def hooks(aiohttp_client: Any, hook_settings: GatewaySettings) -> Any:
 @pytest.fixture
 def worker_settings(database: str, amqp_url: str, namespace: str) -> WebhookSettings:
     return WebhookSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,

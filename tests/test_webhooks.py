@@ -41,6 +41,7 @@ async def test_legacy_conversation_created_is_stored_with_its_messages(
     assert row["outcome"] == "processed" and row["event_type"] == "conversation.created"
     assert row["request_id"] == resp.headers["X-Request-Id"]
     conv = await db.fetchrow("SELECT * FROM conversations WHERE id = $1", row["conversation_id"])
+    assert conv is not None
     assert conv["project_id"] == project and conv["title"] == "Deploy help"
     assert (conv["source"], conv["external_id"]) == ("webhook", "c-1")
     msgs = await db.fetch(
