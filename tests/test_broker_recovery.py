@@ -32,8 +32,9 @@ import pytest
 from chatbeto.messages import WebhookDelivery, envelope, to_amqp
 from chatbeto.settings import GatewaySettings
 from chatbeto.topology import Topology
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 from tests.rabbit_node import RabbitNode, free_port
 from tests.test_import_api import FIXTURE, form, upload
 
@@ -94,7 +95,7 @@ class Worker:
 class Stack:
     node: RabbitNode
     namespace: str
-    gateway: Any
+    gateway: Client
     workers: list[Worker]
     key: str
     project: int
@@ -136,7 +137,7 @@ async def stack(
     rabbit_node: RabbitNode,
     database: str,
     openai_stub: str,
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     factory: Factory,
     tmp_path: Path,
 ) -> AsyncIterator[Stack]:

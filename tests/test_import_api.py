@@ -9,7 +9,7 @@ import uuid
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -19,10 +19,14 @@ import pytest
 from aiohttp import FormData
 from chatbeto.messages import ImportJob
 from chatbeto.settings import GatewaySettings, WorkerSettings
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 from tests.fixtures.chatgpt_builder import dumps, simple, split, zip_files, zipped
 from tests.tcp_proxy import TcpProxy
+
+if TYPE_CHECKING:
+    from chatbeto_openai_worker.imports import ImportWorker
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chatgpt_export_small.json"
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
@@ -30,7 +34,7 @@ DOCKER_ID = "67a1f0c2-1111-8000-9a3e-0d1c2b3a4f01"
 
 
 @pytest.fixture
-async def importer(database: str, amqp_url: str, namespace: str) -> AsyncIterator[Any]:
+async def importer(database: str, amqp_url: str, namespace: str) -> AsyncIterator[ImportWorker]:
     from chatbeto_openai_worker.imports import ImportWorker
 
     settings = WorkerSettings(
@@ -69,7 +73,7 @@ async def job_state(db: asyncpg.Connection, job_id: str, *states: str) -> Any:
     return row if row is not None and row["state"] in states else None
 
 
-async def upload(gateway: Any, key: str, data: FormData, status: int = 202) -> Any:
+async def upload(gateway: Client, key: str, data: FormData, status: int = 202) -> Any:
     resp = await gateway.post("/api/v1/imports", data=data, headers={"X-API-Key": key})
     body = await resp.json()
     assert resp.status == status, body
@@ -77,7 +81,7 @@ async def upload(gateway: Any, key: str, data: FormData, status: int = 202) -> A
 
 
 async def test_upload_imports_in_the_background_and_reads_back_through_the_api(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -114,7 +118,7 @@ async def test_upload_imports_in_the_background_and_reads_back_through_the_api(
 
 
 async def test_zip_over_one_mib_with_the_file_before_the_project(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     admin = await factory.key(admin=True)
@@ -132,7 +136,7 @@ async def test_zip_over_one_mib_with_the_file_before_the_project(
 
 
 async def test_malformed_conversation_is_listed_in_the_job(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -152,7 +156,7 @@ async def test_malformed_conversation_is_listed_in_the_job(
 
 
 async def test_truncated_upload_fails_the_job_with_a_reason(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -168,7 +172,7 @@ async def test_truncated_upload_fails_the_job_with_a_reason(
 
 
 async def test_a_job_delivered_twice_runs_once(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -182,7 +186,7 @@ async def test_a_job_delivered_twice_runs_once(
 
 
 async def test_a_job_interrupted_midway_resumes_without_duplicates(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection, database: str
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection, database: str
 ) -> None:
     from chatbeto.importer.run import import_file
 
@@ -211,7 +215,7 @@ async def test_a_job_interrupted_midway_resumes_without_duplicates(
 
 
 async def test_project_key_can_only_import_into_its_own_project(
-    gateway: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, factory: Factory, db: asyncpg.Connection
 ) -> None:
     mine, other = await factory.project("mine"), await factory.project("other")
     key = await factory.key(mine)
@@ -227,7 +231,7 @@ async def test_project_key_can_only_import_into_its_own_project(
 
 
 async def test_job_of_another_project_is_not_found(
-    gateway: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, factory: Factory, db: asyncpg.Connection
 ) -> None:
     mine, other = await factory.project("mine"), await factory.project("other")
     other_key, key = await factory.key(other), await factory.key(mine)
@@ -257,7 +261,7 @@ async def test_job_of_another_project_is_not_found(
     ],
 )
 async def test_bad_uploads_are_422_naming_the_field(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, data: Any, field: str, message: str
+    gateway: Client, factory: Factory, db: asyncpg.Connection, data: Any, field: str, message: str
 ) -> None:
     project = await factory.project()
     admin = await factory.key(admin=True)
@@ -269,7 +273,7 @@ async def test_bad_uploads_are_422_naming_the_field(
     assert await db.fetchval("SELECT count(*) FROM import_uploads") == 0
 
 
-async def test_not_multipart_is_415_and_no_key_is_401(gateway: Any, factory: Factory) -> None:
+async def test_not_multipart_is_415_and_no_key_is_401(gateway: Client, factory: Factory) -> None:
     key = await factory.key(await factory.project())
     resp = await gateway.post("/api/v1/imports", json={"file": "x"}, headers={"X-API-Key": key})
     assert resp.status == 415
@@ -279,7 +283,7 @@ async def test_not_multipart_is_415_and_no_key_is_401(gateway: Any, factory: Fac
 
 
 async def test_upload_over_the_limit_is_413_and_leaves_nothing(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    gateway: Client, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from chatbeto_gateway import imports_api
 
@@ -322,7 +326,7 @@ async def _stream(writer: Any, piece: int = 4096) -> AsyncIterator[bytes]:
 
 
 async def test_broker_outage_is_503_and_leaves_nothing(
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     database: str,
     amqp_url: str,
     namespace: str,
@@ -352,7 +356,7 @@ async def test_broker_outage_is_503_and_leaves_nothing(
 
 
 async def test_openai_worker_process_runs_imports(
-    gateway: Any, env: dict[str, str], factory: Factory, db: asyncpg.Connection
+    gateway: Client, env: dict[str, str], factory: Factory, db: asyncpg.Connection
 ) -> None:
     """`chatbeto run openai-worker` carries the import worker, as deployed."""
     project = await factory.project()
@@ -375,7 +379,7 @@ async def test_openai_worker_process_runs_imports(
 
 
 async def test_a_job_that_keeps_failing_is_dead_lettered_and_marked_failed(
-    gateway: Any,
+    gateway: Client,
     database: str,
     amqp_url: str,
     namespace: str,
@@ -422,7 +426,7 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_marked_failed(
     ],
 )
 async def test_malformed_multipart_is_400(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, content_type: str, payload: bytes
+    gateway: Client, factory: Factory, db: asyncpg.Connection, content_type: str, payload: bytes
 ) -> None:
     key = await factory.key(await factory.project())
     resp = await gateway.post(
@@ -436,7 +440,7 @@ async def test_malformed_multipart_is_400(
 
 
 async def test_upload_abandoned_midway_leaves_nothing(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    gateway: Client, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from chatbeto_gateway import imports_api
 
@@ -469,7 +473,7 @@ async def _none_left(db: asyncpg.Connection) -> bool:
 
 
 async def test_leading_whitespace_in_small_pieces_is_still_an_export(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -494,7 +498,7 @@ async def test_leading_whitespace_in_small_pieces_is_still_an_export(
     ],
 )
 async def test_control_character_in_a_part_header_is_a_400(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, header: bytes
+    gateway: Client, factory: Factory, db: asyncpg.Connection, header: bytes
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -511,7 +515,7 @@ async def test_control_character_in_a_part_header_is_a_400(
 
 
 async def test_split_export_zip_over_http_counts_every_part_and_reimports_nothing(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -537,7 +541,7 @@ def folder_form(files: dict[str, bytes], project: int | None = None) -> FormData
 
 
 async def test_unpacked_split_export_as_several_file_parts(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -561,7 +565,7 @@ async def test_unpacked_split_export_as_several_file_parts(
 
 
 async def test_one_json_file_under_any_name_imports(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -571,7 +575,7 @@ async def test_one_json_file_under_any_name_imports(
 
 
 async def test_a_part_the_manifest_names_but_the_upload_lacks_fails_the_job(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -594,7 +598,7 @@ async def test_a_part_the_manifest_names_but_the_upload_lacks_fails_the_job(
     ],
 )
 async def test_bad_file_part_combinations_are_422(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, files: dict[str, bytes], message: str
+    gateway: Client, factory: Factory, db: asyncpg.Connection, files: dict[str, bytes], message: str
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
