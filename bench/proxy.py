@@ -183,7 +183,7 @@ async def run(quick: bool) -> list[Row]:
         config.close()
         procs = [
             subprocess.Popen(  # quiet: wrk's closing connections are tracebacks there
-                [sys.executable, "-m", "chatbeto_openai_worker.stub", "--port", str(stub_port)],
+                [sys.executable, "-m", "chatbeto_tools.stub", "--port", str(stub_port)],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             ),

@@ -14,8 +14,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 from chatbeto import signatures
-from chatbeto.cli import parser
 from chatbeto.db import with_database
+from chatbeto_tools.cli import parser
 from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import Client, Factory

@@ -31,8 +31,8 @@ from chatbeto.messages import (
 )
 from chatbeto.settings import GatewaySettings
 from chatbeto.topology import OPENAI_REQUESTS, Topology
-from chatbeto_openai_worker.stub import CALLS
 from chatbeto_openai_worker.worker import OpenAIWorker
+from chatbeto_tools.stub import CALLS
 from pytest_aiohttp import AiohttpClient
 
 from tests.conftest import Client, Factory, wait_for

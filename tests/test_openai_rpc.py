@@ -32,8 +32,8 @@ from chatbeto.messages import (
 )
 from chatbeto.settings import GatewaySettings
 from chatbeto.topology import OPENAI_REQUESTS, Topology
-from chatbeto_openai_worker.stub import SLOW_IN_FLIGHT
 from chatbeto_openai_worker.worker import OpenAIWorker
+from chatbeto_tools.stub import SLOW_IN_FLIGHT
 from pytest_aiohttp import AiohttpClient
 
 from tests.conftest import Client, Factory, wait_for

@@ -6,8 +6,8 @@ from typing import Any
 
 import asyncpg
 from aiohttp.test_utils import TestServer
-from chatbeto_openai_worker.stub import CONVERSATIONS
 from chatbeto_openai_worker.worker import OpenAIWorker
+from chatbeto_tools.stub import CONVERSATIONS
 
 from tests.conftest import Client, Factory, wait_for
 from tests.conftest_openai import StartWorker
