@@ -1,4 +1,5 @@
-"""Projects: the one place that says what a valid, unique project name is (CLI and API)."""
+"""Projects: the one place that says what a valid, unique project name is (CLI and API), and
+whether a project exists."""
 
 from __future__ import annotations
 
@@ -55,5 +56,6 @@ async def list_all(conn: Conn, only: int | None = None) -> list[asyncpg.Record]:
     )
 
 
-async def exists(conn: Conn, project_id: int) -> bool:
+async def exists(conn: Conn | asyncpg.Pool, project_id: int) -> bool:
+    """The one answer to "does this project exist" (CLI, gateway, workers, importer)."""
     return bool(await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project_id))
