@@ -292,8 +292,8 @@ async def test_budget_check_without_postgres_is_503_and_a_spent_window_stays_ref
     database: str, db: asyncpg.Connection, factory: Factory
 ) -> None:
 
-    from chatbeto_gateway.budgets import BudgetExceeded, SpendGuard
-    from chatbeto_gateway.errors import ApiError
+    from chatbeto_gateway.access.budgets import BudgetExceeded, SpendGuard
+    from chatbeto_gateway.http.errors import ApiError
 
     from tests.tcp_proxy import proxy_to
 

@@ -256,7 +256,7 @@ async def test_gpts_add_refuses_a_taken_id_unless_update(
 async def test_gpts_add_validates_ids_as_the_api_does(
     env: dict[str, str], factory: Factory, gpt_id: str
 ) -> None:
-    from chatbeto_gateway.schemas import GptIn
+    from chatbeto_gateway.metrics.schemas import GptIn
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from chatbeto_gateway import metrics_repo
+from chatbeto_gateway.metrics import repo as metrics_repo
 
 from tests.conftest import Client, Factory, make_event, wait_for
 

@@ -68,7 +68,7 @@ def form(
     return data
 
 
-async def job_state(db: asyncpg.Connection, job_id: str, *states: str) -> Any:
+async def job_state(db: asyncpg.Connection, job_id: str, *states: str) -> asyncpg.Record | None:
     row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1::uuid", job_id)
     return row if row is not None and row["state"] in states else None
 
@@ -285,7 +285,7 @@ async def test_not_multipart_is_415_and_no_key_is_401(gateway: Client, factory: 
 async def test_upload_over_the_limit_is_413_and_leaves_nothing(
     gateway: Client, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chatbeto_gateway import imports_api
+    from chatbeto_gateway.imports import routes as imports_api
 
     monkeypatch.setattr(imports_api, "MAX_UPLOAD_BYTES", 10_000)
     monkeypatch.setattr(imports_api, "CHUNK_BYTES", 4096)
@@ -442,7 +442,7 @@ async def test_malformed_multipart_is_400(
 async def test_upload_abandoned_midway_leaves_nothing(
     gateway: Client, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chatbeto_gateway import imports_api
+    from chatbeto_gateway.imports import routes as imports_api
 
     monkeypatch.setattr(imports_api, "CHUNK_BYTES", 4096)
     key = await factory.key(await factory.project())

@@ -414,8 +414,8 @@ async def test_the_walk_catches_a_leak(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The walk itself works: with the project check broken, it reports the leaks."""
+    from chatbeto_gateway.access.auth import Principal
     from chatbeto_gateway.app import create_app
-    from chatbeto_gateway.auth import Principal
 
     monkeypatch.setattr(Principal, "can_see_project", lambda self, project_id: True)
     gateway = await aiohttp_client(create_app(isolation_settings))

@@ -16,7 +16,7 @@ import asyncpg
 import orjson
 import pytest
 from chatbeto.messages import LiveEvent
-from chatbeto_gateway.live import LIVE, LiveHub
+from chatbeto_gateway.metrics.live import LIVE, LiveHub
 from chatbeto_metrics_ingest import live as ingest_live
 from chatbeto_metrics_ingest.consumer import MetricsIngest
 

@@ -100,7 +100,7 @@ async def test_limit_holds_across_two_gateways(
 
 async def test_leases_share_a_large_limit_exactly(database: str) -> None:
     """Blocks larger than one token: four replicas, one window, the total still holds."""
-    from chatbeto_gateway.ratelimit import Limiter, block_size
+    from chatbeto_gateway.access.ratelimit import Limiter, block_size
 
     rate = RateLimit(1000, 3600)
     assert block_size(rate.limit) == 10
@@ -171,7 +171,7 @@ async def test_window_ends_and_the_key_is_served_again(gateway: Client, factory:
 async def test_postgres_unreachable_fails_open(database: str) -> None:
     """Losing the counters must not take ingestion down with it: the limiter lets traffic
     through (and logs a warning) until Postgres answers again."""
-    from chatbeto_gateway.ratelimit import Limiter
+    from chatbeto_gateway.access.ratelimit import Limiter
 
     proxy, dsn = await proxy_to(database, 5432)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
@@ -193,7 +193,7 @@ async def test_postgres_unreachable_fails_open(database: str) -> None:
 
 @pytest.mark.parametrize("text", ["99999999999999999999999/1m", "1/1d"])
 async def test_extreme_limits(database: str, text: str) -> None:
-    from chatbeto_gateway.ratelimit import Limiter
+    from chatbeto_gateway.access.ratelimit import Limiter
 
     pool = await asyncpg.create_pool(database, min_size=1, max_size=1)
     try:
@@ -204,7 +204,7 @@ async def test_extreme_limits(database: str, text: str) -> None:
 
 
 async def test_ended_windows_are_pruned(database: str, db: asyncpg.Connection) -> None:
-    from chatbeto_gateway.ratelimit import Limiter
+    from chatbeto_gateway.access.ratelimit import Limiter
 
     await db.execute(
         "INSERT INTO rate_windows (bucket, window_start, window_end, used, last_grant) "

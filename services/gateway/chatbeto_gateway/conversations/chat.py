@@ -11,18 +11,18 @@ from chatbeto.messages import ChatCall, ChatMessage, ReplyChunk, ReplyResult
 from chatbeto.storable import BIGINT_MAX, Bool, Text
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbeto_gateway import responses
-from chatbeto_gateway.auth import require_principal
-from chatbeto_gateway.errors import ApiError
-from chatbeto_gateway.openai_calls import (
+from chatbeto_gateway.access.auth import require_principal
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.http.parse import parse_body
+from chatbeto_gateway.proxy.calls import (
     MAX_TOKENS_LIMIT,
     ask,
-    parse_body,
     response_out,
     stream,
     visible_project,
 )
-from chatbeto_gateway.openapi import doc
 from chatbeto_gateway.state import KEYS
 
 routes = web.RouteTableDef()
