@@ -50,5 +50,5 @@ def test_conversations_messages_and_jobs_are_written_only_by_the_store() -> None
     assert set(writers) <= {
         "shared/chatbeto/store/conversations.py",
         "shared/chatbeto/store/jobs.py",
-        "services/gateway/chatbeto_gateway/conversations_repo.py",
+        "services/gateway/chatbeto_gateway/conversations/repo.py",
     }, writers
