@@ -13,6 +13,7 @@ from aiohttp import web
 from chatbeto import api_keys, spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.settings import RateLimit
+from chatbeto.store import projects
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -28,7 +29,6 @@ from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import not_found
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.http.parse import POSITIVE_ID, parse_body, parse_query
-from chatbeto_gateway.metrics import repo as metrics_repo
 from chatbeto_gateway.metrics.schemas import Input
 from chatbeto_gateway.state import KEYS, POOL
 
@@ -127,7 +127,7 @@ async def create_key(request: web.Request) -> web.Response:
     require_admin(await require_principal(request, request.app[KEYS]))
     body = await parse_body(request, KeyIn)
     pool = request.app[POOL]
-    if body.projectId is not None and not await metrics_repo.project_exists(pool, body.projectId):
+    if body.projectId is not None and not await projects.exists(pool, body.projectId):
         raise not_found("project_not_found", "project not found")
     plain, record = await api_keys.create(
         pool,

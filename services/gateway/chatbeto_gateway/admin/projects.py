@@ -6,7 +6,7 @@ from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
-from chatbeto import projects
+from chatbeto.store import projects
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from chatbeto_gateway.access.auth import require_admin, require_principal

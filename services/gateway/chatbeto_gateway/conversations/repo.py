@@ -1,5 +1,6 @@
-"""SQL the gateway runs itself for contract 3.1: projects, reading conversations, sync jobs.
-Writes of conversations and messages are the openai-worker's (through the broker)."""
+"""Contract 3.1 as the gateway shows it: cursors, the JSON of conversations and messages,
+over the store's reads and sync jobs (`chatbeto.store`). Writes of conversations and messages
+are the openai-worker's (through the broker)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ import asyncpg
 import orjson
 from chatbeto.db import Conn
 from chatbeto.storable import BIGINT_MAX
+from chatbeto.store import conversations, jobs
 
 
 class BadCursor(ValueError):
@@ -106,43 +108,13 @@ def message_out(row: asyncpg.Record) -> dict[str, Any]:
     return out
 
 
-# --- projects ------------------------------------------------------------------------------
-
-
-async def project_exists(conn: Conn, project_id: int) -> bool:
-    return bool(
-        await conn.fetchval("SELECT EXISTS (SELECT 1 FROM projects WHERE id = $1)", project_id)
-    )
-
-
-# --- conversations -------------------------------------------------------------------------
-
-_COLUMNS = "id, project_id, title, model, source, remote_id, created_at, updated_at, request_id"
-
-
-async def project_of(conn: Conn, conversation_id: int) -> int | None:
-    value: int | None = await conn.fetchval(
-        "SELECT project_id FROM conversations WHERE id = $1", conversation_id
-    )
-    return value
+# --- conversations (the store's reads, paged with this module's cursors) -------------------
 
 
 async def get_conversation(
     conn: Conn, conversation_id: int
 ) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
-    row = await conn.fetchrow(
-        f"SELECT {_COLUMNS} FROM conversations WHERE id = $1", conversation_id
-    )
-    if row is None:
-        return None
-    messages = await conn.fetch(
-        """SELECT role, content, model, prompt_tokens, completion_tokens, latency_ms, created_at,
-                  cached_tokens, reasoning_tokens, tool_calls, tool_call_id, parts, metadata,
-                  request_id, cost_usd
-           FROM messages WHERE conversation_id = $1 ORDER BY position""",
-        conversation_id,
-    )
-    return row, list(messages)
+    return await conversations.get_shown(conn, conversation_id)
 
 
 async def list_conversations(
@@ -156,27 +128,17 @@ async def list_conversations(
     """Newest first; keyset pagination on (created_at, id), stable under inserts. With
     `request_id`: the conversation that request stored (how a client that got a 504 learns
     whether its exchange was stored after all)."""
-    rows = await conn.fetch(
-        f"""SELECT {_COLUMNS} FROM conversations
-            WHERE ($1::bigint IS NULL OR project_id = $1)
-              AND ($2::timestamptz IS NULL OR (created_at, id) < ($2, $3))
-              AND ($5::text IS NULL OR request_id = $5)
-            ORDER BY created_at DESC, id DESC
-            LIMIT $4""",
-        project_id,
-        after[0] if after else None,
-        after[1] if after else 0,
-        limit + 1,
-        request_id,
+    rows = await conversations.list_shown(
+        conn, project_id=project_id, limit=limit + 1, after=after, request_id=request_id
     )
-    page = list(rows[:limit])
+    page = rows[:limit]
     next_cursor = (
         encode_cursor(page[-1]["created_at"], page[-1]["id"]) if len(rows) > limit else None
     )
     return page, next_cursor
 
 
-# --- sync jobs -----------------------------------------------------------------------------
+# --- sync jobs (the store's `jobs`) --------------------------------------------------------
 
 
 async def create_sync_job(
@@ -184,31 +146,15 @@ async def create_sync_job(
 ) -> tuple[uuid.UUID, int]:
     """A queued job, and how many conversations it has to copy right now."""
     job_id = uuid.uuid4()
-    queued: int = await conn.fetchval(
-        """WITH n AS (SELECT count(*)::int AS c FROM conversations
-                      WHERE remote_id IS NULL AND ($2::bigint IS NULL OR project_id = $2))
-           INSERT INTO jobs (id, kind, project_id, total, request_id)
-           SELECT $1, 'sync', $2, n.c, $3 FROM n RETURNING total""",
-        job_id,
-        project_id,
-        request_id,
-    )
+    async with conn.transaction():
+        queued = await conversations.count_unsynced(conn, project_id)
+        await jobs.create(conn, job_id, jobs.SYNC, project_id, request_id, total=queued)
     return job_id, queued
 
 
 async def fail_job(conn: Conn, job_id: uuid.UUID, reason: str) -> None:
-    await conn.execute(
-        """UPDATE jobs SET state = 'failed', errors = errors || jsonb_build_array($2::text),
-               updated_at = now() WHERE id = $1""",
-        job_id,
-        reason,
-    )
+    await jobs.finish(conn, job_id, jobs.FAILED, error=reason)
 
 
-async def get_job(conn: Conn, job_id: uuid.UUID, kind: str) -> asyncpg.Record | None:
-    return await conn.fetchrow(
-        """SELECT id, project_id, state, total, done, failed, errors, created_at, updated_at
-           FROM jobs WHERE id = $1 AND kind = $2""",
-        job_id,
-        kind,
-    )
+async def get_job(conn: Conn, job_id: uuid.UUID, kind: str) -> jobs.Job | None:
+    return await jobs.get(conn, job_id, kind)

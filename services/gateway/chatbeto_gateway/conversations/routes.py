@@ -243,15 +243,15 @@ async def sync_status(request: web.Request) -> web.Response:
         raise not_found("job_not_found", "job not found") from None
     async with request.app[POOL].acquire() as conn:
         row = await repo.get_job(conn, job_id, "sync")
-    if row is None or not (principal.is_admin or row["project_id"] == principal.project_id):
+    if row is None or not (principal.is_admin or row.project_id == principal.project_id):
         raise not_found("job_not_found", "job not found")
     return responses.envelope(
         {
             "jobId": str(job_id),
-            "state": row["state"],
-            "total": row["total"],
-            "done": row["done"],
-            "failed": row["failed"],
-            "errors": row["errors"],
+            "state": row.state,
+            "total": row.total,
+            "done": row.done,
+            "failed": row.failed,
+            "errors": row.errors,
         }
     )

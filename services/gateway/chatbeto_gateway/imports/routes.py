@@ -12,12 +12,11 @@ import uuid
 from dataclasses import dataclass, field
 
 import asyncpg
-import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
-from chatbeto.importer import jobs
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import ImportJob, envelope, to_amqp
+from chatbeto.store import jobs, projects
 from pydantic import BaseModel, Field
 
 from chatbeto_gateway.access.auth import Principal, require_principal
@@ -26,7 +25,6 @@ from chatbeto_gateway.http.errors import ApiError, ValidationFailed, not_found
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.imports import upload as upload_io
 from chatbeto_gateway.imports.upload import Bundle, Kind
-from chatbeto_gateway.metrics import repo as metrics_repo
 from chatbeto_gateway.state import KEYS, POOL, PUBLISHER
 
 routes = web.RouteTableDef()
@@ -70,9 +68,7 @@ async def target_project(pool: asyncpg.Pool, principal: Principal, raw: str | No
         raise ValidationFailed.of("projectId", "must be an integer") from exc
     if project_id <= 0 or project_id >= 2**63:
         raise ValidationFailed.of("projectId", "must be a positive integer")
-    if not principal.can_see_project(project_id) or not await metrics_repo.project_exists(
-        pool, project_id
-    ):
+    if not principal.can_see_project(project_id) or not await projects.exists(pool, project_id):
         raise not_found("project_not_found", "project not found")
     return project_id
 
@@ -213,14 +209,14 @@ async def create_import(request: web.Request) -> web.Response:
         await read_form(request, principal, upload)
         assert upload.project_id is not None
         assert upload.size is not None
-        await jobs.queue_job(pool, upload.id, upload.project_id, upload.size, REQUEST_ID.get())
+        await jobs.queue_import(pool, upload.id, upload.project_id, upload.size, REQUEST_ID.get())
         job = ImportJob(job_id=upload.id, project_id=upload.project_id)
         await request.app[PUBLISHER].publish(to_amqp(envelope(job)), ROUTING_KEY)
         queued = True
     finally:
         # Refused, failed or abandoned mid-upload: leave no chunks behind.
         if upload.created and not queued:
-            await jobs.discard(pool, upload.id)
+            await jobs.discard_upload(pool, upload.id)
     log.info(
         "import queued", job_id=str(upload.id), size_bytes=upload.size, project_id=upload.project_id
     )
@@ -243,19 +239,19 @@ async def get_import(request: web.Request) -> web.Response:
         job_id = uuid.UUID(request.match_info["jobId"])
     except ValueError as exc:
         raise not_found("job_not_found", "import job not found") from exc
-    row = await jobs.get_job(request.app[POOL], job_id)
-    if row is None or not principal.can_see_project(row["project_id"]):
+    job = await jobs.get(request.app[POOL], job_id, jobs.IMPORT)
+    if job is None or not principal.can_see_project(job.project_id):
         raise not_found("job_not_found", "import job not found")
     return responses.envelope(
         {
-            "jobId": str(row["id"]),
-            "projectId": row["project_id"],
-            "state": row["state"],
-            "total": row["total"],
-            "done": row["done"],
-            "failed": row["failed"],
-            "failures": orjson.loads(row["errors"]),
-            "createdAt": row["created_at"].isoformat(),
-            "updatedAt": row["updated_at"].isoformat(),
+            "jobId": str(job.id),
+            "projectId": job.project_id,
+            "state": job.state,
+            "total": job.total,
+            "done": job.done,
+            "failed": job.failed,
+            "failures": job.errors,
+            "createdAt": job.created_at.isoformat(),
+            "updatedAt": job.updated_at.isoformat(),
         }
     )

@@ -23,7 +23,7 @@ from urllib.parse import unquote
 
 import asyncpg
 from aiohttp import BodyPartReader
-from chatbeto.importer import jobs
+from chatbeto.store import jobs
 
 ZIP_MAGIC = (b"PK\x03\x04", b"PK\x05\x06")
 UTF8_BOM = b"\xef\xbb\xbf"

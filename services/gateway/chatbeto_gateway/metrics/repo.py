@@ -30,10 +30,6 @@ class GptExists(Exception):
     pass
 
 
-async def project_exists(pool: asyncpg.Pool, project_id: int) -> bool:
-    return bool(await pool.fetchval("SELECT 1 FROM projects WHERE id = $1", project_id))
-
-
 async def create_gpt(
     pool: asyncpg.Pool, gpt_id: str, name: str, project_id: int | None, keyless: bool
 ) -> Gpt:

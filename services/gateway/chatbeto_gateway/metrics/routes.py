@@ -11,6 +11,7 @@ from aiohttp import web
 from chatbeto import session_ids
 from chatbeto.logging import REQUEST_ID
 from chatbeto.messages import EventRecord, SessionRecord
+from chatbeto.store import projects
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from chatbeto_gateway.access import ratelimit
@@ -103,7 +104,7 @@ async def create_gpt(request: web.Request) -> web.Response:
             raise not_found("project_not_found", "project not found")
         project_id = principal.project_id
     pool = request.app[POOL]
-    if project_id is not None and not await repo.project_exists(pool, project_id):
+    if project_id is not None and not await projects.exists(pool, project_id):
         raise not_found("project_not_found", "project not found")
     try:
         gpt = await repo.create_gpt(pool, body.id, body.name, project_id, body.keylessIngest)

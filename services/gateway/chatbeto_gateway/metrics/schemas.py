@@ -6,8 +6,8 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from chatbeto.gpts import GPT_ID_PATTERN
 from chatbeto.storable import Bool, NonNegInt32, PositiveBigInt, Text, Timestamp
+from chatbeto.store.gpts import GPT_ID_PATTERN
 from pydantic import (
     BaseModel,
     ConfigDict,

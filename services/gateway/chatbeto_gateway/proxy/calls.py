@@ -16,9 +16,9 @@ from chatbeto.messages import (
     StoredConversation,
     Usage,
 )
+from chatbeto.store import conversations, projects
 
 from chatbeto_gateway.access.auth import Principal
-from chatbeto_gateway.conversations import repo as conversations_repo
 from chatbeto_gateway.http.errors import ApiError, not_found
 from chatbeto_gateway.proxy.rpc import Rpc
 from chatbeto_gateway.proxy.upstream import Upstream
@@ -38,7 +38,7 @@ async def visible_project(request: web.Request, principal: Principal, project_id
         raise project_not_found()
     if principal.is_admin:
         async with request.app[POOL].acquire() as conn:
-            if not await conversations_repo.project_exists(conn, project_id):
+            if not await projects.exists(conn, project_id):
                 raise project_not_found()
     return project_id
 
@@ -49,7 +49,7 @@ async def visible_conversation(request: web.Request, principal: Principal, raw_i
     except ValueError:
         raise not_found("conversation_not_found", "conversation not found") from None
     async with request.app[POOL].acquire() as conn:
-        project_id = await conversations_repo.project_of(conn, conversation_id)
+        project_id = await conversations.project_of(conn, conversation_id)
     if project_id is None or not principal.can_see_project(project_id):
         raise not_found("conversation_not_found", "conversation not found")
     return conversation_id
