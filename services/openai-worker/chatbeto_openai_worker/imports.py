@@ -117,16 +117,19 @@ class ImportWorker(Service):
                 await jobs.delete_upload(pool, job.job_id)
                 log.warning("import job failed: not an importable export", job_id=str(job.job_id))
                 return
-        await jobs.report(
-            pool,
-            job.job_id,
-            total=summary.seen,
-            done=summary.seen - summary.failed,
-            failed=summary.failed,
-            errors=failures_of(summary),
-            state=jobs.DONE,
-        )
-        await jobs.delete_upload(pool, job.job_id)
+        # One transaction: a job seen done has no upload left (and one whose upload is gone
+        # is done).
+        async with pool.acquire() as conn, conn.transaction():
+            await jobs.report(
+                conn,
+                job.job_id,
+                total=summary.seen,
+                done=summary.seen - summary.failed,
+                failed=summary.failed,
+                errors=failures_of(summary),
+                state=jobs.DONE,
+            )
+            await jobs.delete_upload(conn, job.job_id)
         log.info(
             "import job done",
             job_id=str(job.job_id),
