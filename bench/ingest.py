@@ -300,6 +300,16 @@ async def run(quick: bool) -> list[Row]:
             key, sessions = await setup(env, base, conn)
             quoted = ",".join(json.dumps(s) for s in sessions)
             await drain_time(conn, 0)
+            if os.environ.get("BENCH_INGEST_PHASES", "single,batch") == "batch":
+                rows.append(Row(SECTION, "machine load at start", load_average(), "quiet"))
+                one = await batch_phase(wrk, base, conn, quoted, key, seconds)
+                second = env.spawn("run", "metrics-ingest")
+                try:
+                    two_ingest = await batch_phase(wrk, base, conn, quoted, key, seconds)
+                finally:
+                    second.terminate()
+                    second.wait(60)
+                return rows + batch_rows(one, two_ingest)
 
             # 1. Single events, 64 clients: the bare-HTTP limit, then one gateway process, then
             # two (GATEWAY_WORKERS=2, one port), back to back.

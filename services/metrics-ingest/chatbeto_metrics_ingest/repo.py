@@ -38,14 +38,21 @@ SESSION_ROLLUPS = """
         DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
 
+# The events' rollups: the inserted rows are aggregated once per hour (`e_agg`, `u_agg`, a
+# handful of rows), and the daily rollups are summed from those, not from the rows again.
 EVENT_ROLLUPS = """
+    e_agg AS (
+        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, tipo,
+               latency_bin(latency_ms) AS bin, count(*) AS events,
+               sum(latency_ms) AS latency_sum, sum(tokens_entrada) AS tokens_entrada,
+               sum(tokens_salida) AS tokens_salida
+        FROM ins GROUP BY 1, 2, 3, 4, 5),
     e_hourly AS (
         INSERT INTO event_rollups AS r (gpt_pk, project_key, hour, tipo, bin, events,
                                         latency_sum, tokens_entrada, tokens_salida)
-        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC'), tipo,
-               latency_bin(latency_ms), count(*), sum(latency_ms), sum(tokens_entrada),
-               sum(tokens_salida)
-        FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
+        SELECT gpt_pk, project_key, hour, tipo, bin, events, latency_sum, tokens_entrada,
+               tokens_salida
+        FROM e_agg ORDER BY 1, 3, 2, 4, 5
         ON CONFLICT (gpt_pk, hour, project_key, tipo, bin)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       latency_sum = r.latency_sum + EXCLUDED.latency_sum,
@@ -54,30 +61,32 @@ EVENT_ROLLUPS = """
     e_daily AS (
         INSERT INTO event_rollups_daily AS r (gpt_pk, project_key, day, tipo, bin, events,
                                               latency_sum, tokens_entrada, tokens_salida)
-        SELECT gpt_pk, project_key, date_trunc('day', ts, 'UTC'), tipo,
-               latency_bin(latency_ms), count(*), sum(latency_ms), sum(tokens_entrada),
-               sum(tokens_salida)
-        FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
+        SELECT gpt_pk, project_key, date_trunc('day', hour, 'UTC'), tipo, bin, sum(events),
+               sum(latency_sum), sum(tokens_entrada), sum(tokens_salida)
+        FROM e_agg GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
         ON CONFLICT (gpt_pk, day, project_key, tipo, bin)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       latency_sum = r.latency_sum + EXCLUDED.latency_sum,
                       tokens_entrada = r.tokens_entrada + EXCLUDED.tokens_entrada,
                       tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida),
+    u_agg AS (
+        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, usuario_id,
+               count(*) AS events, max(ts) AS last_seen
+        FROM ins GROUP BY 1, 2, 3, 4),
     e_users_hourly AS (
         INSERT INTO user_rollups_hourly AS r (gpt_pk, project_key, hour, usuario_id, sessions,
                                               events, last_seen)
-        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC'), usuario_id, 0, count(*),
-               max(ts)
-        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        SELECT gpt_pk, project_key, hour, usuario_id, 0, events, last_seen
+        FROM u_agg ORDER BY 1, 3, 2, 4
         ON CONFLICT (gpt_pk, hour, project_key, usuario_id)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
     e_users AS (
         INSERT INTO user_rollups AS r (gpt_pk, project_key, day, usuario_id, sessions, events,
                                        last_seen)
-        SELECT gpt_pk, project_key, date_trunc('day', ts, 'UTC'), usuario_id, 0, count(*),
-               max(ts)
-        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        SELECT gpt_pk, project_key, date_trunc('day', hour, 'UTC'), usuario_id, 0, sum(events),
+               max(last_seen)
+        FROM u_agg GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
         ON CONFLICT (gpt_pk, day, project_key, usuario_id)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
@@ -135,7 +144,8 @@ async def store_events(
     """Insert events not stored yet for their GPT (and count them in the rollups).
 
     Every event's session must be in `sessions` (see `sessions_of`): the GPT, user and project
-    come from it. Returns the inserted events, as the live feed shows them.
+    come from it. Returns the inserted events, as the live feed shows them (a `LiveEvent`'s
+    fields).
     """
     # One row per (GPT, id): a batch may carry a retry beside its original.
     unique: dict[tuple[int, uuid.UUID], EventRecord] = {}
@@ -163,11 +173,13 @@ async def store_events(
                INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo,
                                    contenido, latency_ms, tokens_entrada, tokens_salida, ts,
                                    request_id, cost_usd)
-               SELECT * FROM u WHERE (gpt_pk, id) IN (SELECT gpt_pk, id FROM k)
+               SELECT u.* FROM u JOIN k USING (gpt_pk, id)  -- u is unique per key
                RETURNING id, gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id, tipo,
                          latency_ms, tokens_entrada, tokens_salida, ts),
            {EVENT_ROLLUPS}
-           SELECT gpt_pk, id FROM ins""",
+           -- The keys stored before (usually none): fewer rows back than the new ones.
+           SELECT gpt_pk, id FROM u WHERE NOT EXISTS (
+               SELECT FROM k WHERE k.gpt_pk = u.gpt_pk AND k.id = u.id)""",
         [e.id for e in batch],
         [e.sesion_id for e in batch],
         [i.gpt_pk for i in info],
@@ -182,19 +194,20 @@ async def store_events(
         [e.request_id for e in batch],
         [e.cost_usd for e in batch],
     )
-    new = [unique[(r["gpt_pk"], r["id"])] for r in rows]
+    for r in rows:
+        del unique[(r["gpt_pk"], r["id"])]
     return [
         {
             "id": e.id,
-            "session_id": e.sesion_id,
-            "gpt_pk": sessions[e.sesion_id].gpt_pk,
-            "project_id": sessions[e.sesion_id].project_id,
-            "usuario_id": sessions[e.sesion_id].usuario_id,
+            "sesion_id": e.sesion_id,
+            "gpt_pk": (s := sessions[e.sesion_id]).gpt_pk,
+            "project_id": s.project_id,
+            "usuario_id": s.usuario_id,
             "tipo": e.tipo,
             "latency_ms": e.latency_ms,
             "tokens_entrada": e.tokens_entrada,
             "tokens_salida": e.tokens_salida,
-            "ts": e.timestamp,
+            "timestamp": e.timestamp,
         }
-        for e in new
+        for e in unique.values()
     ]
