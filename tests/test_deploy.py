@@ -31,9 +31,9 @@ import pytest
 import yaml
 from aiohttp import web
 from chatbeto import health
-from chatbeto.cli import SERVICES, parser
 from chatbeto.consumer import BatchConsumer, ConcurrentConsumer
 from chatbeto.settings import BaseServiceSettings, GatewaySettings
+from chatbeto_tools.cli import SERVICES, parser
 from pydantic import AliasChoices
 
 from tests.conftest import wait_for
@@ -75,7 +75,7 @@ HEALTHCHECK_SNIPPET_ARG = 3  # ["CMD", "python", "-c", SNIPPET, URL]
 # --- what the code says ------------------------------------------------------------------------
 
 
-def _subclasses(cls: type) -> Iterator[type]:
+def _subclasses(cls: type[Any]) -> Iterator[type[Any]]:
     for sub in cls.__subclasses__():
         yield sub
         yield from _subclasses(sub)
@@ -147,7 +147,7 @@ def port_variable(service: str) -> str:
 def gateway_routes() -> set[str]:
     from chatbeto_gateway.app import create_app
 
-    app = create_app(GatewaySettings(_env_file=None))  # type: ignore[call-arg]
+    app = create_app(GatewaySettings(_env_file=None))
     return {r.canonical for r in app.router.resources()}
 
 
@@ -368,10 +368,10 @@ def test_compose_defaults_load_and_equal_the_code_defaults(clean_env: pytest.Mon
         for variable, value in environment.items():
             if value is not None:
                 clean_env.setenv(variable, str(value))
-        loaded = cls(_env_file=None)  # type: ignore[call-arg]  # would raise on a bad value
+        loaded = cls(_env_file=None)  # would raise on a bad value
         for variable in environment:
             clean_env.delenv(variable, raising=False)
-        defaults = cls(_env_file=None)  # type: ignore[call-arg]
+        defaults = cls(_env_file=None)
         for field in cls.model_fields:
             if field.upper() in {*COMPOSE_URLS, *CONTAINER_OVERRIDES}:
                 continue
@@ -390,7 +390,7 @@ def test_healthchecks_probe_readyz_on_each_service_port(clean_env: pytest.Monkey
             env = {k: v for k, v in service["environment"].items() if v is not None}
             for variable, value in env.items():
                 clean_env.setenv(variable, value)
-            settings = settings_class_of(name)(_env_file=None)  # type: ignore[call-arg]
+            settings = settings_class_of(name)(_env_file=None)
             port = getattr(settings, "gateway_port", None) or settings.health_port  # type: ignore[attr-defined]
             assert url.port == port, name
             if name == "gateway":
@@ -538,7 +538,7 @@ def test_env_example_values_are_valid(clean_env: pytest.MonkeyPatch) -> None:
         if name in values:
             assert values[name] == default, name
     for cls in settings_classes():
-        cls(_env_file=ENV_EXAMPLE)  # type: ignore[call-arg]  # raises on a bad value
+        cls(_env_file=ENV_EXAMPLE)  # raises on a bad value
 
 
 # --- Dockerfile --------------------------------------------------------------------------------
@@ -580,7 +580,7 @@ def test_dockerfile_copies_every_package_root() -> None:
     for root in roots:
         assert any(root == c or root.startswith(c + "/") for c in copied), root
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("pyproject.toml", "shared", "services"):
+    for needed in ("pyproject.toml", "shared", "services", "tools"):
         assert needed not in ignored
     for secret in (".env", "**/.venv", "**/.git"):
         assert secret in ignored
@@ -595,7 +595,7 @@ def test_image_install_step_builds_a_complete_wheel(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, context)
-    for name in ("shared", "services"):
+    for name in ("shared", "services", "tools"):
         shutil.copytree(ROOT / name, context / name, ignore=skip)
     # With build isolation, as in the image: setuptools comes from the registry as declared.
     argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist")]
@@ -603,12 +603,17 @@ def test_image_install_step_builds_a_complete_wheel(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("chatbeto-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("chatbeto/cli.py", *(m.replace(".", "/") + ".py" for m in SERVICES.values())):
+    for module in (
+        "chatbeto_tools/cli.py",
+        *(m.replace(".", "/") + ".py" for m in SERVICES.values()),
+    ):
         assert module in names
     migrations = {n for n in names if n.startswith("chatbeto/migrations/") and n.endswith(".sql")}
     assert len(migrations) == len(list((ROOT / "shared/chatbeto/migrations").glob("*.sql")))
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "chatbeto = chatbeto.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (
+        "chatbeto = chatbeto_tools.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
 
 
 # --- Kubernetes --------------------------------------------------------------------------------

@@ -1,0 +1,279 @@
+"""Rate limits shared by every gateway replica, cheap on the hot path.
+
+Fixed windows counted in Postgres (`rate_windows`). A gateway does not ask Postgres per request:
+it *leases* a block of tokens from the window's row with one atomic upsert and spends them in
+memory, then leases again. A lease never grants more than the limit has left, so the total over
+all replicas never exceeds the limit; small limits lease blocks of 1 (exact). Tokens a replica
+leased but did not spend are lost to the others until the window ends (at most one block per
+replica, about 1% of the limit). Once a window is exhausted a replica answers 429 from memory
+until the window ends. See docs/SECURITY.md.
+
+A request answered 5xx gives its token back (`settle`): the failure was ours, and a client that
+retries through an outage must not find itself locked out after it. Budgets and token caps on
+the model routes are checked here too (`budgets.SpendGuard`, docs/COSTS.md).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from functools import lru_cache
+from typing import Literal
+
+import asyncpg
+from aiohttp import web
+from chatbeto import spend
+from chatbeto.logging import get_logger
+from chatbeto.settings import GatewaySettings, RateLimit
+
+from chatbeto_gateway.access.auth import KeyCache, presented_key
+from chatbeto_gateway.access.budgets import SpendGuard, is_model_route
+from chatbeto_gateway.http.errors import ApiError
+
+log = get_logger(__name__)
+Scope = Literal["api", "ingest"]
+# A block is this fraction of the limit: at most 1% of a window is stranded per replica.
+BLOCK_DIVISOR = 100
+MAX_BLOCK = 1000
+MAX_KEY_CHARS = 256
+# Counters are bigint; a larger limit is no limit at all.
+MAX_LIMIT = 1 << 60
+MAX_LOCAL_BUCKETS = 100_000
+PRUNE_INTERVAL_SECONDS = 60.0
+# Spend windows are read only while current; kept a while past their end for clock skew.
+SPEND_WINDOW_GRACE = timedelta(hours=1)
+
+LEASE_SQL = """
+INSERT INTO rate_windows AS w (bucket, window_start, window_end, used, last_grant)
+VALUES ($1, $2, $3, LEAST($4::bigint, $5::bigint), LEAST($4::bigint, $5::bigint))
+ON CONFLICT (bucket, window_start) DO UPDATE
+    SET used = w.used + LEAST(EXCLUDED.last_grant, $5::bigint - w.used),
+        last_grant = LEAST(EXCLUDED.last_grant, $5::bigint - w.used)
+    WHERE w.used < $5::bigint
+RETURNING used, last_grant
+"""
+
+
+class RateLimited(ApiError):
+    def __init__(self, decision: Decision) -> None:
+        retry = max(1, decision.reset_seconds)
+        super().__init__(
+            429,
+            "rate_limited",
+            f"rate limit of {decision.limit} requests exceeded; retry in {retry} s",
+            headers={"Retry-After": str(retry)},
+        )
+
+
+@dataclass(frozen=True)
+class Decision:
+    allowed: bool
+    limit: int
+    remaining: int
+    reset_at: float  # unix seconds, end of the window
+    # False when Postgres could not be asked and the request was let through uncounted.
+    counted: bool = True
+
+    @property
+    def reset_seconds(self) -> int:
+        return max(0, math.ceil(self.reset_at - time.time()))
+
+    def headers(self) -> dict[str, str]:
+        return {
+            "RateLimit-Limit": str(self.limit),
+            "RateLimit-Remaining": str(max(0, self.remaining)),
+            "RateLimit-Reset": str(self.reset_seconds),
+        }
+
+
+DECISION = web.RequestKey("ratelimit_decision", Decision)
+
+
+@dataclass(frozen=True)
+class _Taken:
+    limiter: Limiter
+    bucket: str
+    window_start: int
+
+
+TAKEN = web.RequestKey("ratelimit_taken", _Taken)
+
+
+@dataclass
+class _Bucket:
+    window_start: int
+    window_end: int
+    limit: int
+    tokens: int = 0  # leased, not yet spent
+    used: int = 0  # the shared count after our last lease
+    exhausted: bool = False
+    lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+
+
+def block_size(limit: int) -> int:
+    return max(1, min(limit // BLOCK_DIVISOR, MAX_BLOCK))
+
+
+class Limiter:
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self._buckets: dict[str, _Bucket] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.spend = SpendGuard(pool)
+
+    async def take(self, bucket: str, rate: RateLimit) -> Decision:
+        """Spend one token of `bucket`; a denied decision means 429."""
+        if rate.limit > MAX_LIMIT:
+            rate = RateLimit(MAX_LIMIT, rate.window_seconds)
+        now = time.time()
+        start = int(now // rate.window_seconds) * rate.window_seconds
+        end = start + rate.window_seconds
+        state = self._buckets.get(bucket)
+        if state is None or state.window_start != start or state.limit != rate.limit:
+            if len(self._buckets) >= MAX_LOCAL_BUCKETS:
+                self._buckets.clear()
+            state = self._buckets[bucket] = _Bucket(start, end, rate.limit)
+        while state.tokens == 0 and not state.exhausted:
+            async with state.lock:
+                if state.tokens == 0 and not state.exhausted:
+                    if not await self._lease(bucket, rate, state):
+                        # Postgres unreachable: fail open rather than refuse all traffic.
+                        return Decision(True, rate.limit, rate.limit, end, counted=False)
+        if state.tokens == 0:
+            return Decision(False, rate.limit, 0, end)
+        state.tokens -= 1
+        return Decision(True, rate.limit, rate.limit - state.used + state.tokens, end)
+
+    def give_back(self, bucket: str, window_start: int) -> None:
+        """Return a token spent in this window (the request failed on our side). It goes back
+        to this replica's leased tokens: the shared count never exceeds what was answered."""
+        state = self._buckets.get(bucket)
+        if state is not None and state.window_start == window_start:
+            state.tokens += 1
+
+    async def _lease(self, bucket: str, rate: RateLimit, state: _Bucket) -> bool:
+        try:
+            row = await self._pool.fetchrow(
+                LEASE_SQL,
+                bucket,
+                state.window_start,
+                state.window_end,
+                block_size(rate.limit),
+                rate.limit,
+            )
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("rate limit lease failed; allowing", error=type(exc).__name__)
+            return False
+        if row is None or row["last_grant"] <= 0:
+            state.exhausted = True
+            state.used = rate.limit
+        else:
+            state.tokens += row["last_grant"]
+            state.used = row["used"]
+        return True
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._prune_loop())
+
+    async def _prune_loop(self) -> None:
+        while True:
+            await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+            await self.prune()
+
+    async def prune(self) -> None:
+        """Drop ended windows (any replica may; the DELETE is idempotent)."""
+        now = time.time()
+        self._buckets = {k: b for k, b in self._buckets.items() if b.window_end > now}
+        wall = datetime.now(UTC)
+        self.spend.forget_ended(wall)
+        try:
+            await self._pool.execute("DELETE FROM rate_windows WHERE window_end < $1", int(now) - 1)
+            await spend.prune(self._pool, wall - SPEND_WINDOW_GRACE)
+        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            log.warning("rate window cleanup failed", error=type(exc).__name__)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+def scope_of(path: str) -> Scope | None:
+    if path.startswith(("/api/v1/", "/v1/")):
+        return "api"
+    if path.startswith("/api/"):
+        return "ingest"
+    return None
+
+
+@lru_cache(maxsize=1024)
+def _parse(text: str) -> RateLimit | None:
+    try:
+        return RateLimit.parse(text)
+    except ValueError:
+        return None
+
+
+def _default(settings: GatewaySettings, scope: Scope) -> RateLimit:
+    # Settings were validated at start, so this parses (once, cached).
+    rate = _parse(settings.rate_limit if scope == "api" else settings.ingest_rate_limit)
+    assert rate is not None
+    return rate
+
+
+async def _spend(request: web.Request, limiter: Limiter, bucket: str, rate: RateLimit) -> None:
+    decision = await limiter.take(bucket, rate)
+    request[DECISION] = decision
+    if not decision.allowed:
+        raise RateLimited(decision)
+    if decision.counted:
+        start = int(decision.reset_at) - rate.window_seconds
+        request[TAKEN] = _Taken(limiter, bucket, start)
+
+
+def settle(request: web.Request, status: int) -> None:
+    """Called with the final status: a 5xx is not charged against the caller's limit."""
+    taken = request.get(TAKEN)
+    if taken is not None and status >= 500:
+        taken.limiter.give_back(taken.bucket, taken.window_start)
+
+
+async def charge_key(
+    request: web.Request, limiter: Limiter, keys: KeyCache, settings: GatewaySettings
+) -> None:
+    """Count a keyed request against its key; unkeyed and invalid keys are left to the handler
+    (401, or a keyless ingest counted per GPT by `charge_gpt`)."""
+    scope = scope_of(request.path)
+    if scope is None:
+        return
+    plain = presented_key(request)
+    if plain is None or len(plain) > MAX_KEY_CHARS:
+        return
+    record = await keys.resolve(plain)
+    if record is None:
+        return
+    # The key's own limit (`--rate-limit`) replaces the default of either scope.
+    rate = (_parse(record.rate_limit) if record.rate_limit else None) or _default(settings, scope)
+    await _spend(request, limiter, f"{scope}:key:{record.id}", rate)
+    if is_model_route(request.method, request.path):
+        await limiter.spend.check(record, request)
+
+
+async def charge_gpt(
+    request: web.Request, limiter: Limiter, settings: GatewaySettings, gpt_pk: int
+) -> None:
+    """Count a keyless ingest request against its GPT, once per request."""
+    if DECISION in request:
+        return
+    await _spend(request, limiter, f"ingest:gpt:{gpt_pk}", _default(settings, "ingest"))
+
+
+async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """`on_response_prepare`: every limited response carries the RateLimit-* headers (streams
+    included, which send their headers before the handler returns)."""
+    decision = request.get(DECISION)
+    if decision is not None:
+        response.headers.update(decision.headers())

@@ -1,0 +1,163 @@
+"""One middleware: request id, timing, Prometheus counts, and the error shape per surface."""
+
+from __future__ import annotations
+
+import itertools
+import re
+import secrets
+import time
+from typing import Any
+
+import asyncpg
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from chatbeto.logging import REQUEST_ID, get_logger
+from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
+
+from chatbeto_gateway.access import ratelimit
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError, database_unavailable, is_database_outage
+from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
+
+log = get_logger("chatbeto.gateway.access")
+REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
+# High-volume ingest routes log their access line at debug; Prometheus counts every request.
+QUIET_ROUTES = frozenset({"/api/events", "/api/events/batch", "/healthz", "/metrics"})
+# Request ids made here: a random per-process prefix and a counter (unique across processes and
+# replicas, and a tenth of the cost of a uuid4 per request).
+_ID_PREFIX = secrets.token_hex(6)
+_ID_COUNTER = itertools.count()
+# Prometheus children by label values: `labels()` per request cost more than the counting.
+MAX_CACHED_LABELS = 10_000
+_COUNTERS: dict[tuple[str, str, int], Any] = {}
+_LATENCIES: dict[str, Any] = {}
+
+
+def new_request_id() -> str:
+    return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
+
+
+def _record(method: str, route: str, status: int, elapsed: float) -> None:
+    counter = _COUNTERS.get((method, route, status))
+    if counter is None:
+        counter = HTTP_REQUESTS.labels(method, route, str(status))
+        if len(_COUNTERS) < MAX_CACHED_LABELS:
+            _COUNTERS[method, route, status] = counter
+    counter.inc()
+    latency = _LATENCIES.get(route)
+    if latency is None:
+        latency = _LATENCIES[route] = HTTP_LATENCY.labels(route)
+    latency.observe(elapsed)
+
+
+def error_body(path: str, status: int, code: str, message: str, details: Any = None) -> Any:
+    error: dict[str, Any] = {"code": code, "message": message}
+    if details is not None:
+        error["details"] = details
+    if path.startswith("/api/v1/"):
+        return {"status": "error", "error": error}
+    if path.startswith("/v1/"):
+        # OpenAI's own error shape, so OpenAI SDKs raise the right exception (and see `param`).
+        param = None
+        if isinstance(details, list) and details and isinstance(details[0], dict):
+            param = details[0].get("field")
+        return {"error": {"message": message, "type": code, "code": code, "param": param}}
+    return {"error": error}
+
+
+HTTP_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+    429: "rate_limited",
+    503: "unavailable",
+}
+
+
+@web.middleware
+async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
+    incoming = request.headers.get("X-Request-Id")
+    request_id = incoming if incoming and REQUEST_ID_RE.match(incoming) else new_request_id()
+    token = REQUEST_ID.set(request_id)
+    started = time.perf_counter()
+    route = request.match_info.route.resource
+    route_name = route.canonical if route is not None else "unmatched"
+    status = 500
+    try:
+        try:
+            limiter = request.app.get(LIMITER)
+            if limiter is not None:
+                await ratelimit.charge_key(
+                    request, limiter, request.app[KEYS], request.app[SETTINGS]
+                )
+            response = await handler(request)
+        except ApiError as exc:
+            response = responses.json(
+                error_body(request.path, exc.status, exc.code, exc.message, exc.details),
+                status=exc.status,
+                headers=exc.headers,
+            )
+        except asyncpg.DataError as exc:
+            # Input a handler let through that Postgres can't hold (a NUL byte, a number past
+            # bigint): the caller's error, not ours. Logged so the missing check gets added.
+            log.warning("input rejected by postgres", path=request.path, error=type(exc).__name__)
+            response = responses.json(
+                error_body(
+                    request.path,
+                    422,
+                    "validation_error",
+                    "a value is out of range or contains characters that cannot be stored",
+                ),
+                status=422,
+            )
+        except web.HTTPException as exc:
+            if exc.status < 400:
+                raise
+            code = HTTP_CODES.get(exc.status, "error")
+            message = exc.reason if exc.status != 413 else "request body is larger than 1 MiB"
+            headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
+            response = responses.json(
+                error_body(request.path, exc.status, code, message),
+                status=exc.status,
+                headers=headers,
+            )
+        except Exception as exc:
+            if is_database_outage(exc):
+                # Postgres away, on any route: 503 with Retry-After, never a 500.
+                log.warning("database unavailable", path=request.path, error=type(exc).__name__)
+                error = database_unavailable()
+                response = responses.json(
+                    error_body(request.path, error.status, error.code, error.message),
+                    status=error.status,
+                    headers=error.headers,
+                )
+            elif isinstance(exc, ConnectionResetError):
+                # The client went away mid-request: nothing to answer, not a server error.
+                log.debug("client disconnected", path=request.path)
+                response = web.Response(status=499)
+            else:
+                log.exception("unhandled error", path=request.path)
+                response = responses.json(
+                    error_body(request.path, 500, "internal_error", "internal error"), status=500
+                )
+        status = response.status
+        ratelimit.settle(request, status)  # a 5xx is not charged against the caller's limit
+        response.headers["X-Request-Id"] = request_id
+        return response
+    finally:
+        elapsed = time.perf_counter() - started
+        _record(request.method, route_name, status, elapsed)
+        quiet = route_name in QUIET_ROUTES
+        # Skipping the call for quiet routes saves the logger's own cost (2 us) per event.
+        if not quiet or request.app[SETTINGS].log_level == "debug":
+            (log.debug if quiet else log.info)(
+                "request",
+                method=request.method,
+                route=route_name,
+                status=status,
+                duration_ms=round(elapsed * 1000, 2),
+            )
+        REQUEST_ID.reset(token)

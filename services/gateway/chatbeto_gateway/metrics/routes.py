@@ -1,0 +1,408 @@
+"""Metrics routes (contract 3.2): GPT registration, sessions, events, stats."""
+
+from __future__ import annotations
+
+import functools
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any, get_args
+
+from aiohttp import web
+from chatbeto import session_ids
+from chatbeto.broker import BrokerUnavailable
+from chatbeto.logging import REQUEST_ID
+from chatbeto.messages import EventRecord, SessionRecord
+from chatbeto.storable import Timestamp
+from pydantic import TypeAdapter, ValidationError
+
+from chatbeto_gateway.access import ratelimit
+from chatbeto_gateway.access.auth import Principal, optional_principal, require_principal
+from chatbeto_gateway.access.ratelimit import RateLimited
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import (
+    ApiError,
+    field_errors,
+    is_json_error,
+    not_found,
+    unauthorized,
+    validation_error,
+)
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.metrics import repo
+from chatbeto_gateway.metrics.gpt_cache import Gpt
+from chatbeto_gateway.metrics.schemas import (
+    MAX_BATCH_EVENTS,
+    BatchIn,
+    BatchOut,
+    EventAccepted,
+    EventIn,
+    GptIn,
+    SessionIn,
+    SessionOut,
+)
+from chatbeto_gateway.state import (
+    GPTS,
+    KEYS,
+    LIMITER,
+    METRICS_PUBLISHER,
+    POOL,
+    SESSION_KEY,
+    SETTINGS,
+)
+
+routes = web.RouteTableDef()
+DEFAULT_STATS_DAYS = 30
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def session_gpt(key: bytes, session_id: uuid.UUID) -> int | None:
+    """The GPT a session id was issued for (cached: an HMAC per event cost 1.5 % of ingest)."""
+    return session_ids.verify(key, session_id)
+
+
+def broker_down(exc: BrokerUnavailable) -> ApiError:
+    return ApiError(503, "broker_unavailable", "the message broker is unavailable; retry later")
+
+
+def parse_model(model: type[Any], body: bytes) -> Any:
+    try:
+        return model.model_validate_json(body)
+    except ValidationError as exc:
+        if is_json_error(exc):
+            raise ApiError(400, "invalid_json", "body is not valid JSON") from exc
+        raise validation_error(exc) from exc
+
+
+async def keyless_charge(request: web.Request, gpt: Gpt) -> None:
+    """Keyless ingest is counted per GPT (keyed requests were counted by the middleware)."""
+    await ratelimit.charge_gpt(request, request.app[LIMITER], request.app[SETTINGS], gpt.pk)
+
+
+def may_ingest(principal: Principal | None, gpt: Gpt) -> bool:
+    if principal is None:
+        return gpt.keyless_ingest
+    return principal.is_admin or gpt.builtin or principal.can_see_project(gpt.project_id)
+
+
+def gpt_out(gpt: Gpt, created_at: datetime | None = None) -> dict[str, Any]:
+    return {
+        "id": gpt.gpt_id,
+        "name": gpt.name,
+        "projectId": gpt.project_id,
+        "keylessIngest": gpt.keyless_ingest,
+        "builtin": gpt.builtin,
+        "createdAt": created_at.isoformat() if created_at else None,
+    }
+
+
+async def visible_gpt(request: web.Request, principal: Principal, gpt_id: str) -> Gpt:
+    gpt = await request.app[GPTS].by_id(gpt_id)
+    if gpt is None or not (gpt.builtin or principal.can_see_project(gpt.project_id)):
+        raise not_found("gpt_not_found", "GPT not found")
+    return gpt
+
+
+@routes.post("/api/gpts")
+@doc(
+    summary="Register a GPT for metrics",
+    body=GptIn,
+    tags=("metrics",),
+    responses={201: "", 401: "", 404: "", 409: "", 422: ""},
+)
+async def create_gpt(request: web.Request) -> web.Response:
+    principal = await require_principal(request, request.app[KEYS])
+    body = parse_model(GptIn, await request.read())
+    project_id = body.projectId
+    if not principal.is_admin:
+        if project_id is not None and project_id != principal.project_id:
+            raise not_found("project_not_found", "project not found")
+        project_id = principal.project_id
+    pool = request.app[POOL]
+    if project_id is not None and not await repo.project_exists(pool, project_id):
+        raise not_found("project_not_found", "project not found")
+    try:
+        gpt = await repo.create_gpt(pool, body.id, body.name, project_id, body.keylessIngest)
+    except repo.GptExists as exc:
+        raise ApiError(
+            409, "gpt_exists", f"a GPT with id {body.id!r} is already registered"
+        ) from exc
+    request.app[GPTS].remember(gpt)
+    return responses.json(gpt_out(gpt, datetime.now(UTC)), status=201)
+
+
+@routes.get("/api/gpts")
+@doc(summary="GPTs the key may see", tags=("metrics",), responses={200: "", 401: ""})
+async def list_gpts(request: web.Request) -> web.Response:
+    principal = await require_principal(request, request.app[KEYS])
+    rows = await repo.list_gpts(request.app[POOL], principal.project_id)
+    out = []
+    for r in rows:
+        gpt = Gpt(
+            **{k: r[k] for k in ("pk", "gpt_id", "name", "project_id", "keyless_ingest", "builtin")}
+        )
+        last = r["last_event_at"]
+        out.append({**gpt_out(gpt, r["created_at"]), "lastEventAt": last and last.isoformat()})
+    return responses.json(out)
+
+
+@routes.post("/api/sessions")
+@doc(
+    summary="Open a session",
+    auth="optional",
+    body=SessionIn,
+    response_model=SessionOut,
+    tags=("metrics",),
+    responses={201: "", 400: "", 401: "", 404: "", 413: "", 422: "", 503: ""},
+)
+async def create_session(request: web.Request) -> web.Response:
+    principal = await optional_principal(request, request.app[KEYS])
+    body = parse_model(SessionIn, await request.read())
+    gpt = await request.app[GPTS].by_id(body.gpt_id)
+    if gpt is None or (principal is not None and not may_ingest(principal, gpt)):
+        raise not_found("gpt_not_found", f"GPT {body.gpt_id!r} is not registered")
+    if not may_ingest(principal, gpt):
+        raise unauthorized()
+    if principal is None:
+        await keyless_charge(request, gpt)
+    record = SessionRecord(
+        id=session_ids.issue(request.app[SESSION_KEY], gpt.pk),
+        gpt_pk=gpt.pk,
+        usuario_id=body.usuario_id,
+        timestamp_inicio=body.timestamp_inicio or datetime.now(UTC),
+        request_id=REQUEST_ID.get(),
+    )
+    try:
+        await request.app[METRICS_PUBLISHER].submit((record,))
+    except BrokerUnavailable as exc:
+        raise broker_down(exc) from exc
+    return responses.json(
+        {
+            "id": str(record.id),
+            "gpt_id": gpt.gpt_id,
+            "usuario_id": record.usuario_id,
+            "timestamp_inicio": record.timestamp_inicio.isoformat(),
+        },
+        status=201,
+    )
+
+
+async def _event_record(
+    request: web.Request, principal: Principal | None, event: EventIn, now: datetime
+) -> EventRecord:
+    """Check the session the event names and build the record; raises 401/404."""
+    gpt_pk = session_gpt(request.app[SESSION_KEY], event.sesion_id)
+    gpt = await request.app[GPTS].by_pk(gpt_pk) if gpt_pk is not None else None
+    if gpt is None or (principal is not None and not may_ingest(principal, gpt)):
+        raise not_found("session_not_found", "session not found")
+    if not may_ingest(principal, gpt):
+        raise unauthorized()
+    if principal is None:
+        await keyless_charge(request, gpt)
+    # Not validated again: EventIn checked every field (the storable types' Python validators
+    # made a second pass cost as much as the first).
+    return EventRecord.model_construct(
+        id=event.id or uuid.uuid4(),
+        sesion_id=event.sesion_id,
+        tipo=event.tipo,
+        contenido=event.contenido,
+        latency_ms=event.latency_ms,
+        tokens_entrada=event.tokens_entrada,
+        tokens_salida=event.tokens_salida,
+        timestamp=event.timestamp or now,
+        request_id=REQUEST_ID.get(),
+    )
+
+
+@routes.post("/api/events")
+@doc(
+    summary="Record an event",
+    auth="optional",
+    body=EventIn,
+    response_model=EventAccepted,
+    tags=("metrics",),
+    responses={202: "", 400: "", 401: "", 404: "", 413: "", 422: "", 503: ""},
+)
+async def create_event(request: web.Request) -> web.Response:
+    principal = await optional_principal(request, request.app[KEYS])
+    event = parse_model(EventIn, await request.read())
+    record = await _event_record(request, principal, event, datetime.now(UTC))
+    try:
+        await request.app[METRICS_PUBLISHER].submit((record,))
+    except BrokerUnavailable as exc:
+        raise broker_down(exc) from exc
+    return responses.json({"id": str(record.id)}, status=202)
+
+
+@routes.post("/api/events/batch")
+@doc(
+    summary="Record up to 1000 events",
+    auth="optional",
+    body=BatchIn,
+    response_model=BatchOut,
+    tags=("metrics",),
+    responses={207: "", 400: "", 401: "", 413: "", 422: "", 503: ""},
+)
+async def create_events_batch(request: web.Request) -> web.Response:
+    principal = await optional_principal(request, request.app[KEYS])
+    body = await responses.read_json(request)
+    items = body.get("events") if isinstance(body, dict) else None
+    if not isinstance(items, list):
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: events",
+            [{"field": "events", "message": "must be a list of events"}],
+        )
+    if len(items) > MAX_BATCH_EVENTS:
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: events",
+            [{"field": "events", "message": f"at most {MAX_BATCH_EVENTS} events"}],
+        )
+    now = datetime.now(UTC)
+    results: list[dict[str, Any]] = []
+    records: list[EventRecord] = []
+    for index, item in enumerate(items):
+        try:
+            event = EventIn.model_validate(item)
+            record = await _event_record(request, principal, event, now)
+        except ValidationError as exc:
+            fields = field_errors(exc)
+            results.append(
+                {
+                    "index": index,
+                    "status": 422,
+                    "error": {
+                        "code": "validation_error",
+                        "message": "invalid fields: "
+                        + ", ".join(sorted({f["field"] for f in fields})),
+                        "details": fields,
+                    },
+                }
+            )
+            continue
+        except RateLimited:
+            raise
+        except ApiError as exc:
+            results.append(
+                {
+                    "index": index,
+                    "status": exc.status,
+                    "error": {"code": exc.code, "message": exc.message},
+                }
+            )
+            continue
+        records.append(record)
+        results.append({"index": index, "status": 202, "id": str(record.id)})
+    if records:
+        try:
+            await request.app[METRICS_PUBLISHER].submit(records)
+        except BrokerUnavailable as exc:
+            raise broker_down(exc) from exc
+    return responses.json({"results": results}, status=207)
+
+
+@routes.get("/api/sessions/{session_id}")
+@doc(summary="A session and its events", tags=("metrics",), responses={200: "", 401: "", 404: ""})
+async def get_session(request: web.Request) -> web.Response:
+    principal = await require_principal(request, request.app[KEYS])
+    try:
+        session_id = uuid.UUID(request.match_info["session_id"])
+    except ValueError as exc:
+        raise not_found("session_not_found", "session not found") from exc
+    session, events = await repo.get_session(request.app[POOL], session_id)
+    if session is None:
+        raise not_found("session_not_found", "session not found")
+    owner = session["session_project"] if session["builtin"] else session["gpt_project"]
+    if not principal.can_see_project(owner):
+        raise not_found("session_not_found", "session not found")
+    return responses.json(
+        {
+            "id": str(session["id"]),
+            "gpt_id": session["gpt_id"],
+            "usuario_id": session["usuario_id"],
+            "timestamp_inicio": session["timestamp_inicio"].isoformat(),
+            "events": [
+                {
+                    "id": str(e["id"]),
+                    "tipo": e["tipo"],
+                    "contenido": e["contenido"],
+                    "latency_ms": e["latency_ms"],
+                    "tokens_entrada": e["tokens_entrada"],
+                    "tokens_salida": e["tokens_salida"],
+                    "timestamp": e["ts"].isoformat(),
+                }
+                for e in events
+            ],
+        }
+    )
+
+
+QUERY_TIME = TypeAdapter(Timestamp)
+
+
+def _query_time(request: web.Request, name: str) -> datetime | None:
+    raw = request.query.get(name)
+    if raw is None or raw == "":
+        return None
+    try:
+        # A "+" offset arrives as a space when the caller did not percent-encode it.
+        value: datetime = QUERY_TIME.validate_python(raw.replace(" ", "+"))
+    except ValidationError as exc:
+        message = exc.errors(include_url=False)[0]["msg"]
+        raise ApiError(
+            422,
+            "validation_error",
+            f"invalid fields: {name}",
+            [{"field": name, "message": message}],
+        ) from exc
+    return value
+
+
+@routes.get("/api/gpts/{gpt_id}/stats")
+@doc(
+    summary="Usage statistics of a GPT",
+    tags=("metrics",),
+    query=("from", "to", "bucket"),
+    responses={200: "", 401: "", 404: "", 422: ""},
+)
+async def gpt_stats(request: web.Request) -> web.Response:
+    principal = await require_principal(request, request.app[KEYS])
+    gpt = await visible_gpt(request, principal, request.match_info["gpt_id"])
+    bucket = request.query.get("bucket", "day")
+    if bucket not in get_args(repo.Bucket):
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: bucket",
+            [{"field": "bucket", "message": "one of day, week, month"}],
+        )
+    end = _query_time(request, "to") or datetime.now(UTC)
+    start = _query_time(request, "from") or end - timedelta(days=DEFAULT_STATS_DAYS)
+    if start >= end:
+        raise ApiError(
+            422,
+            "validation_error",
+            "invalid fields: from",
+            [{"field": "from", "message": "must be before to"}],
+        )
+    project = principal.project_id if gpt.builtin else None
+    data = await repo.stats(
+        request.app[POOL],
+        gpt.pk,
+        start,
+        end,
+        bucket,  # type: ignore[arg-type]
+        project,
+        priced=gpt.builtin,
+    )
+    return responses.json(
+        {
+            "gpt_id": gpt.gpt_id,
+            "from": start.isoformat(),
+            "to": end.isoformat(),
+            "bucket": bucket,
+            **data,
+        }
+    )

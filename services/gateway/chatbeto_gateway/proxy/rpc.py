@@ -1,0 +1,172 @@
+"""Request/reply over RabbitMQ (see docs/ARCHITECTURE.md, "Request/reply").
+
+The gateway publishes a persistent, confirmed `OpenAIRequest` (routing key
+`openai.request.<action>` → the `openai.calls` work queue, where worker replicas compete)
+with a fresh `correlation_id` and `reply_to` = this process's own exclusive reply queue. Replies
+(streamed chunks, then one result or error, each tagged with the delivery that sent it) come back on that queue only, and are handed to
+the waiting call by correlation id. Each call waits until its deadline, then answers 504.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from datetime import UTC, datetime, timedelta
+
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from chatbeto.broker import BrokerUnavailable, Publisher
+from chatbeto.logging import get_logger
+from chatbeto.messages import (
+    Caller,
+    InvalidMessage,
+    OpenAIReply,
+    OpenAIRequest,
+    ReplyChunk,
+    ReplyError,
+    ReplyResult,
+    RequestCall,
+    envelope,
+    parse,
+    to_amqp,
+)
+from chatbeto.topology import Topology
+
+from chatbeto_gateway.http.errors import ApiError
+
+log = get_logger(__name__)
+ACCEPTED_VERSIONS = frozenset({2})
+# Beyond OPENAI_TIMEOUT the worker needs a little time to store the answer and reply; past
+# that the gateway stops waiting (504).
+REPLY_GRACE_SECONDS = 5.0
+
+
+def broker_unavailable() -> ApiError:
+    return ApiError(503, "broker_unavailable", "the message broker is unavailable; retry later")
+
+
+def gateway_timeout() -> ApiError:
+    # Stored or not is unknown here: the exchange carries this request's id, so the caller can
+    # look it up (`GET /api/v1/openai/conversations?requestId=`) before retrying.
+    return ApiError(
+        504,
+        "upstream_timeout",
+        "no answer from the model in time; if it was stored after all, "
+        "GET /api/v1/openai/conversations?requestId=<this X-Request-Id> finds it",
+    )
+
+
+class CallFailed(ApiError):
+    """The worker's error reply; `body` is OpenAI's own error body when it is forwarded."""
+
+    def __init__(self, error: ReplyError) -> None:
+        super().__init__(error.status, error.code, error.message)
+        self.body = error.body
+
+
+def stream_interrupted() -> ApiError:
+    return ApiError(502, "stream_interrupted", "the answer was interrupted; retry the request")
+
+
+class Pending:
+    """The replies of one call, in order, from one delivery of the request only."""
+
+    def __init__(self, deadline: float) -> None:
+        self.deadline = deadline
+        self.queue: asyncio.Queue[ReplyChunk | ReplyResult | ReplyError] = asyncio.Queue()
+        self.attempt: str | None = None
+        self.chunks = 0
+
+    async def next(self) -> ReplyChunk | ReplyResult:
+        """The next reply; 504 once the deadline passes, the worker's error as `CallFailed`.
+
+        Output of a second delivery of the request (its first worker died mid-answer) is never
+        relayed after the first one's: that would splice two answers into one."""
+        remaining = self.deadline - time.monotonic()
+        try:
+            async with asyncio.timeout(max(remaining, 0)):
+                part = await self.queue.get()
+        except TimeoutError as exc:
+            raise gateway_timeout() from exc
+        if self.attempt is None or self.chunks == 0:
+            self.attempt = part.attempt
+        elif part.attempt != self.attempt and isinstance(part, ReplyChunk):
+            raise stream_interrupted()
+        if isinstance(part, ReplyError):
+            raise CallFailed(part)
+        if isinstance(part, ReplyChunk):
+            self.chunks += 1
+        return part
+
+    async def result(self) -> ReplyResult:
+        """Skip chunks; the final result."""
+        while True:
+            part = await self.next()
+            if isinstance(part, ReplyResult):
+                return part
+
+
+class Rpc:
+    def __init__(
+        self,
+        connection: AbstractRobustConnection,
+        publisher: Publisher,
+        topo: Topology,
+        timeout_seconds: float,
+    ) -> None:
+        self._connection = connection
+        self._publisher = publisher
+        self._topology = topo
+        self._timeout_seconds = timeout_seconds
+        self._process_id = uuid.uuid4().hex[:16]
+        self.queue_name = topo.reply_queue_name(self._process_id)
+        self._waiting: dict[str, Pending] = {}
+        self._channel: AbstractChannel | None = None
+
+    async def start(self) -> None:
+        self._channel = await self._connection.channel()
+        queue = await self._topology.declare_reply_queue(self._channel, self._process_id)
+        # no_ack: a reply lost with this process has nobody left to read it anyway.
+        await queue.consume(self._on_reply, no_ack=True)
+
+    async def close(self) -> None:
+        if self._channel is not None and not self._channel.is_closed:
+            await self._channel.close()
+
+    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
+        pending = self._waiting.get(message.correlation_id or "")
+        if pending is None:
+            return  # its caller gave up (deadline) or the reply is a redelivery's twin
+        try:
+            reply = parse(message.body, OpenAIReply, OpenAIReply.TYPE, ACCEPTED_VERSIONS).data
+        except InvalidMessage as exc:
+            log.error("unreadable reply", error=str(exc))
+            return
+        pending.queue.put_nowait(reply.part)
+
+    @asynccontextmanager
+    async def call(self, job: RequestCall, caller: Caller) -> AsyncIterator[Pending]:
+        """Publish a request; yields its replies. 503 if the broker did not confirm it."""
+        deadline_at = datetime.now(UTC) + timedelta(seconds=self._timeout_seconds)
+        request = OpenAIRequest(call=job, caller=caller, deadline=deadline_at)
+        correlation_id = uuid.uuid4().hex
+        pending = Pending(time.monotonic() + self._timeout_seconds + REPLY_GRACE_SECONDS)
+        self._waiting[correlation_id] = pending
+        try:
+            # Transient (a classic queue, no fsync): the caller is waiting, and what must last
+            # is the stored exchange, committed before the worker answers.
+            message = to_amqp(
+                envelope(request),
+                persistent=False,
+                correlation_id=correlation_id,
+                reply_to=self.queue_name,
+            )
+            try:
+                await self._publisher.publish(message, request.routing_key)
+            except BrokerUnavailable as exc:
+                raise broker_unavailable() from exc
+            yield pending
+        finally:
+            del self._waiting[correlation_id]
