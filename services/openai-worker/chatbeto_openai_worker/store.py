@@ -13,6 +13,7 @@ from collections import deque
 
 import asyncpg
 from chatbeto.logging import get_logger
+from chatbeto.store.conversations import Conversation
 
 from chatbeto_openai_worker import repo
 
@@ -24,13 +25,13 @@ MAX_IN_FLIGHT = 4
 class ExchangeStore:
     def __init__(self, pool: asyncpg.Pool) -> None:
         self._pool = pool
-        self._pending: deque[tuple[repo.Exchange, asyncio.Future[repo.Conversation]]] = deque()
+        self._pending: deque[tuple[repo.Exchange, asyncio.Future[Conversation]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
 
-    async def store(self, exchange: repo.Exchange) -> repo.Conversation:
+    async def store(self, exchange: repo.Exchange) -> Conversation:
         """Returns once the exchange is committed; raises what storing it alone raised."""
-        future: asyncio.Future[repo.Conversation] = asyncio.get_running_loop().create_future()
+        future: asyncio.Future[Conversation] = asyncio.get_running_loop().create_future()
         self._pending.append((exchange, future))
         self._kick()
         return await future
@@ -43,9 +44,7 @@ class ExchangeStore:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
-    async def _flush(
-        self, group: list[tuple[repo.Exchange, asyncio.Future[repo.Conversation]]]
-    ) -> None:
+    async def _flush(self, group: list[tuple[repo.Exchange, asyncio.Future[Conversation]]]) -> None:
         try:
             if len(group) > 1:
                 try:
@@ -72,7 +71,7 @@ class ExchangeStore:
             self._in_flight -= 1
             self._kick()
 
-    async def _commit(self, exchanges: list[repo.Exchange]) -> list[repo.Conversation]:
+    async def _commit(self, exchanges: list[repo.Exchange]) -> list[Conversation]:
         async with self._pool.acquire() as conn:
             one = exchanges[0]
             if len(exchanges) == 1 and one.conversation_id is None and one.charge is None:
