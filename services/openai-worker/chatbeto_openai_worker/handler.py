@@ -1,6 +1,6 @@
 """Answers one `OpenAIRequest`: call the model, store the exchange (committed before anyone is
-answered), reply to the waiting gateway, record the call as a metrics event — then the consumer
-acks.
+answered, flushed to disk before the ack: `store.py`), reply to the waiting gateway, record the
+call as a metrics event — then the consumer acks.
 
 Upstream failures are answers too (an error reply, then ack): the gateway is waiting for one.
 A database or broker failure raises, so the request takes the retry ladder; stored rows carry
@@ -183,6 +183,8 @@ class RequestHandler:
         outcome = "ok"
         try:
             await self._dispatch(call, req)
+            # Answered before the flush; acked (on return) only after it.
+            await self.store.durable()
         except UpstreamRejected as exc:
             outcome = exc.code
             await call.error(exc.status, exc.code, str(exc), exc.body)
@@ -396,6 +398,7 @@ class RequestHandler:
         if call.replay:
             row = await self.stored_answer(call, project_id, conv)
             if row is not None:
+                await self.store.barrier()  # its first delivery may not have flushed it
                 if stream:
                     await call.chunk(row["content"])
                 return Completion(
