@@ -11,10 +11,12 @@ RUN python -m venv /opt/chatbeto
 ENV PATH=/opt/chatbeto/bin:$PATH
 WORKDIR /src
 # Dependencies first, so a code change does not reinstall them. setuptools finds the packages
-# under shared/ and services/*/ (pyproject.toml, [tool.setuptools.packages.find]).
+# under shared/, services/*/ and tools/ (pyproject.toml, [tool.setuptools.packages.find]);
+# tools/ holds the `chatbeto` command, the image's entrypoint.
 COPY pyproject.toml README.m[d] ./
 COPY shared ./shared
 COPY services ./services
+COPY tools ./tools
 RUN pip install --upgrade pip \
     && pip install . \
     && chatbeto --help >/dev/null

@@ -21,11 +21,11 @@ test: install
 	$(BIN)/pytest
 
 lint: install
-	$(BIN)/ruff format --check shared services tests bench
-	$(BIN)/ruff check shared services tests bench
+	$(BIN)/ruff format --check shared services tools tests bench
+	$(BIN)/ruff check shared services tools tests bench
 
 typecheck: install
-	$(BIN)/mypy shared services
+	$(BIN)/mypy shared services tools
 
 check: lint typecheck test
 

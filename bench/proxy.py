@@ -184,7 +184,7 @@ async def run(quick: bool) -> list[Row]:
         quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         procs = [
             subprocess.Popen(  # quiet: wrk's closing connections are tracebacks there
-                [sys.executable, "-m", "chatbeto_openai_worker.stub", "--port", str(stub_port)],
+                [sys.executable, "-m", "chatbeto_tools.stub", "--port", str(stub_port)],
                 **quiet,  # type: ignore[arg-type]
             ),
             env.spawn(

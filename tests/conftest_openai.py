@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from chatbeto.settings import GatewaySettings, OpenAIWorkerSettings
-from chatbeto_openai_worker.stub import create_stub_app
+from chatbeto_tools.stub import create_stub_app
 
 
 @pytest.fixture

@@ -15,8 +15,8 @@ import asyncpg
 import pytest
 from aiohttp import web
 from chatbeto import signatures
-from chatbeto.cli import parser
 from chatbeto.db import with_database
+from chatbeto_tools.cli import parser
 
 from tests.conftest import Factory
 
@@ -112,6 +112,7 @@ async def test_missing_vhost_names_amqp_url(env: dict[str, str]) -> None:
     )
     code, _, err = await chatbeto("migrate", env=env)
     one_line_failure(code, err, "AMQP_URL", "cbt-no-such-vhost")
+    assert "retrying" not in err  # a refusal is final: no retries before the one line
 
 
 async def test_refused_broker_credentials_name_amqp_url(env: dict[str, str]) -> None:
@@ -122,6 +123,7 @@ async def test_refused_broker_credentials_name_amqp_url(env: dict[str, str]) -> 
     code, _, err = await chatbeto("migrate", env=env)
     line = one_line_failure(code, err, "AMQP_URL", "credentials")
     assert "wrong-password" not in line
+    assert "retrying" not in err
 
 
 async def test_unreachable_broker_names_amqp_url(env: dict[str, str]) -> None:

@@ -31,9 +31,9 @@ import pytest
 import yaml
 from aiohttp import web
 from chatbeto import health
-from chatbeto.cli import SERVICES, parser
 from chatbeto.consumer import BatchConsumer, ConcurrentConsumer
 from chatbeto.settings import BaseServiceSettings, GatewaySettings
+from chatbeto_tools.cli import SERVICES, parser
 from pydantic import AliasChoices
 
 from tests.conftest import wait_for
@@ -580,7 +580,7 @@ def test_dockerfile_copies_every_package_root() -> None:
     for root in roots:
         assert any(root == c or root.startswith(c + "/") for c in copied), root
     ignored = (ROOT / ".dockerignore").read_text().split()
-    for needed in ("pyproject.toml", "shared", "services"):
+    for needed in ("pyproject.toml", "shared", "services", "tools"):
         assert needed not in ignored
     for secret in (".env", "**/.venv", "**/.git"):
         assert secret in ignored
@@ -595,7 +595,7 @@ def test_image_install_step_builds_a_complete_wheel(tmp_path: Path) -> None:
     for name in ("pyproject.toml", "README.md"):
         if (ROOT / name).exists():
             shutil.copy(ROOT / name, context)
-    for name in ("shared", "services"):
+    for name in ("shared", "services", "tools"):
         shutil.copytree(ROOT / name, context / name, ignore=skip)
     # With build isolation, as in the image: setuptools comes from the registry as declared.
     argv = [sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path / "dist")]
@@ -603,12 +603,17 @@ def test_image_install_step_builds_a_complete_wheel(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     (wheel,) = (tmp_path / "dist").glob("chatbeto-*.whl")
     names = zipfile.ZipFile(wheel).namelist()
-    for module in ("chatbeto/cli.py", *(m.replace(".", "/") + ".py" for m in SERVICES.values())):
+    for module in (
+        "chatbeto_tools/cli.py",
+        *(m.replace(".", "/") + ".py" for m in SERVICES.values()),
+    ):
         assert module in names
     migrations = {n for n in names if n.startswith("chatbeto/migrations/") and n.endswith(".sql")}
     assert len(migrations) == len(list((ROOT / "shared/chatbeto/migrations").glob("*.sql")))
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
-    assert "chatbeto = chatbeto.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    assert (
+        "chatbeto = chatbeto_tools.cli:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
+    )
 
 
 # --- Kubernetes --------------------------------------------------------------------------------

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from chatbeto import dev
 from chatbeto.settings import MetricsIngestSettings
+from chatbeto_tools import dev
 
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
 README = Path(__file__).parent.parent / "README.md"

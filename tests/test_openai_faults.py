@@ -28,7 +28,7 @@ from chatbeto.messages import (
     to_amqp,
 )
 from chatbeto.topology import OPENAI_REQUESTS, Topology
-from chatbeto_openai_worker.stub import CALLS
+from chatbeto_tools.stub import CALLS
 
 from tests.conftest import Factory, wait_for
 

@@ -26,7 +26,7 @@ from chatbeto.messages import (
     to_amqp,
 )
 from chatbeto.topology import OPENAI_REQUESTS, Topology
-from chatbeto_openai_worker.stub import SLOW_IN_FLIGHT
+from chatbeto_tools.stub import SLOW_IN_FLIGHT
 
 from tests.conftest import Factory, wait_for
 

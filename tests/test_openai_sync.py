@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp.test_utils import TestServer
-from chatbeto_openai_worker.stub import CONVERSATIONS
+from chatbeto_tools.stub import CONVERSATIONS
 
 from tests.conftest import Factory, wait_for
 

@@ -140,7 +140,7 @@ async def test_retention_drops_only_whole_expired_partitions_and_keeps_the_stats
                 )
                 assert resp.status == 202
         total = len(ages) * 3
-        await wait_for(lambda: _count(db, total), timeout=30)
+        await _wait_for_count(db, total)
     finally:
         await worker.close()
     start, end = (today - timedelta(days=30)).isoformat(), (today + timedelta(days=1)).isoformat()
@@ -190,8 +190,23 @@ async def test_retention_drops_only_whole_expired_partitions_and_keeps_the_stats
     assert after["latency"]["percentiles"] == "histogram"
 
 
-async def _count(db: asyncpg.Connection, n: int) -> bool:
-    return bool(await db.fetchval("SELECT count(*) FROM events") == n)
+async def _wait_for_count(db: asyncpg.Connection, n: int) -> None:
+    """Wait until `events` holds `n` rows; on failure, say where the rows are (by partition)."""
+
+    async def full() -> bool:
+        return bool(await db.fetchval("SELECT count(*) FROM events") == n)
+
+    try:
+        await wait_for(full, timeout=60)
+    except AssertionError:
+        where = await db.fetch(
+            """SELECT tableoid::regclass::text AS part, count(*) AS n FROM events
+               GROUP BY 1 ORDER BY 1"""
+        )
+        keys = await db.fetchval("SELECT count(*) FROM event_ids")
+        raise AssertionError(
+            f"events: {[(r['part'], r['n']) for r in where]}, event_ids: {keys}, wanted {n}"
+        ) from None
 
 
 async def test_migrating_an_unpartitioned_events_table_keeps_every_row(

@@ -21,7 +21,7 @@ OPENAI = "/webhook/openai"
 
 @pytest.fixture
 async def stub_url(aiohttp_server: Any) -> str:
-    from chatbeto_openai_worker.stub import create_stub_app
+    from chatbeto_tools.stub import create_stub_app
 
     server = await aiohttp_server(create_stub_app())
     return str(server.make_url("/v1"))

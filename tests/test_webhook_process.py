@@ -56,7 +56,7 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "chatbeto.cli",
+        "chatbeto_tools.cli",
         *args,
         stdout=asyncio.subprocess.PIPE,
         stderr=asyncio.subprocess.STDOUT,
@@ -115,7 +115,7 @@ async def test_webhook_service_runs_as_a_process(
     proc = await asyncio.create_subprocess_exec(
         sys.executable,
         "-m",
-        "chatbeto.cli",
+        "chatbeto_tools.cli",
         "run",
         "webhook",
         stdout=asyncio.subprocess.DEVNULL,
@@ -150,7 +150,7 @@ def test_cli_without_secret_exits_2(tmp_path: Path) -> None:
         [
             sys.executable,
             "-m",
-            "chatbeto.cli",
+            "chatbeto_tools.cli",
             "webhook",
             "send",
             "--url",

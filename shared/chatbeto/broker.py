@@ -13,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from chatbeto import topology
@@ -25,6 +26,16 @@ PUBLISH_TIMEOUT_SECONDS = 5.0
 # in 2-4 s, so try every second (an attempt against a closed port fails at once).
 RECONNECT_INTERVAL_SECONDS = 1.0
 CLOSE_TIMEOUT_SECONDS = 5.0
+
+
+# The broker answered and said no (credentials, a vhost missing or not the user's): no retry
+# changes that, so the one-line error comes at once rather than after every attempt.
+REFUSALS: tuple[type[Exception], ...] = (
+    aiormq.exceptions.ProbableAuthenticationError,
+    aiormq.exceptions.AuthenticationError,
+    aiormq.exceptions.ConnectionNotAllowed,
+    aiormq.exceptions.InvalidFrameError,  # the handshake closed at Connection.Open: the vhost
+)
 
 
 class BrokerUnavailable(Exception):
@@ -41,7 +52,7 @@ async def connect(
                 url, timeout=10, reconnect_interval=RECONNECT_INTERVAL_SECONDS
             )
         except (TimeoutError, OSError, aio_pika.exceptions.AMQPError) as exc:
-            if attempt == attempts:
+            if attempt == attempts or isinstance(exc, REFUSALS):
                 raise
             log.warning("broker not reachable, retrying", attempt=attempt, error=str(exc))
             await asyncio.sleep(delay_seconds)
@@ -84,20 +95,17 @@ class Publisher:
             # Fail fast while the robust connection is reconnecting: the caller answers 503.
             raise BrokerUnavailable("not connected to the broker")
         try:
-            target: AbstractExchange
-            if exchange is None:
-                target = await asyncio.wait_for(self._ensure(), timeout_seconds)
-            else:
-                await asyncio.wait_for(self._ensure(), timeout_seconds)
-                assert self._channel is not None
-                target = (
-                    self._channel.default_exchange
-                    if exchange == ""
-                    else await self._channel.get_exchange(exchange, ensure=False)
-                )
-            await asyncio.wait_for(
-                target.publish(message, routing_key=routing_key, mandatory=True), timeout_seconds
-            )
+            # One deadline for the whole publish: channel, exchange and confirm.
+            async with asyncio.timeout(timeout_seconds):
+                target = await self._ensure()
+                if exchange is not None:
+                    assert self._channel is not None
+                    target = (
+                        self._channel.default_exchange
+                        if exchange == ""
+                        else await self._channel.get_exchange(exchange, ensure=False)
+                    )
+                await target.publish(message, routing_key=routing_key, mandatory=True)
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -1,7 +1,7 @@
 """Expected failures as one line naming what to fix (contract section 2, issue 13).
 
-The process entry (`chatbeto.cli.main`, which also starts every service) catches what escapes a
-command and asks `explain` for its line; only an exception nobody expected keeps its traceback.
+The process entry (`chatbeto_tools.cli.main`, which also starts every service) catches what
+escapes a command and asks `explain` for its line; only an exception nobody expected keeps its traceback.
 Kinds are recognised by type (asyncpg and aiormq errors carry their origin) and, for a bare
 `OSError`, by the library that raised it (its traceback's modules), so no service needs its own
 handler.

@@ -7,7 +7,6 @@ import asyncio
 from typing import Any
 
 import aio_pika
-
 from chatbeto.broker import Publisher, connect
 from chatbeto.consumer import ATTEMPT_HEADER
 from chatbeto.settings import BaseServiceSettings, load

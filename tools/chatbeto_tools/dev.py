@@ -276,7 +276,7 @@ def main() -> int:
         )
         procs["openai-stub"] = _spawn(
             "openai-stub",
-            [sys.executable, "-m", "chatbeto_openai_worker.stub", "--port", str(setup.stub_port)],
+            [sys.executable, "-m", "chatbeto_tools.stub", "--port", str(setup.stub_port)],
             env,
         )
     for name in SERVICES:

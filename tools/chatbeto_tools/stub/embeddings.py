@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chatbeto_openai_worker.stub.common import (
+from chatbeto_tools.stub.common import (
     authorized,
     check_model,
     count_tokens,

@@ -21,7 +21,7 @@ SERVICES = {
 }
 
 # Extra subcommands contributed by feature modules: name -> module with `register(subparsers)`.
-PLUGINS = ("chatbeto.dlq", "chatbeto.importer.cli", "chatbeto.webhook_sim")
+PLUGINS = ("chatbeto_tools.dlq", "chatbeto_tools.import_cli", "chatbeto_tools.webhook_sim")
 
 
 def _positive_int(text: str) -> int:
@@ -63,7 +63,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_dev(args: argparse.Namespace) -> int:
-    from chatbeto.dev import main as dev_main
+    from chatbeto_tools.dev import main as dev_main
 
     return dev_main()
 

@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatbeto_openai_worker.stub.common import (
+from chatbeto_tools.stub.common import (
     CUT_AFTER_CHUNKS,
     CUT_MAGIC,
     authorized,

@@ -12,8 +12,8 @@ from typing import Any
 import orjson
 from aiohttp import web
 
-from chatbeto_openai_worker.stub.chat import answer_for
-from chatbeto_openai_worker.stub.common import (
+from chatbeto_tools.stub.chat import answer_for
+from chatbeto_tools.stub.common import (
     CUT_AFTER_CHUNKS,
     CUT_MAGIC,
     authorized,
@@ -29,7 +29,7 @@ from chatbeto_openai_worker.stub.common import (
     unauthorized,
     usage_details,
 )
-from chatbeto_openai_worker.stub.conversations import CONVERSATIONS, item
+from chatbeto_tools.stub.conversations import CONVERSATIONS, item
 
 RESPONSES = web.AppKey("responses", dict[str, dict[str, Any]])
 

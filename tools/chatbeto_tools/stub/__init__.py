@@ -1,4 +1,4 @@
-"""A local OpenAI-compatible server: `python -m chatbeto_openai_worker.stub --port N`.
+"""A local OpenAI-compatible server: `python -m chatbeto_tools.stub --port N`.
 
 Used by the tests, the benchmark and `make dev` when OPENAI_API_KEY is unset. It speaks
 OpenAI's real wire format (so the official SDK talks to it unchanged) and answers
@@ -22,16 +22,16 @@ from collections import Counter
 
 from aiohttp import web
 
-from chatbeto_openai_worker.stub import chat, conversations, embeddings, responses
-from chatbeto_openai_worker.stub.common import (
+from chatbeto_tools.stub import chat, conversations, embeddings, responses
+from chatbeto_tools.stub.common import (
     CALLS,
     FAILURES,
     MODELS,
     SLOW_IN_FLIGHT,
     json_response,
 )
-from chatbeto_openai_worker.stub.conversations import CONVERSATIONS
-from chatbeto_openai_worker.stub.responses import RESPONSES
+from chatbeto_tools.stub.conversations import CONVERSATIONS
+from chatbeto_tools.stub.responses import RESPONSES
 
 __all__ = ["CALLS", "CONVERSATIONS", "RESPONSES", "SLOW_IN_FLIGHT", "create_stub_app"]
 

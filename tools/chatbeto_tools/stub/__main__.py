@@ -1,4 +1,4 @@
-"""`python -m chatbeto_openai_worker.stub --port N`."""
+"""`python -m chatbeto_tools.stub --port N`."""
 
 from __future__ import annotations
 
@@ -6,11 +6,11 @@ import argparse
 
 from aiohttp import web
 
-from chatbeto_openai_worker.stub import create_stub_app
+from chatbeto_tools.stub import create_stub_app
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="chatbeto_openai_worker.stub")
+    parser = argparse.ArgumentParser(prog="chatbeto_tools.stub")
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8099)
     args = parser.parse_args()

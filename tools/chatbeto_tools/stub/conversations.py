@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from chatbeto_openai_worker.stub.common import error, json_response, provoke, text_of
+from chatbeto_tools.stub.common import error, json_response, provoke, text_of
 
 CONVERSATIONS = web.AppKey("conversations", dict[str, dict[str, Any]])
 MAX_ITEMS_PER_CALL = 20
