@@ -12,12 +12,12 @@ import asyncpg
 from chatbeto import spend
 from chatbeto.db import create_pool
 from chatbeto_openai_worker import repo
-from chatbeto_openai_worker.store import ExchangeStore
+from chatbeto_openai_worker.store import ExchangeStore, open_fast_pool
 
 from tests.conftest import Factory
 
 
-def exchange(project_id: int) -> repo.Exchange:
+def exchange(project_id: int, key_id: int | None = None) -> repo.Exchange:
     mid = uuid.uuid4().hex
     return repo.Exchange(
         external_id=mid,
@@ -31,7 +31,7 @@ def exchange(project_id: int) -> repo.Exchange:
         project_id=project_id,
         charge=spend.Charge(
             external_id=mid,
-            key_id=None,
+            key_id=key_id,
             project_id=project_id,
             model="gpt-4",
             input_tokens=1,
@@ -52,7 +52,7 @@ class FailingOnce:
     def acquire(self) -> Any:
         return self.pool.acquire()
 
-    async def fetchval(self, query: str) -> Any:
+    async def fetchval(self, query: str) -> Any:  # the barrier
         self.barriers += 1
         if self.barriers == 1:
             raise asyncpg.exceptions.ConnectionDoesNotExistError("cut")
@@ -64,7 +64,8 @@ async def test_stored_before_the_flush_durable_after(
 ) -> None:
     project = await factory.project()
     pool = await create_pool(database)
-    store = ExchangeStore(pool)
+    fast = await open_fast_pool(database)
+    store = ExchangeStore(pool, fast)
     try:
         conv = await store.store(exchange(project))
         # Visible to every reader (a redelivery replays it) before any flush was awaited.
@@ -76,6 +77,7 @@ async def test_stored_before_the_flush_durable_after(
         assert await db.fetchval("SELECT count(*) FROM spend") == 1
     finally:
         await store.close()
+        await fast.close()
         await pool.close()
 
 
@@ -83,11 +85,14 @@ async def test_failed_barrier_stores_again_once(
     database: str, db: asyncpg.Connection, factory: Factory
 ) -> None:
     project = await factory.project()
+    await factory.key(project)
+    key_id = await db.fetchval("SELECT id FROM api_keys")
     pool = await create_pool(database)
     failing = FailingOnce(pool)
-    store = ExchangeStore(failing)  # type: ignore[arg-type]
+    fast = await open_fast_pool(database)
+    store = ExchangeStore(failing, fast)  # type: ignore[arg-type]
     try:
-        first, second = exchange(project), exchange(project)
+        first, second = exchange(project, key_id), exchange(project, key_id)
         await store.store(first)
         await store.store(second)
         await store.durable()  # the first barrier failed: what it covered was stored again
@@ -95,10 +100,13 @@ async def test_failed_barrier_stores_again_once(
         assert await db.fetchval("SELECT count(*) FROM conversations") == 2
         assert await db.fetchval("SELECT count(*) FROM messages") == 4
         assert await db.fetchval("SELECT count(*) FROM spend") == 2
+        # The spend's windows were counted with the rows, once (docs/COSTS.md).
+        assert await db.fetchval("SELECT sum(calls) FROM key_spend_windows") == 2
         await store.store(exchange(project))
         await store.durable()  # barriers work again
         assert failing.barriers >= 2
         assert await db.fetchval("SELECT count(*) FROM conversations") == 3
     finally:
         await store.close()
+        await fast.close()
         await pool.close()

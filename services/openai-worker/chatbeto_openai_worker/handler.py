@@ -127,6 +127,7 @@ class RequestHandler:
         replies: Replies,
         usage: UsageEvents,
         session_key: bytes,
+        fast_pool: asyncpg.Pool | None = None,
     ) -> None:
         from chatbeto_openai_worker.proxy import ProxyHandler  # it builds on this module
 
@@ -137,7 +138,7 @@ class RequestHandler:
         self.usage = usage
         self.session_key = session_key
         self.prices = settings.price_table()
-        self.store = ExchangeStore(pool)
+        self.store = ExchangeStore(pool, fast_pool)
         self.proxy = ProxyHandler(self)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:

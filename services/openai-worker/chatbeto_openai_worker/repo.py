@@ -9,7 +9,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
-from datetime import datetime
+from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
@@ -217,9 +217,91 @@ async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewM
     )
 
 
+# A key's budget and token cap never change after it is created (`keys create`): the worker
+# reads them once per key, so the hot path's spend needs no lookup of its own.
+_KEY_LIMITS: dict[int, tuple[str | None, int | None] | None] = {}
+_KEY_LIMITS_MAX = 10_000
+
+
+async def key_limits(conn: Conn, key_id: int) -> tuple[str | None, int | None] | None:
+    """(budget, tpm) of a key; None if there is no such key."""
+    if key_id in _KEY_LIMITS:
+        return _KEY_LIMITS[key_id]
+    row = await conn.fetchrow("SELECT budget, tpm FROM api_keys WHERE id = $1", key_id)
+    limits = None if row is None else (row["budget"], row["tpm"])
+    if len(_KEY_LIMITS) >= _KEY_LIMITS_MAX:
+        _KEY_LIMITS.clear()
+    _KEY_LIMITS[key_id] = limits
+    return limits
+
+
+def spend_windows(
+    limits: tuple[str | None, int | None], at: datetime
+) -> dict[str, tuple[datetime, datetime]]:
+    """The windows a call at `at` counts in, as `chatbeto.spend.record` computes them."""
+    budget, tpm = limits
+    parsed = spend.budget_of(budget)
+    period = spend.DEFAULT_PERIOD if parsed is None else parsed.period
+    windows = {"budget": period.window(at)}
+    if tpm is not None:
+        windows["tpm"] = spend.TPM_PERIOD.window(at)
+    return windows
+
+
 async def create_with_messages(conn: Conn, exchange: Exchange) -> Conversation | None:
-    """A new conversation and its messages in one statement (one round trip: the hot path of
-    every stored `/v1` call); None if a delivery of this request created it already."""
+    """A new conversation, its messages and its spend in one statement (one round trip, atomic
+    by itself: the hot path of every stored `/v1` call); None if a delivery of this request
+    created it already (then nothing was written)."""
+    args: list[Any] = [
+        exchange.project_id,
+        *_message_arrays(exchange.messages),
+        exchange.title,
+        exchange.model,
+        exchange.source,
+        exchange.external_id,
+        exchange.session_id,
+        exchange.request_id,
+    ]
+    spent = ""
+    charge = exchange.charge
+    if charge is not None:
+        at = datetime.now(UTC)
+        limits = await key_limits(conn, charge.key_id) if charge.key_id is not None else None
+        windows = spend_windows(limits, at) if limits is not None else {}
+        # `chatbeto.spend.record` in SQL: the spend row once, then its windows only if new.
+        spent = """,
+            spent AS (
+                INSERT INTO spend (external_id, key_id, project_id, model, input_tokens,
+                                   cached_input_tokens, output_tokens, cost_usd, at)
+                SELECT $23, $24, conv.project_id, $25, $26, $27, $28, $29, $30 FROM conv
+                ON CONFLICT (external_id) DO NOTHING
+                RETURNING true),
+            windowed AS (
+                INSERT INTO key_spend_windows AS w
+                    (key_id, kind, window_start, window_end, usd, tokens, calls)
+                SELECT $24, u.kind, u.ws, u.we, $31, $32, 1
+                FROM unnest($33::text[], $34::timestamptz[], $35::timestamptz[])
+                     AS u(kind, ws, we)
+                WHERE EXISTS (SELECT 1 FROM spent)
+                ON CONFLICT (key_id, kind, window_start) DO UPDATE
+                    SET usd = w.usd + EXCLUDED.usd, tokens = w.tokens + EXCLUDED.tokens,
+                        calls = w.calls + 1
+                RETURNING 1)"""
+        args += [
+            charge.external_id,
+            charge.key_id,
+            charge.model,
+            charge.input_tokens,
+            charge.cached_input_tokens,
+            charge.output_tokens,
+            charge.cost_usd,
+            at,
+            charge.cost_usd or Decimal(0),
+            charge.tokens,
+            list(windows),
+            [start for start, _ in windows.values()],
+            [end for _, end in windows.values()],
+        ]
     row = await conn.fetchrow(
         f"""WITH conv AS (
                 INSERT INTO conversations (project_id, title, model, source, external_id,
@@ -232,30 +314,26 @@ async def create_with_messages(conn: Conn, exchange: Exchange) -> Conversation |
                 INSERT INTO messages ({_MESSAGE_COLUMNS})
                 SELECT conv.id, u.ord - 1, {_MESSAGE_VALUES}
                 FROM conv, {_UNNEST}
-                RETURNING 1)
+                RETURNING 1){spent}
             SELECT *, (SELECT count(*) FROM added) AS added FROM conv""",
-        exchange.project_id,
-        *_message_arrays(exchange.messages),
-        exchange.title,
-        exchange.model,
-        exchange.source,
-        exchange.external_id,
-        exchange.session_id,
-        exchange.request_id,
+        *args,
     )
     return None if row is None else _conversation(row)
 
 
 async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
-    """The one place an exchange is written (the caller holds a transaction if the exchange
-    takes more than one statement): its conversation (created, or locked to append in order),
-    its messages and its spend, each once."""
+    """The one place an exchange is written: its conversation (created, or locked to append in
+    order), its messages and its spend, each once, atomically. A new conversation is one
+    statement (atomic by itself); everything else runs in a transaction of its own (a
+    savepoint inside the caller's)."""
     if exchange.conversation_id is None:
         if exchange.project_id is None:
             raise ValueError("a new conversation needs a project")
         created = await create_with_messages(conn, exchange)
-        if created is None:  # a redelivery: it exists; add what is missing
-            created = await create_conversation(
+        if created is not None:
+            return created  # its spend with it
+        async with conn.transaction():  # a redelivery: it exists; add what is missing
+            conv = await create_conversation(
                 conn,
                 project_id=exchange.project_id,
                 title=exchange.title,
@@ -265,17 +343,18 @@ async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
                 session_id=exchange.session_id,
                 request_id=exchange.request_id,
             )
-            await add_messages(conn, created.id, exchange.messages)
-        conv = created
-    else:
+            await add_messages(conn, conv.id, exchange.messages)
+            if exchange.charge is not None:
+                await spend.record(conn, replace(exchange.charge, project_id=conv.project_id))
+        return conv
+    async with conn.transaction():
         found = await lock_conversation(conn, exchange.conversation_id)
         if found is None:
             raise ConversationGone
-        conv = found
-        await add_messages(conn, conv.id, exchange.messages)
-    if exchange.charge is not None:
-        await spend.record(conn, replace(exchange.charge, project_id=conv.project_id))
-    return conv
+        await add_messages(conn, found.id, exchange.messages)
+        if exchange.charge is not None:
+            await spend.record(conn, replace(exchange.charge, project_id=found.project_id))
+    return found
 
 
 async def history(conn: Conn, conversation_id: int) -> list[ChatMessage]:
