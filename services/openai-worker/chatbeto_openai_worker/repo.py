@@ -217,22 +217,26 @@ async def add_messages(conn: Conn, conversation_id: int, messages: Sequence[NewM
     )
 
 
-# A key's budget and token cap never change after it is created (`keys create`): the worker
-# reads them once per key, so the hot path's spend needs no lookup of its own.
-_KEY_LIMITS: dict[int, tuple[str | None, int | None] | None] = {}
-_KEY_LIMITS_MAX = 10_000
+class KeyLimits:
+    """(budget, tpm) per key id, of one database. A key's budget and token cap never change
+    after it is created (`keys create`): the worker reads them once per key, so the hot path's
+    spend needs no lookup of its own."""
 
+    MAX_KEYS = 10_000
 
-async def key_limits(conn: Conn, key_id: int) -> tuple[str | None, int | None] | None:
-    """(budget, tpm) of a key; None if there is no such key."""
-    if key_id in _KEY_LIMITS:
-        return _KEY_LIMITS[key_id]
-    row = await conn.fetchrow("SELECT budget, tpm FROM api_keys WHERE id = $1", key_id)
-    limits = None if row is None else (row["budget"], row["tpm"])
-    if len(_KEY_LIMITS) >= _KEY_LIMITS_MAX:
-        _KEY_LIMITS.clear()
-    _KEY_LIMITS[key_id] = limits
-    return limits
+    def __init__(self) -> None:
+        self._known: dict[int, tuple[str | None, int | None] | None] = {}
+
+    async def get(self, conn: Conn, key_id: int) -> tuple[str | None, int | None] | None:
+        """None if there is no such key."""
+        if key_id in self._known:
+            return self._known[key_id]
+        row = await conn.fetchrow("SELECT budget, tpm FROM api_keys WHERE id = $1", key_id)
+        limits = None if row is None else (row["budget"], row["tpm"])
+        if len(self._known) >= self.MAX_KEYS:
+            self._known.clear()
+        self._known[key_id] = limits
+        return limits
 
 
 def spend_windows(
@@ -248,7 +252,9 @@ def spend_windows(
     return windows
 
 
-async def create_with_messages(conn: Conn, exchange: Exchange) -> Conversation | None:
+async def create_with_messages(
+    conn: Conn, exchange: Exchange, keys: KeyLimits | None = None
+) -> Conversation | None:
     """A new conversation, its messages and its spend in one statement (one round trip, atomic
     by itself: the hot path of every stored `/v1` call); None if a delivery of this request
     created it already (then nothing was written)."""
@@ -266,7 +272,9 @@ async def create_with_messages(conn: Conn, exchange: Exchange) -> Conversation |
     charge = exchange.charge
     if charge is not None:
         at = datetime.now(UTC)
-        limits = await key_limits(conn, charge.key_id) if charge.key_id is not None else None
+        limits = None
+        if charge.key_id is not None:
+            limits = await (keys or KeyLimits()).get(conn, charge.key_id)
         windows = spend_windows(limits, at) if limits is not None else {}
         # `chatbeto.spend.record` in SQL: the spend row once, then its windows only if new.
         spent = """,
@@ -321,7 +329,9 @@ async def create_with_messages(conn: Conn, exchange: Exchange) -> Conversation |
     return None if row is None else _conversation(row)
 
 
-async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
+async def store_exchange(
+    conn: Conn, exchange: Exchange, keys: KeyLimits | None = None
+) -> Conversation:
     """The one place an exchange is written: its conversation (created, or locked to append in
     order), its messages and its spend, each once, atomically. A new conversation is one
     statement (atomic by itself); everything else runs in a transaction of its own (a
@@ -329,7 +339,7 @@ async def store_exchange(conn: Conn, exchange: Exchange) -> Conversation:
     if exchange.conversation_id is None:
         if exchange.project_id is None:
             raise ValueError("a new conversation needs a project")
-        created = await create_with_messages(conn, exchange)
+        created = await create_with_messages(conn, exchange, keys)
         if created is not None:
             return created  # its spend with it
         async with conn.transaction():  # a redelivery: it exists; add what is missing

@@ -71,11 +71,12 @@ class ExchangeStore:
         self._unflushed: deque[tuple[int, repo.Exchange]] = deque()
         self._seq = 0
         self._barrier: asyncio.Task[None] | None = None
+        self._keys = repo.KeyLimits()
 
     async def store(self, exchange: repo.Exchange) -> repo.Conversation:
         """Returns once the exchange is committed (not yet flushed: see `durable`)."""
         async with self._fast.acquire() as conn:
-            conv = await repo.store_exchange(conn, exchange)
+            conv = await repo.store_exchange(conn, exchange, self._keys)
         if self._fast is not self._pool:
             self._seq += 1
             self._unflushed.append((self._seq, exchange))
@@ -109,7 +110,7 @@ class ExchangeStore:
             log.warning("WAL flush barrier failed; storing again", error=type(exc).__name__)
             for seq, exchange in [item for item in self._unflushed if item[0] <= upto]:
                 async with self._pool.acquire() as conn:
-                    await repo.store_exchange(conn, exchange)
+                    await repo.store_exchange(conn, exchange, self._keys)
                 self._unflushed = deque(item for item in self._unflushed if item[0] != seq)
             return
         while self._unflushed and self._unflushed[0][0] <= upto:
