@@ -25,7 +25,7 @@ lint: install
 	$(BIN)/ruff check shared services tools tests bench
 
 typecheck: install
-	$(BIN)/mypy shared services tools
+	$(BIN)/mypy shared services tools tests bench
 
 check: lint typecheck test
 

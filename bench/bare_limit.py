@@ -18,7 +18,7 @@ import uuid
 
 import orjson
 from aiohttp import web
-from chatbeto_gateway.schemas import EventIn
+from chatbeto_gateway.metrics.schemas import EventIn
 from pydantic import ValidationError
 
 

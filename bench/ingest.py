@@ -319,6 +319,7 @@ async def run(quick: bool) -> list[Row]:
                           percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts)) AS p99
                    FROM events"""
             )
+            assert lag is not None  # an aggregate always answers one row
             two_limit, _ = await bare_limit(wrk, bare_script, seconds, workers=2)
             two_port = free_port()
             two_gateways = env.spawn(

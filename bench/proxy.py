@@ -181,11 +181,11 @@ async def run(quick: bool) -> list[Row]:
         config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
         config.write(LITELLM_CONFIG % {"stub": stub_url})
         config.close()
-        quiet = {"stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
         procs = [
             subprocess.Popen(  # quiet: wrk's closing connections are tracebacks there
                 [sys.executable, "-m", "chatbeto_tools.stub", "--port", str(stub_port)],
-                **quiet,  # type: ignore[arg-type]
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             ),
             env.spawn(
                 "run", "gateway", GATEWAY_PORT=str(gw_port), RATE_LIMIT="100000000/1m", **openai
@@ -214,7 +214,8 @@ async def run(quick: bool) -> list[Row]:
                     # No network here: the price map shipped with LiteLLM, not a fetch.
                     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
                 },
-                **quiet,  # type: ignore[arg-type]
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
             ),
         ]
         conn = await asyncpg.connect(env.dsn)

@@ -19,8 +19,8 @@ import aiohttp
 import asyncpg
 from chatbeto import api_keys, spend
 from chatbeto.settings import RateLimit
-from chatbeto_gateway.budgets import SpendGuard
-from chatbeto_gateway.ratelimit import Limiter, block_size
+from chatbeto_gateway.access.budgets import SpendGuard
+from chatbeto_gateway.access.ratelimit import Limiter, block_size
 
 from bench.common import Row, ensure_wrk, free_port, run_wrk, scratch, wait_http
 from bench.ingest import CONNECTIONS, LUA

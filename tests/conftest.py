@@ -12,22 +12,29 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
 import aio_pika
 import asyncpg
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 from chatbeto import api_keys
 from chatbeto.db import with_database
 from chatbeto.migrate import apply_migrations
 from chatbeto.settings import GatewaySettings, MetricsIngestSettings
 from chatbeto.topology import Topology
+from pytest_aiohttp import AiohttpClient
+
+if TYPE_CHECKING:
+    from chatbeto_metrics_ingest.consumer import MetricsIngest
 
 DEFAULT_PG = "postgresql://postgres@127.0.0.1:5432/postgres"
 DEFAULT_AMQP = "amqp://guest:guest@127.0.0.1:5672/"
 T = TypeVar("T")
+# What the `gateway` / `chat_gateway` fixtures give: the real app behind aiohttp's test client.
+Client: TypeAlias = TestClient[web.Request, web.Application]
 pytest_plugins = ["tests.conftest_openai", "tests.rabbit_node"]
 
 
@@ -117,7 +124,7 @@ def env(database: str, amqp_url: str, namespace: str) -> dict[str, str]:
 @pytest.fixture
 def gateway_settings(database: str, amqp_url: str, namespace: str) -> GatewaySettings:
     return GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -128,7 +135,7 @@ def gateway_settings(database: str, amqp_url: str, namespace: str) -> GatewaySet
 @pytest.fixture
 def ingest_settings(database: str, amqp_url: str, namespace: str) -> MetricsIngestSettings:
     return MetricsIngestSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -137,15 +144,14 @@ def ingest_settings(database: str, amqp_url: str, namespace: str) -> MetricsInge
 
 
 @pytest.fixture
-async def gateway(aiohttp_client: Any, gateway_settings: GatewaySettings) -> TestClient[Any, Any]:
+async def gateway(aiohttp_client: AiohttpClient, gateway_settings: GatewaySettings) -> Client:
     from chatbeto_gateway.app import create_app
 
-    client: TestClient[Any, Any] = await aiohttp_client(create_app(gateway_settings))
-    return client
+    return await aiohttp_client(create_app(gateway_settings))
 
 
 @pytest.fixture
-async def ingest(ingest_settings: MetricsIngestSettings) -> AsyncIterator[Any]:
+async def ingest(ingest_settings: MetricsIngestSettings) -> AsyncIterator[MetricsIngest]:
     """metrics-ingest running in this event loop."""
     from chatbeto_metrics_ingest.consumer import MetricsIngest
 
@@ -156,7 +162,7 @@ async def ingest(ingest_settings: MetricsIngestSettings) -> AsyncIterator[Any]:
 
 
 async def wait_for(
-    probe: Callable[[], Awaitable[T]], *, timeout: float = 10.0, interval: float = 0.05
+    probe: Callable[[], Awaitable[T | None]], *, timeout: float = 10.0, interval: float = 0.05
 ) -> T:
     """Poll `probe` until it returns something truthy; fail after `timeout` seconds."""
     deadline = time.monotonic() + timeout

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from aiohttp.test_utils import TestServer
 from chatbeto.settings import GatewaySettings, OpenAIWorkerSettings
 from chatbeto_tools.stub import create_stub_app
+from pytest_aiohttp import AiohttpClient
+
+from tests.conftest import Client
+
+if TYPE_CHECKING:
+    from chatbeto_openai_worker.worker import OpenAIWorker
 
 
 @pytest.fixture
@@ -25,7 +31,7 @@ def openai_stub(openai_stub_server: TestServer) -> str:
     return str(openai_stub_server.make_url("/v1"))
 
 
-StartWorker = Callable[..., Awaitable[Any]]
+StartWorker = Callable[..., Awaitable["OpenAIWorker"]]
 
 
 @pytest.fixture
@@ -48,7 +54,7 @@ async def start_openai_worker(
             "openai_timeout": 10,
         }
         fields.update(overrides)
-        worker = OpenAIWorker(OpenAIWorkerSettings(_env_file=None, **fields))  # type: ignore[call-arg]
+        worker = OpenAIWorker(OpenAIWorkerSettings(_env_file=None, **fields))
         await worker.start()
         started.append(worker)
         return worker
@@ -59,7 +65,7 @@ async def start_openai_worker(
 
 
 @pytest.fixture
-async def openai_worker(start_openai_worker: StartWorker) -> Any:
+async def openai_worker(start_openai_worker: StartWorker) -> OpenAIWorker:
     """One openai-worker on this test's database, names and stub."""
     return await start_openai_worker()
 
@@ -70,7 +76,7 @@ def openai_gateway_settings(
 ) -> GatewaySettings:
     """Gateway settings with OpenAI configured (the stub) and a generous API rate limit."""
     return GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -83,7 +89,9 @@ def openai_gateway_settings(
 
 
 @pytest.fixture
-async def chat_gateway(aiohttp_client: Any, openai_gateway_settings: GatewaySettings) -> Any:
+async def chat_gateway(
+    aiohttp_client: AiohttpClient, openai_gateway_settings: GatewaySettings
+) -> Client:
     """The real gateway app, configured for OpenAI, as an aiohttp test client."""
     from chatbeto_gateway.app import create_app
 

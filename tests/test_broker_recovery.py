@@ -32,8 +32,9 @@ import pytest
 from chatbeto.messages import WebhookDelivery, envelope, to_amqp
 from chatbeto.settings import GatewaySettings
 from chatbeto.topology import Topology
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 from tests.rabbit_node import RabbitNode, free_port
 from tests.test_import_api import FIXTURE, form, upload
 
@@ -94,7 +95,7 @@ class Worker:
 class Stack:
     node: RabbitNode
     namespace: str
-    gateway: Any
+    gateway: Client
     workers: list[Worker]
     key: str
     project: int
@@ -136,7 +137,7 @@ async def stack(
     rabbit_node: RabbitNode,
     database: str,
     openai_stub: str,
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     factory: Factory,
     tmp_path: Path,
 ) -> AsyncIterator[Stack]:
@@ -157,7 +158,7 @@ async def stack(
     workers = [spawn(name, env, tmp_path) for name in WORKER_QUEUES]
     try:
         settings = GatewaySettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=database,
             amqp_url=rabbit_node.url,
             amqp_namespace=namespace,
@@ -291,9 +292,11 @@ def gateway_queues_consumed(stack: Stack) -> bool:
 
 
 async def stored_once(db: asyncpg.Connection, ids: list[str]) -> tuple[int, int]:
-    stored, distinct = await db.fetchrow(
+    row = await db.fetchrow(
         "SELECT count(*), count(DISTINCT id) FROM events WHERE id = ANY($1::uuid[])", ids
     )
+    assert row is not None
+    stored, distinct = row
     return int(stored), int(distinct)
 
 

@@ -8,15 +8,15 @@ import sys
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
 
 import asyncpg
 import pytest
 from chatbeto import api_keys, spend
 from chatbeto.settings import GatewaySettings
 from chatbeto.spend import Budget, Charge, Period
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
 LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
@@ -49,7 +49,7 @@ def charge(key: api_keys.KeyRecord, n: int, usd: str | None, tokens: int = 10) -
     )
 
 
-async def second_gateway(aiohttp_client: Any, settings: GatewaySettings) -> Any:
+async def second_gateway(aiohttp_client: AiohttpClient, settings: GatewaySettings) -> Client:
     from chatbeto_gateway.app import create_app
 
     return await aiohttp_client(create_app(settings))
@@ -133,8 +133,8 @@ async def test_a_failed_transaction_records_no_spend(
 
 
 async def test_spent_budget_answers_429_on_every_gateway_and_route(
-    aiohttp_client: Any,
-    gateway: Any,
+    aiohttp_client: AiohttpClient,
+    gateway: Client,
     gateway_settings: GatewaySettings,
     db: asyncpg.Connection,
     factory: Factory,
@@ -181,7 +181,7 @@ async def test_spent_budget_answers_429_on_every_gateway_and_route(
 
 
 async def test_token_cap_answers_429_token_limit(
-    gateway: Any, db: asyncpg.Connection, factory: Factory
+    gateway: Client, db: asyncpg.Connection, factory: Factory
 ) -> None:
     project = await factory.project()
     plain, key = await budget_key(db, project, tpm=100)
@@ -199,7 +199,7 @@ async def test_token_cap_answers_429_token_limit(
 
 
 async def test_keys_api_sets_and_shows_budget_and_spend(
-    gateway: Any, db: asyncpg.Connection, factory: Factory
+    gateway: Client, db: asyncpg.Connection, factory: Factory
 ) -> None:
     admin = await factory.key(admin=True)
     project = await factory.project()
@@ -230,7 +230,7 @@ async def test_keys_api_sets_and_shows_budget_and_spend(
 
 
 async def test_costs_report_per_project_and_key(
-    gateway: Any, db: asyncpg.Connection, factory: Factory
+    gateway: Client, db: asyncpg.Connection, factory: Factory
 ) -> None:
     admin = await factory.key(admin=True)
     a, b = await factory.project("a"), await factory.project("b")
@@ -292,8 +292,8 @@ async def test_budget_check_without_postgres_is_503_and_a_spent_window_stays_ref
     database: str, db: asyncpg.Connection, factory: Factory
 ) -> None:
 
-    from chatbeto_gateway.budgets import BudgetExceeded, SpendGuard
-    from chatbeto_gateway.errors import ApiError
+    from chatbeto_gateway.access.budgets import BudgetExceeded, SpendGuard
+    from chatbeto_gateway.http.errors import ApiError
 
     from tests.tcp_proxy import proxy_to
 

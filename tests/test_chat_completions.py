@@ -5,9 +5,12 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 import orjson
+from chatbeto_metrics_ingest.consumer import MetricsIngest
+from chatbeto_openai_worker.worker import OpenAIWorker
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 
 MESSAGES = [
     {"role": "system", "content": "Eres un asistente."},
@@ -31,7 +34,7 @@ async def sse_events(resp: Any) -> list[Any]:
 
 
 async def test_without_project_answers_and_stores_nothing(
-    chat_gateway: Any, openai_worker: Any, factory: Factory, db: Any
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     key = await factory.key(await factory.project())
     resp = await chat_gateway.post(
@@ -49,7 +52,7 @@ async def test_without_project_answers_and_stores_nothing(
 
 
 async def test_with_project_stores_the_exchange(
-    chat_gateway: Any, openai_worker: Any, factory: Factory, db: Any
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -76,7 +79,7 @@ async def test_with_project_stores_the_exchange(
 
 
 async def test_stream_relays_chunks_and_stores_the_full_text(
-    chat_gateway: Any, openai_worker: Any, factory: Factory, db: Any
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -106,11 +109,16 @@ async def test_stream_relays_chunks_and_stores_the_full_text(
            WHERE conversation_id = $1 AND role = 'assistant'""",
         final["conversationId"],
     )
+    assert row is not None
     assert tuple(row) == ("echo[1]: uno dos tres", 3, 4)
 
 
 async def test_every_model_call_is_a_metrics_event_of_builtin_gpt(
-    chat_gateway: Any, openai_worker: Any, ingest: Any, factory: Factory, db: Any
+    chat_gateway: Client,
+    openai_worker: OpenAIWorker,
+    ingest: MetricsIngest,
+    factory: Factory,
+    db: asyncpg.Connection,
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -161,7 +169,7 @@ async def test_every_model_call_is_a_metrics_event_of_builtin_gpt(
     assert {t["tipo"]: t["count"] for t in stats["eventTypes"]} == {"completion": 2}
 
 
-async def test_validation(chat_gateway: Any, factory: Factory) -> None:
+async def test_validation(chat_gateway: Client, factory: Factory) -> None:
     key = await factory.key(await factory.project())
     resp = await chat_gateway.post(
         "/api/v1/openai/chat/completions",

@@ -8,7 +8,6 @@ import asyncio
 import socket
 import sys
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -17,8 +16,9 @@ from aiohttp import web
 from chatbeto import signatures
 from chatbeto.db import with_database
 from chatbeto_tools.cli import parser
+from pytest_aiohttp import AiohttpServer
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
 # Each failure path waits out its bounded retry (Postgres ~5 s, RabbitMQ 10 tries in migrate).
@@ -160,7 +160,7 @@ async def test_projects_create_refuses_a_bad_name(env: dict[str, str], name: str
 
 
 async def test_projects_names_are_unique_in_cli_and_api(
-    env: dict[str, str], gateway: Any, factory: Factory, db: asyncpg.Connection
+    env: dict[str, str], gateway: Client, factory: Factory, db: asyncpg.Connection
 ) -> None:
     code, out, err = await chatbeto("projects", "create", "  Support Bot ", env=env)
     assert code == 0, err
@@ -220,6 +220,7 @@ async def test_gpts_add_refuses_a_taken_id_unless_update(
     code, _, err = await chatbeto(*args, "--name", "Dup", env=env)
     one_line_failure(code, err, "already exists", "--update")
     row = await db.fetchrow("SELECT name, keyless_ingest FROM gpts WHERE gpt_id = 'devops-expert'")
+    assert row is not None
     assert (row["name"], row["keyless_ingest"]) == ("DevOps", True)  # untouched
 
     code, out, err = await chatbeto(*args, "--name", "Dup", "--update", env=env)
@@ -227,6 +228,7 @@ async def test_gpts_add_refuses_a_taken_id_unless_update(
     assert "name 'DevOps' -> 'Dup'" in out
     assert "keyless" not in out  # not given: unchanged
     row = await db.fetchrow("SELECT name, keyless_ingest FROM gpts WHERE gpt_id = 'devops-expert'")
+    assert row is not None
     assert (row["name"], row["keyless_ingest"]) == ("Dup", True)
 
     code, out, err = await chatbeto(
@@ -254,7 +256,7 @@ async def test_gpts_add_refuses_a_taken_id_unless_update(
 async def test_gpts_add_validates_ids_as_the_api_does(
     env: dict[str, str], factory: Factory, gpt_id: str
 ) -> None:
-    from chatbeto_gateway.schemas import GptIn
+    from chatbeto_gateway.metrics.schemas import GptIn
     from pydantic import ValidationError
 
     with pytest.raises(ValidationError):
@@ -271,7 +273,7 @@ async def test_gpts_add_validates_ids_as_the_api_does(
 
 
 async def test_webhook_send_reads_secret_and_port_from_dotenv(
-    env: dict[str, str], tmp_path: Path, aiohttp_server: Any
+    env: dict[str, str], tmp_path: Path, aiohttp_server: AiohttpServer
 ) -> None:
     received: list[bool] = []
 

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Any
+import asyncpg
+from chatbeto_openai_worker.worker import OpenAIWorker
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 
 H = dict[str, str]
 
@@ -14,7 +15,7 @@ def auth(key: str) -> H:
 
 
 async def test_create_with_initial_message_then_follow_up_sees_history(
-    chat_gateway: Any, openai_worker: Any, factory: Factory
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -63,7 +64,7 @@ async def test_create_with_initial_message_then_follow_up_sees_history(
 
 
 async def test_create_without_message_and_non_user_roles_are_stored_without_a_call(
-    chat_gateway: Any, openai_worker: Any, factory: Factory
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -90,7 +91,7 @@ async def test_create_without_message_and_non_user_roles_are_stored_without_a_ca
 
 
 async def test_list_is_newest_first_and_cursor_paginated(
-    chat_gateway: Any, openai_worker: Any, factory: Factory, db: Any
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     other = await factory.project("other")
@@ -123,7 +124,7 @@ async def test_list_is_newest_first_and_cursor_paginated(
 
 
 async def test_list_rejects_bad_paging_and_other_projects(
-    chat_gateway: Any, factory: Factory
+    chat_gateway: Client, factory: Factory
 ) -> None:
     project = await factory.project()
     other = await factory.project("other")
@@ -141,7 +142,7 @@ async def test_list_rejects_bad_paging_and_other_projects(
 
 
 async def test_another_projects_conversation_answers_404(
-    chat_gateway: Any, factory: Factory, db: Any
+    chat_gateway: Client, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     other = await factory.project("other")
@@ -162,7 +163,7 @@ async def test_another_projects_conversation_answers_404(
 
 
 async def test_bad_bodies_are_400_and_422_naming_fields(
-    chat_gateway: Any, factory: Factory
+    chat_gateway: Client, factory: Factory
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -181,7 +182,7 @@ async def test_bad_bodies_are_400_and_422_naming_fields(
 
 
 async def test_admin_key_sees_every_project_and_unknown_project_is_404(
-    chat_gateway: Any, openai_worker: Any, factory: Factory
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory
 ) -> None:
     admin = await factory.key(admin=True)
     p1 = await factory.project("a")

@@ -18,9 +18,13 @@ import pytest
 from chatbeto import api_keys
 from chatbeto.settings import GatewaySettings
 from chatbeto.spend import TPM_PERIOD
+from chatbeto_metrics_ingest.consumer import MetricsIngest
+from chatbeto_openai_worker.worker import OpenAIWorker
 from openai import AsyncOpenAI
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
+from tests.conftest_openai import StartWorker
 
 # USD per 1M tokens: large round numbers, so a call of a few tokens costs an exact amount.
 INPUT, CACHED, OUTPUT = Decimal(1000), Decimal(250), Decimal(2000)
@@ -49,7 +53,7 @@ def priced_settings(openai_gateway_settings: GatewaySettings, price_file: Path) 
 
 
 @pytest.fixture
-async def gateways(aiohttp_client: Any, priced_settings: GatewaySettings) -> list[Any]:
+async def gateways(aiohttp_client: AiohttpClient, priced_settings: GatewaySettings) -> list[Client]:
     """Two gateway replicas on one database and broker."""
     from chatbeto_gateway.app import create_app
 
@@ -57,7 +61,7 @@ async def gateways(aiohttp_client: Any, priced_settings: GatewaySettings) -> lis
 
 
 @pytest.fixture
-async def worker(start_openai_worker: Any, price_file: Path) -> Any:
+async def worker(start_openai_worker: StartWorker, price_file: Path) -> OpenAIWorker:
     return await start_openai_worker(prices_file=price_file)
 
 
@@ -66,13 +70,13 @@ async def project(factory: Factory) -> int:
     return await factory.project()
 
 
-async def sdk_for(gateway: Any, key: str) -> AsyncOpenAI:
+async def sdk_for(gateway: Client, key: str) -> AsyncOpenAI:
     return AsyncOpenAI(api_key=key, base_url=str(gateway.make_url("/v1")), max_retries=0)
 
 
 @pytest.fixture
 async def sdk(
-    gateways: list[Any], worker: Any, factory: Factory, project: int
+    gateways: list[Client], worker: OpenAIWorker, factory: Factory, project: int
 ) -> AsyncIterator[tuple[AsyncOpenAI, str]]:
     key = await factory.key(project)
     async with await sdk_for(gateways[0], key) as client:
@@ -83,7 +87,7 @@ def cost(prompt: int, cached: int, completion: int) -> Decimal:
     return ((prompt - cached) * INPUT + cached * CACHED + completion * OUTPUT) / M
 
 
-async def stored_answer(gateway: Any, key: str) -> dict[str, Any]:
+async def stored_answer(gateway: Client, key: str) -> dict[str, Any]:
     headers = {"Authorization": f"Bearer {key}"}
     resp = await gateway.get("/api/v1/openai/conversations", headers=headers)
     conversations = (await resp.json())["data"]["conversations"]
@@ -97,7 +101,7 @@ async def stored_answer(gateway: Any, key: str) -> dict[str, Any]:
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_a_call_costs_exactly_its_usage_at_the_file_price_with_cached_tokens(
     sdk: tuple[AsyncOpenAI, str],
-    gateways: list[Any],
+    gateways: list[Client],
     db: asyncpg.Connection,
     factory: Factory,
     streamed: bool,
@@ -123,6 +127,7 @@ async def test_a_call_costs_exactly_its_usage_at_the_file_price_with_cached_toke
     expected = cost(usage.prompt_tokens, cached, usage.completion_tokens)
     assert expected == Decimal("0.0125")  # (2 * 1000 + 2 * 250 + 5 * 2000) / 1M
     row = await db.fetchrow("SELECT * FROM spend")
+    assert row is not None
     assert row["cost_usd"] == expected and row["cached_input_tokens"] == 2
     assert row["model"] == MODEL and row["project_id"] is not None
     answer = await stored_answer(gateways[0], key)
@@ -134,7 +139,7 @@ async def test_a_call_costs_exactly_its_usage_at_the_file_price_with_cached_toke
 
 
 async def test_unknown_model_costs_null_and_embeddings_are_priced(
-    sdk: tuple[AsyncOpenAI, str], gateways: list[Any], db: asyncpg.Connection, factory: Factory
+    sdk: tuple[AsyncOpenAI, str], gateways: list[Client], db: asyncpg.Connection, factory: Factory
 ) -> None:
     client, key = sdk
     await client.chat.completions.create(
@@ -162,6 +167,7 @@ async def test_a_redelivered_request_is_charged_once(
     client, _ = sdk
     await client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": "uno"}])
     row = await db.fetchrow("SELECT * FROM spend")
+    assert row is not None
     # What a second delivery of the same request writes: nothing.
     from chatbeto import spend
 
@@ -174,7 +180,7 @@ async def test_a_redelivered_request_is_charged_once(
     assert await db.fetchval("SELECT sum(calls) FROM key_spend_windows") == 1
 
 
-async def call(gateway: Any, key: str, text: str = "uno") -> int:
+async def call(gateway: Client, key: str, text: str = "uno") -> int:
     resp = await gateway.post(
         "/v1/chat/completions",
         json={"model": MODEL, "messages": [{"role": "user", "content": text}]},
@@ -184,7 +190,7 @@ async def call(gateway: Any, key: str, text: str = "uno") -> int:
 
 
 async def test_budget_shared_by_two_gateways_lets_through_what_it_pays_for(
-    gateways: list[Any], worker: Any, db: asyncpg.Connection, project: int
+    gateways: list[Client], worker: OpenAIWorker, db: asyncpg.Connection, project: int
 ) -> None:
     # "uno" costs (1 * 1000 + 2 * 2000) / 1M = 0.005 USD; 0.0175 pays for 3.5 calls: calls go
     # through while the spend is below the budget, so the 4th does and the 5th does not.
@@ -207,7 +213,7 @@ async def test_budget_shared_by_two_gateways_lets_through_what_it_pays_for(
 
 
 async def test_calls_in_flight_when_a_budget_runs_out_still_count(
-    gateways: list[Any], worker: Any, db: asyncpg.Connection, project: int
+    gateways: list[Client], worker: OpenAIWorker, db: asyncpg.Connection, project: int
 ) -> None:
     """The documented overshoot: calls admitted while the spend was below the budget complete
     and count; at most the cost of the calls in flight is spent beyond the budget."""
@@ -230,7 +236,7 @@ async def test_calls_in_flight_when_a_budget_runs_out_still_count(
 
 
 async def test_token_cap_per_minute(
-    gateways: list[Any], worker: Any, db: asyncpg.Connection, project: int
+    gateways: list[Client], worker: OpenAIWorker, db: asyncpg.Connection, project: int
 ) -> None:
     # "uno" is 1 prompt + 2 completion tokens: with a cap of 5, the 3rd call in a minute is
     # refused. A minute that turns during the calls starts a new count: then try again.
@@ -251,7 +257,7 @@ async def test_token_cap_per_minute(
 
 
 async def test_a_limited_key_must_stream_with_usage(
-    gateways: list[Any], worker: Any, db: asyncpg.Connection, project: int
+    gateways: list[Client], worker: OpenAIWorker, db: asyncpg.Connection, project: int
 ) -> None:
     plain, _ = await api_keys.create(db, is_admin=False, project_id=project, budget="5/1d")
     body = {"model": MODEL, "messages": [{"role": "user", "content": "uno"}], "stream": True}
@@ -271,7 +277,10 @@ async def test_a_limited_key_must_stream_with_usage(
 
 
 async def test_metrics_event_and_stats_carry_the_cost(
-    sdk: tuple[AsyncOpenAI, str], gateways: list[Any], db: asyncpg.Connection, ingest: Any
+    sdk: tuple[AsyncOpenAI, str],
+    gateways: list[Client],
+    db: asyncpg.Connection,
+    ingest: MetricsIngest,
 ) -> None:
     client, key = sdk
     for text in ("uno", "uno dos"):

@@ -8,7 +8,7 @@ import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import aiohttp
 import asyncpg
@@ -16,8 +16,12 @@ import pytest
 from aiohttp import web
 from chatbeto.settings import GatewaySettings
 from chatbeto_gateway.app import create_app
+from chatbeto_openai_worker.worker import OpenAIWorker
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
+
+if TYPE_CHECKING:
+    from playwright.async_api import Browser, Page
 
 playwright_api = pytest.importorskip("playwright.async_api")
 CHROMIUM = Path("/usr/bin/chromium")
@@ -39,7 +43,7 @@ pytestmark = [
 
 
 @pytest.fixture
-async def browser() -> AsyncIterator[Any]:
+async def browser() -> AsyncIterator[Browser]:
     async with playwright_api.async_playwright() as pw:
         chromium = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
         yield chromium
@@ -49,13 +53,13 @@ async def browser() -> AsyncIterator[Any]:
 class Console:
     """Errors the page reports: console.error lines and uncaught exceptions."""
 
-    def __init__(self, page: Any) -> None:
+    def __init__(self, page: Page) -> None:
         self.errors: list[str] = []
         page.on("console", lambda m: self.errors.append(m.text) if m.type == "error" else None)
         page.on("pageerror", lambda e: self.errors.append(f"pageerror: {e}"))
 
 
-async def seed(gateway: Any, db: asyncpg.Connection, gpt: str, key: str) -> None:
+async def seed(gateway: Client, db: asyncpg.Connection, gpt: str, key: str) -> None:
     """Three users over the last ten days, a few event types."""
     now = datetime.now(UTC)
     events = []
@@ -92,7 +96,7 @@ async def seed(gateway: Any, db: asyncpg.Connection, gpt: str, key: str) -> None
 
 
 @pytest.fixture
-async def tenant(gateway: Any, db: asyncpg.Connection, factory: Factory) -> dict[str, Any]:
+async def tenant(gateway: Client, db: asyncpg.Connection, factory: Factory) -> dict[str, Any]:
     project = await factory.project("alpha")
     key = await factory.key(project)
     gpt = await factory.gpt("support-bot", project_id=project)
@@ -102,7 +106,7 @@ async def tenant(gateway: Any, db: asyncpg.Connection, factory: Factory) -> dict
 
 
 async def open_dashboard(
-    browser: Any, base: str, key: str, gpt: str
+    browser: Browser, base: str, key: str, gpt: str
 ) -> tuple[Any, Console, list[str]]:
     page = await browser.new_page(viewport={"width": 1280, "height": 900})
     console = Console(page)
@@ -114,7 +118,7 @@ async def open_dashboard(
 
 
 async def test_dashboard_shows_the_apis_numbers_and_live_events(
-    browser: Any, gateway: Any, tenant: dict[str, Any]
+    browser: Browser, gateway: Client, tenant: dict[str, Any]
 ) -> None:
     key, gpt = tenant["key"], tenant["gpt"]
     base = str(gateway.make_url("")).rstrip("/")
@@ -212,7 +216,9 @@ async def test_dashboard_shows_the_apis_numbers_and_live_events(
     assert console.errors == []
 
 
-async def test_dashboard_on_a_phone(browser: Any, gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_dashboard_on_a_phone(
+    browser: Browser, gateway: Client, tenant: dict[str, Any]
+) -> None:
     base = str(gateway.make_url("")).rstrip("/")
     page = await browser.new_page(viewport={"width": 390, "height": 844}, is_mobile=True)
     console = Console(page)
@@ -225,7 +231,7 @@ async def test_dashboard_on_a_phone(browser: Any, gateway: Any, tenant: dict[str
     assert console.errors == []
 
 
-async def test_wrong_key_gets_a_clear_message(browser: Any, gateway: Any) -> None:
+async def test_wrong_key_gets_a_clear_message(browser: Browser, gateway: Client) -> None:
     base = str(gateway.make_url("")).rstrip("/")
     page = await browser.new_page()
     await page.goto(f"{base}/dashboard#key=cbk_not_a_real_key")
@@ -238,7 +244,9 @@ async def test_wrong_key_gets_a_clear_message(browser: Any, gateway: Any) -> Non
     await page.screenshot(path=str(ARTIFACTS / "dashboard-wrong-key.png"))
 
 
-async def test_key_typed_in_the_form(browser: Any, gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_key_typed_in_the_form(
+    browser: Browser, gateway: Client, tenant: dict[str, Any]
+) -> None:
     base = str(gateway.make_url("")).rstrip("/")
     page = await browser.new_page()
     await page.goto(f"{base}/dashboard")
@@ -262,7 +270,7 @@ async def start_gateway(settings: GatewaySettings, port: int) -> web.AppRunner:
 
 
 async def test_live_stream_survives_a_gateway_restart(
-    browser: Any, gateway_settings: GatewaySettings, db: asyncpg.Connection, factory: Factory
+    browser: Browser, gateway_settings: GatewaySettings, db: asyncpg.Connection, factory: Factory
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -290,7 +298,7 @@ async def test_live_stream_survives_a_gateway_restart(
         await runner.cleanup()
 
 
-async def test_custom_period(browser: Any, gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_custom_period(browser: Browser, gateway: Client, tenant: dict[str, Any]) -> None:
     base = str(gateway.make_url("")).rstrip("/")
     page = await browser.new_page()
     console = Console(page)
@@ -319,7 +327,9 @@ async def test_custom_period(browser: Any, gateway: Any, tenant: dict[str, Any])
     assert console.errors == []
 
 
-async def open_fresh(browser: Any, base: str, key: str, width: int = 1280) -> tuple[Any, Console]:
+async def open_fresh(
+    browser: Browser, base: str, key: str, width: int = 1280
+) -> tuple[Page, Console]:
     """A new tab (empty session storage) given only the key: the page picks the GPT."""
     page = await browser.new_page(viewport={"width": width, "height": 900})
     console = Console(page)
@@ -329,7 +339,7 @@ async def open_fresh(browser: Any, base: str, key: str, width: int = 1280) -> tu
 
 
 async def test_dashboard_opens_on_the_most_recently_active_gpt_and_names_its_period(
-    browser: Any, gateway: Any, tenant: dict[str, Any], db: asyncpg.Connection
+    browser: Browser, gateway: Client, tenant: dict[str, Any], db: asyncpg.Connection
 ) -> None:
     base = str(gateway.make_url("")).rstrip("/")
     key = tenant["key"]
@@ -377,7 +387,7 @@ async def test_dashboard_opens_on_the_most_recently_active_gpt_and_names_its_per
 
 
 async def test_dashboard_stays_readable_at_420_px(
-    browser: Any, gateway: Any, tenant: dict[str, Any]
+    browser: Browser, gateway: Client, tenant: dict[str, Any]
 ) -> None:
     base = str(gateway.make_url("")).rstrip("/")
     page, console = await open_fresh(browser, base, tenant["key"], width=420)
@@ -410,7 +420,11 @@ async def test_dashboard_stays_readable_at_420_px(
 
 
 async def test_dashboard_shows_the_cost_card_and_chart(
-    browser: Any, chat_gateway: Any, openai_worker: Any, db: asyncpg.Connection, factory: Factory
+    browser: Browser,
+    chat_gateway: Client,
+    openai_worker: OpenAIWorker,
+    db: asyncpg.Connection,
+    factory: Factory,
 ) -> None:
     """The built-in GPT's model calls, priced (the shipped price of gpt-4o): the cost card and
     the cost-over-time chart show what the stats API says."""

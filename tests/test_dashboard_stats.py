@@ -10,9 +10,9 @@ from typing import Any
 
 import asyncpg
 import pytest
-from chatbeto_gateway import metrics_repo
+from chatbeto_gateway.metrics import repo as metrics_repo
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 
 pytestmark = pytest.mark.usefixtures("ingest")
 
@@ -22,7 +22,7 @@ def h(key: str) -> dict[str, str]:
 
 
 async def seed(
-    gateway: Any, db: asyncpg.Connection, gpt: str, key: str, base: datetime, n_events: int = 60
+    gateway: Client, db: asyncpg.Connection, gpt: str, key: str, base: datetime, n_events: int = 60
 ) -> list[dict[str, Any]]:
     """Sessions and events spread over ~3 days from `base`, some sent twice (retries)."""
     rng = random.Random(7)
@@ -78,6 +78,7 @@ async def raw_stats(
         end,
         project,
     )
+    assert row is not None
     sessions = await db.fetchval(
         """SELECT count(*) FROM sessions WHERE timestamp_inicio >= $1 AND timestamp_inicio < $2
            AND ($3::bigint IS NULL OR project_id = $3)""",
@@ -113,7 +114,7 @@ async def raw_stats(
     ],
 )
 async def test_rollup_stats_match_raw_rows(
-    gateway: Any,
+    gateway: Client,
     db: asyncpg.Connection,
     factory: Factory,
     start_offset: timedelta,
@@ -150,7 +151,7 @@ async def test_rollup_stats_match_raw_rows(
 
 
 async def test_rollups_count_each_event_once(
-    gateway: Any, db: asyncpg.Connection, factory: Factory
+    gateway: Client, db: asyncpg.Connection, factory: Factory
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -172,7 +173,7 @@ async def test_rollups_count_each_event_once(
 
 
 async def test_histogram_percentiles_when_the_period_is_large(
-    gateway: Any, db: asyncpg.Connection, factory: Factory, monkeypatch: pytest.MonkeyPatch
+    gateway: Client, db: asyncpg.Connection, factory: Factory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -211,7 +212,7 @@ def test_percentile_from_histogram() -> None:
 
 
 async def test_builtin_gpt_stats_only_show_the_readers_project(
-    gateway: Any, db: asyncpg.Connection, factory: Factory
+    gateway: Client, db: asyncpg.Connection, factory: Factory
 ) -> None:
     mine, theirs = await factory.project("mine"), await factory.project("theirs")
     key = await factory.key(mine)
@@ -249,7 +250,7 @@ async def test_builtin_gpt_stats_only_show_the_readers_project(
     assert stats["totals"] == {"sessions": 1, "events": 2}
 
 
-async def test_dashboard_page_and_static_files(gateway: Any) -> None:
+async def test_dashboard_page_and_static_files(gateway: Client) -> None:
     resp = await gateway.get("/dashboard")
     assert resp.status == 200
     assert resp.content_type == "text/html"

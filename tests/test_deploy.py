@@ -75,7 +75,7 @@ HEALTHCHECK_SNIPPET_ARG = 3  # ["CMD", "python", "-c", SNIPPET, URL]
 # --- what the code says ------------------------------------------------------------------------
 
 
-def _subclasses(cls: type) -> Iterator[type]:
+def _subclasses(cls: type[Any]) -> Iterator[type[Any]]:
     for sub in cls.__subclasses__():
         yield sub
         yield from _subclasses(sub)
@@ -147,7 +147,7 @@ def port_variable(service: str) -> str:
 def gateway_routes() -> set[str]:
     from chatbeto_gateway.app import create_app
 
-    app = create_app(GatewaySettings(_env_file=None))  # type: ignore[call-arg]
+    app = create_app(GatewaySettings(_env_file=None))
     return {r.canonical for r in app.router.resources()}
 
 
@@ -368,10 +368,10 @@ def test_compose_defaults_load_and_equal_the_code_defaults(clean_env: pytest.Mon
         for variable, value in environment.items():
             if value is not None:
                 clean_env.setenv(variable, str(value))
-        loaded = cls(_env_file=None)  # type: ignore[call-arg]  # would raise on a bad value
+        loaded = cls(_env_file=None)  # would raise on a bad value
         for variable in environment:
             clean_env.delenv(variable, raising=False)
-        defaults = cls(_env_file=None)  # type: ignore[call-arg]
+        defaults = cls(_env_file=None)
         for field in cls.model_fields:
             if field.upper() in {*COMPOSE_URLS, *CONTAINER_OVERRIDES}:
                 continue
@@ -390,7 +390,7 @@ def test_healthchecks_probe_readyz_on_each_service_port(clean_env: pytest.Monkey
             env = {k: v for k, v in service["environment"].items() if v is not None}
             for variable, value in env.items():
                 clean_env.setenv(variable, value)
-            settings = settings_class_of(name)(_env_file=None)  # type: ignore[call-arg]
+            settings = settings_class_of(name)(_env_file=None)
             port = getattr(settings, "gateway_port", None) or settings.health_port  # type: ignore[attr-defined]
             assert url.port == port, name
             if name == "gateway":
@@ -538,7 +538,7 @@ def test_env_example_values_are_valid(clean_env: pytest.MonkeyPatch) -> None:
         if name in values:
             assert values[name] == default, name
     for cls in settings_classes():
-        cls(_env_file=ENV_EXAMPLE)  # type: ignore[call-arg]  # raises on a bad value
+        cls(_env_file=ENV_EXAMPLE)  # raises on a bad value
 
 
 # --- Dockerfile --------------------------------------------------------------------------------

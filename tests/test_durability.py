@@ -8,16 +8,19 @@ import signal
 import subprocess
 import sys
 import uuid
+from functools import partial
 from pathlib import Path
-from typing import Any
 from urllib.parse import urlsplit
 
 import aio_pika
+import asyncpg
 import pytest
 from chatbeto.settings import GatewaySettings, MetricsIngestSettings
 from chatbeto.topology import METRICS_INGEST, Topology
+from chatbeto_metrics_ingest.consumer import MetricsIngest
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 from tests.tcp_proxy import TcpProxy
 
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
@@ -33,11 +36,11 @@ def spawn_ingest(env: dict[str, str], log: Path | None = None) -> subprocess.Pop
         )
 
 
-async def count_ids(db: Any, ids: list[str]) -> int:
+async def count_ids(db: asyncpg.Connection, ids: list[str]) -> int:
     return int(await db.fetchval("SELECT count(*) FROM events WHERE id = ANY($1::uuid[])", ids))
 
 
-async def setup_sessions(gateway: Any, factory: Factory, n: int = 5) -> tuple[str, list[str]]:
+async def setup_sessions(gateway: Client, factory: Factory, n: int = 5) -> tuple[str, list[str]]:
     project = await factory.project()
     key = await factory.key(project)
     gpt = await factory.gpt(project_id=project)
@@ -52,7 +55,7 @@ async def setup_sessions(gateway: Any, factory: Factory, n: int = 5) -> tuple[st
 
 
 async def test_kill_9_ingest_while_events_stream_loses_nothing_stores_nothing_twice(
-    gateway: Any, factory: Factory, db: Any, env: dict[str, str]
+    gateway: Client, factory: Factory, db: asyncpg.Connection, env: dict[str, str]
 ) -> None:
     key, sessions = await setup_sessions(gateway, factory)
     accepted: list[str] = []
@@ -92,9 +95,9 @@ async def test_kill_9_ingest_while_events_stream_loses_nothing_stores_nothing_tw
                 group.create_task(producer(n))
             for round_ in range(3):
                 # Let it store part of the stream, then kill it mid-flight and start a new one.
-                await wait_for(lambda n=400 * (round_ + 1): _len_at_least(accepted, n), timeout=120)
+                await wait_for(partial(_len_at_least, accepted, 400 * (round_ + 1)), timeout=120)
                 stored = await db.fetchval("SELECT count(*) FROM events")
-                await wait_for(lambda n=stored + 1: _at_least(db, n), timeout=120)
+                await wait_for(partial(_at_least, db, stored + 1), timeout=120)
                 worker.send_signal(signal.SIGKILL)
                 await asyncio.to_thread(worker.wait, 30)
                 worker = spawn_ingest(env)
@@ -110,21 +113,21 @@ async def test_kill_9_ingest_while_events_stream_loses_nothing_stores_nothing_tw
         await asyncio.to_thread(worker.wait, 60)
 
 
-async def _at_least(db: Any, n: int) -> bool:
+async def _at_least(db: asyncpg.Connection, n: int) -> bool:
     return bool(await db.fetchval("SELECT count(*) FROM events") >= n)
 
 
-async def _exactly(db: Any, ids: list[str]) -> bool:
+async def _exactly(db: asyncpg.Connection, ids: list[str]) -> bool:
     return await count_ids(db, ids) == len(set(ids))
 
 
 async def test_sigterm_drains_and_exits_cleanly(
-    gateway: Any, factory: Factory, db: Any, env: dict[str, str], tmp_path: Path
+    gateway: Client, factory: Factory, db: asyncpg.Connection, env: dict[str, str], tmp_path: Path
 ) -> None:
     key, sessions = await setup_sessions(gateway, factory, 2)
     log = tmp_path / "ingest.log"
     worker = spawn_ingest(env, log)
-    accepted = []
+    accepted: list[str] = []
     for i in range(30):
         batch = [make_event(sessions[i % 2]) for _ in range(50)]
         resp = await gateway.post(
@@ -146,13 +149,13 @@ async def test_sigterm_drains_and_exits_cleanly(
 
 
 async def test_broker_outage_answers_503_never_2xx_and_recovers(
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     database: str,
     amqp_url: str,
     namespace: str,
     factory: Factory,
-    db: Any,
-    ingest: Any,
+    db: asyncpg.Connection,
+    ingest: MetricsIngest,
 ) -> None:
     from chatbeto_gateway.app import create_app
 
@@ -167,7 +170,7 @@ async def test_broker_outage_answers_503_never_2xx_and_recovers(
     settings = GatewaySettings(
         _env_file=None,
         database_url=database,
-        amqp_url=proxied,  # type: ignore[call-arg]
+        amqp_url=proxied,
         amqp_namespace=namespace,
     )
     gateway = await aiohttp_client(create_app(settings))
@@ -225,7 +228,7 @@ async def _has_503_after(statuses: list[int], start: int) -> bool:
 
 
 async def test_poison_message_is_dead_lettered_and_can_be_replayed(
-    amqp_url: str, namespace: str, ingest: Any, db: Any
+    amqp_url: str, namespace: str, ingest: MetricsIngest, db: asyncpg.Connection
 ) -> None:
     topo = Topology(namespace)
     queue = topo.queue(METRICS_INGEST)
@@ -255,9 +258,9 @@ async def test_transient_failure_retries_then_dead_letters_then_replays(
     namespace: str,
     database: str,
     factory: Factory,
-    db: Any,
+    db: asyncpg.Connection,
     env: dict[str, str],
-    gateway: Any,
+    gateway: Client,
 ) -> None:
     """An event whose session never arrives is retried with backoff, then dead-lettered; once the
     session exists, `chatbeto dlq replay` stores it."""
@@ -277,11 +280,11 @@ async def test_transient_failure_retries_then_dead_letters_then_replays(
         tokens_entrada=1,
         tokens_salida=1,
         timestamp="2026-01-01T00:00:00Z",
-    )  # type: ignore[arg-type]
+    )
     settings = MetricsIngestSettings(
         _env_file=None,
         database_url=database,
-        amqp_url=amqp_url,  # type: ignore[call-arg]
+        amqp_url=amqp_url,
         amqp_namespace=namespace,
         ingest_max_tries=2,
     )

@@ -16,10 +16,12 @@ from typing import Any
 
 import pytest
 from chatbeto.settings import GatewaySettings
+from chatbeto_openai_worker.worker import OpenAIWorker
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 from tests.test_isolation import fill, resolve, sample
 
 RANDOM_BODIES_PER_ROUTE = 25
@@ -83,9 +85,9 @@ HOSTILE_QUERY = ["-1", "9" * 40, "\x00", "abc", "2026-13-45T99:99:99Z", "x" * 30
 
 @pytest.fixture
 async def fuzz_gateway(
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     openai_gateway_settings: GatewaySettings,
-    openai_worker: Any,
+    openai_worker: OpenAIWorker,
     factory: Factory,
 ) -> tuple[Any, str, dict[str, Any]]:
     """The gateway with an openai-worker and the local OpenAI stub behind it, so a request that
@@ -168,7 +170,7 @@ def sample_path(path: str) -> str:
 
 
 async def send(
-    client: Any, method: str, path: str, key: str, body: bytes | None, query: Any = None
+    client: Client, method: str, path: str, key: str, body: bytes | None, query: Any = None
 ) -> tuple[int, str]:
     headers = {"X-API-Key": key, "Content-Type": "application/json"}
     resp = await client.request(method, path, data=body, headers=headers, params=query)
@@ -180,7 +182,7 @@ async def send(
 
 def json_body(op: dict[str, Any], components: dict[str, Any]) -> tuple[dict[str, Any], Any]:
     content = op.get("requestBody", {}).get("content", {})
-    spec = content.get("application/json") or next(iter(content.values()), {})
+    spec: dict[str, Any] = content.get("application/json") or next(iter(content.values()), {})
     schema = resolve(spec.get("schema", {}), components)
     return schema, sample(schema, components)
 
@@ -324,7 +326,7 @@ async def test_random_json_never_500(fuzz_gateway: tuple[Any, str, dict[str, Any
     ],
 )
 async def test_values_postgres_cannot_hold_are_422(
-    gateway: Any, factory: Factory, body: Any
+    gateway: Client, factory: Factory, body: Any
 ) -> None:
     """The error middleware's last line of defence: a value a handler let through that
     Postgres refuses is the caller's 422, not our 500."""

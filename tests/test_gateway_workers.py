@@ -23,6 +23,7 @@ from typing import Any
 import aiohttp
 import orjson
 import pytest
+from chatbeto_metrics_ingest.consumer import MetricsIngest
 
 from tests.conftest import Factory, make_event, wait_for
 from tests.test_live import next_sse
@@ -177,7 +178,7 @@ async def test_workers_share_one_rate_limit_and_accept_events_after_the_201(
 
 
 async def test_live_feed_works_whichever_worker_the_dashboard_reaches(
-    gateway_procs: Gateway, factory: Factory, ingest: Any
+    gateway_procs: Gateway, factory: Factory, ingest: MetricsIngest
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)

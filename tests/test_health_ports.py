@@ -48,12 +48,12 @@ def test_each_worker_has_its_own_variable_that_wins_over_health_port(
         "METRICS_INGEST_HEALTH_PORT",
         "WEBHOOK_HEALTH_PORT",
     }
-    defaults = {name: cls(_env_file=None).health_port for name, cls in WORKERS.items()}  # type: ignore[call-arg]
+    defaults = {name: cls(_env_file=None).health_port for name, cls in WORKERS.items()}
     assert defaults == {"openai-worker": 8081, "metrics-ingest": 8082, "webhook": 8083}
     clean_ports.setenv("HEALTH_PORT", "28080")
     clean_ports.setenv("METRICS_INGEST_HEALTH_PORT", "28082")
     clean_ports.setenv("WEBHOOK_HEALTH_PORT", "0")
-    ports = {name: cls(_env_file=None).health_port for name, cls in WORKERS.items()}  # type: ignore[call-arg]
+    ports = {name: cls(_env_file=None).health_port for name, cls in WORKERS.items()}
     assert ports == {"openai-worker": 28080, "metrics-ingest": 28082, "webhook": 0}
 
 

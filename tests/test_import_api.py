@@ -7,8 +7,9 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import aio_pika
@@ -18,10 +19,14 @@ import pytest
 from aiohttp import FormData
 from chatbeto.messages import ImportJob
 from chatbeto.settings import GatewaySettings, WorkerSettings
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 from tests.fixtures.chatgpt_builder import dumps, simple, split, zip_files, zipped
 from tests.tcp_proxy import TcpProxy
+
+if TYPE_CHECKING:
+    from chatbeto_openai_worker.imports import ImportWorker
 
 FIXTURE = Path(__file__).parent / "fixtures" / "chatgpt_export_small.json"
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
@@ -29,11 +34,11 @@ DOCKER_ID = "67a1f0c2-1111-8000-9a3e-0d1c2b3a4f01"
 
 
 @pytest.fixture
-async def importer(database: str, amqp_url: str, namespace: str) -> AsyncIterator[Any]:
+async def importer(database: str, amqp_url: str, namespace: str) -> AsyncIterator[ImportWorker]:
     from chatbeto_openai_worker.imports import ImportWorker
 
     settings = WorkerSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -68,7 +73,7 @@ async def job_state(db: asyncpg.Connection, job_id: str, *states: str) -> Any:
     return row if row is not None and row["state"] in states else None
 
 
-async def upload(gateway: Any, key: str, data: FormData, status: int = 202) -> Any:
+async def upload(gateway: Client, key: str, data: FormData, status: int = 202) -> Any:
     resp = await gateway.post("/api/v1/imports", data=data, headers={"X-API-Key": key})
     body = await resp.json()
     assert resp.status == status, body
@@ -76,7 +81,7 @@ async def upload(gateway: Any, key: str, data: FormData, status: int = 202) -> A
 
 
 async def test_upload_imports_in_the_background_and_reads_back_through_the_api(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -113,7 +118,7 @@ async def test_upload_imports_in_the_background_and_reads_back_through_the_api(
 
 
 async def test_zip_over_one_mib_with_the_file_before_the_project(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     admin = await factory.key(admin=True)
@@ -131,7 +136,7 @@ async def test_zip_over_one_mib_with_the_file_before_the_project(
 
 
 async def test_malformed_conversation_is_listed_in_the_job(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -151,7 +156,7 @@ async def test_malformed_conversation_is_listed_in_the_job(
 
 
 async def test_truncated_upload_fails_the_job_with_a_reason(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -167,7 +172,7 @@ async def test_truncated_upload_fails_the_job_with_a_reason(
 
 
 async def test_a_job_delivered_twice_runs_once(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -181,7 +186,7 @@ async def test_a_job_delivered_twice_runs_once(
 
 
 async def test_a_job_interrupted_midway_resumes_without_duplicates(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection, database: str
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection, database: str
 ) -> None:
     from chatbeto.importer.run import import_file
 
@@ -203,13 +208,14 @@ async def test_a_job_interrupted_midway_resumes_without_duplicates(
     )
     await importer.run_job(ImportJob(job_id=uuid.UUID(job_id), project_id=project))
     row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1::uuid", job_id)
+    assert row is not None
     assert (row["state"], row["total"], row["done"]) == ("done", 3, 3)
     assert await db.fetchval("SELECT count(*) FROM messages") == 15
     assert (await import_file(database, FIXTURE, project)).messages == 0
 
 
 async def test_project_key_can_only_import_into_its_own_project(
-    gateway: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, factory: Factory, db: asyncpg.Connection
 ) -> None:
     mine, other = await factory.project("mine"), await factory.project("other")
     key = await factory.key(mine)
@@ -225,7 +231,7 @@ async def test_project_key_can_only_import_into_its_own_project(
 
 
 async def test_job_of_another_project_is_not_found(
-    gateway: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, factory: Factory, db: asyncpg.Connection
 ) -> None:
     mine, other = await factory.project("mine"), await factory.project("other")
     other_key, key = await factory.key(other), await factory.key(mine)
@@ -255,7 +261,7 @@ async def test_job_of_another_project_is_not_found(
     ],
 )
 async def test_bad_uploads_are_422_naming_the_field(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, data: Any, field: str, message: str
+    gateway: Client, factory: Factory, db: asyncpg.Connection, data: Any, field: str, message: str
 ) -> None:
     project = await factory.project()
     admin = await factory.key(admin=True)
@@ -267,7 +273,7 @@ async def test_bad_uploads_are_422_naming_the_field(
     assert await db.fetchval("SELECT count(*) FROM import_uploads") == 0
 
 
-async def test_not_multipart_is_415_and_no_key_is_401(gateway: Any, factory: Factory) -> None:
+async def test_not_multipart_is_415_and_no_key_is_401(gateway: Client, factory: Factory) -> None:
     key = await factory.key(await factory.project())
     resp = await gateway.post("/api/v1/imports", json={"file": "x"}, headers={"X-API-Key": key})
     assert resp.status == 415
@@ -277,9 +283,9 @@ async def test_not_multipart_is_415_and_no_key_is_401(gateway: Any, factory: Fac
 
 
 async def test_upload_over_the_limit_is_413_and_leaves_nothing(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    gateway: Client, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chatbeto_gateway import imports_api
+    from chatbeto_gateway.imports import routes as imports_api
 
     monkeypatch.setattr(imports_api, "MAX_UPLOAD_BYTES", 10_000)
     monkeypatch.setattr(imports_api, "CHUNK_BYTES", 4096)
@@ -320,7 +326,7 @@ async def _stream(writer: Any, piece: int = 4096) -> AsyncIterator[bytes]:
 
 
 async def test_broker_outage_is_503_and_leaves_nothing(
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     database: str,
     amqp_url: str,
     namespace: str,
@@ -334,7 +340,7 @@ async def test_broker_outage_is_503_and_leaves_nothing(
     await proxy.start()
     proxied = f"amqp://{parts.username}:{parts.password}@127.0.0.1:{proxy.port}{parts.path or '/'}"
     settings = GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=proxied,
         amqp_namespace=namespace,
@@ -350,7 +356,7 @@ async def test_broker_outage_is_503_and_leaves_nothing(
 
 
 async def test_openai_worker_process_runs_imports(
-    gateway: Any, env: dict[str, str], factory: Factory, db: asyncpg.Connection
+    gateway: Client, env: dict[str, str], factory: Factory, db: asyncpg.Connection
 ) -> None:
     """`chatbeto run openai-worker` carries the import worker, as deployed."""
     project = await factory.project()
@@ -373,7 +379,7 @@ async def test_openai_worker_process_runs_imports(
 
 
 async def test_a_job_that_keeps_failing_is_dead_lettered_and_marked_failed(
-    gateway: Any,
+    gateway: Client,
     database: str,
     amqp_url: str,
     namespace: str,
@@ -389,7 +395,7 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_marked_failed(
     # The worker's read of the upload fails every time (as if that table were unreachable).
     await db.execute("ALTER TABLE import_chunks RENAME TO import_chunks_gone")
     settings = WorkerSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -420,7 +426,7 @@ async def test_a_job_that_keeps_failing_is_dead_lettered_and_marked_failed(
     ],
 )
 async def test_malformed_multipart_is_400(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, content_type: str, payload: bytes
+    gateway: Client, factory: Factory, db: asyncpg.Connection, content_type: str, payload: bytes
 ) -> None:
     key = await factory.key(await factory.project())
     resp = await gateway.post(
@@ -434,9 +440,9 @@ async def test_malformed_multipart_is_400(
 
 
 async def test_upload_abandoned_midway_leaves_nothing(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
+    gateway: Client, factory: Factory, db: asyncpg.Connection, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from chatbeto_gateway import imports_api
+    from chatbeto_gateway.imports import routes as imports_api
 
     monkeypatch.setattr(imports_api, "CHUNK_BYTES", 4096)
     key = await factory.key(await factory.project())
@@ -467,7 +473,7 @@ async def _none_left(db: asyncpg.Connection) -> bool:
 
 
 async def test_leading_whitespace_in_small_pieces_is_still_an_export(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -492,7 +498,7 @@ async def test_leading_whitespace_in_small_pieces_is_still_an_export(
     ],
 )
 async def test_control_character_in_a_part_header_is_a_400(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, header: bytes
+    gateway: Client, factory: Factory, db: asyncpg.Connection, header: bytes
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -509,7 +515,7 @@ async def test_control_character_in_a_part_header_is_a_400(
 
 
 async def test_split_export_zip_over_http_counts_every_part_and_reimports_nothing(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -518,7 +524,7 @@ async def test_split_export_zip_over_http_counts_every_part_and_reimports_nothin
     for _ in range(2):  # the second time: everything is already there
         body = await upload(gateway, key, form(stored, project, filename="export.zip"))
         job_id = body["data"]["jobId"]
-        row = await wait_for(lambda j=job_id: job_state(db, j, "done", "failed"))
+        row = await wait_for(partial(job_state, db, job_id, "done", "failed"))
         assert (row["state"], row["total"], row["done"], row["failed"]) == ("done", 25, 25, 0)
         assert await db.fetchval("SELECT count(*) FROM messages") == 25 * 4
     assert await db.fetchval("SELECT count(*) FROM conversations") == 25
@@ -535,7 +541,7 @@ def folder_form(files: dict[str, bytes], project: int | None = None) -> FormData
 
 
 async def test_unpacked_split_export_as_several_file_parts(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -551,7 +557,7 @@ async def test_unpacked_split_export_as_several_file_parts(
     for again in (folder_form(files, project), form(zip_files(files), project)):
         body = await upload(gateway, key, again)
         job_id = body["data"]["jobId"]
-        row = await wait_for(lambda j=job_id: job_state(db, j, "done", "failed"))
+        row = await wait_for(partial(job_state, db, job_id, "done", "failed"))
         assert (row["state"], row["total"], row["done"]) == ("done", 12, 12)
     assert await db.fetchval("SELECT count(*) FROM conversations") == 12
     assert await db.fetchval("SELECT count(*) FROM messages") == 24
@@ -559,7 +565,7 @@ async def test_unpacked_split_export_as_several_file_parts(
 
 
 async def test_one_json_file_under_any_name_imports(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -569,7 +575,7 @@ async def test_one_json_file_under_any_name_imports(
 
 
 async def test_a_part_the_manifest_names_but_the_upload_lacks_fails_the_job(
-    gateway: Any, importer: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, importer: ImportWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -592,7 +598,7 @@ async def test_a_part_the_manifest_names_but_the_upload_lacks_fails_the_job(
     ],
 )
 async def test_bad_file_part_combinations_are_422(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, files: dict[str, bytes], message: str
+    gateway: Client, factory: Factory, db: asyncpg.Connection, files: dict[str, bytes], message: str
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)

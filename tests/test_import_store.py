@@ -54,6 +54,7 @@ async def test_fixture_lands_with_its_metadata(
     conv = await db.fetchrow(
         "SELECT * FROM conversations WHERE external_id = '67a1f0c2-2222-8000-9a3e-0d1c2b3a4f02'"
     )
+    assert conv is not None
     assert conv["source"] == "import"
     assert conv["project_id"] == project
     assert conv["title"] == "Plot the numbers in this chart please"
@@ -185,6 +186,7 @@ async def test_nul_and_lone_surrogates_are_stripped_not_refused(
     summary = await import_file(database, path, project)
     assert (summary.imported, summary.failed) == (1, 0), summary.failures
     row = await db.fetchrow("SELECT title, external_id FROM conversations")
+    assert row is not None
     assert (row["title"], row["external_id"]) == ("nul title", "conv--nul")
     content = await db.fetchval("SELECT content FROM messages WHERE external_id = 'node-'")
     assert content.startswith("text with a NUL and a lone ?")

@@ -20,8 +20,9 @@ import pytest
 from chatbeto import session_ids
 from chatbeto.messages import EventRecord, SessionRecord
 from chatbeto.topology import METRICS_INGEST, Topology
+from chatbeto_metrics_ingest.consumer import MetricsIngest
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
 
@@ -149,8 +150,8 @@ async def _sessions(conn: Any, rows: Any) -> list[int]:
 
 @pytest.mark.slow
 async def test_bad_records_mixed_into_concurrent_load_lose_no_acknowledged_event(
-    gateway: Any,
-    ingest: Any,
+    gateway: Client,
+    ingest: MetricsIngest,
     factory: Factory,
     db: asyncpg.Connection,
     amqp_url: str,
@@ -325,7 +326,7 @@ async def _at_least(value: Any, expected: int) -> bool:
 
 
 async def test_event_waiting_for_its_session_is_retried_alone(
-    ingest: Any, db: asyncpg.Connection, factory: Factory, amqp_url: str, namespace: str
+    ingest: MetricsIngest, db: asyncpg.Connection, factory: Factory, amqp_url: str, namespace: str
 ) -> None:
     """An event whose session is not committed yet waits on the retry ladder; the rest of its
     message is stored at once, and nothing is dead-lettered."""
@@ -361,7 +362,7 @@ async def test_event_waiting_for_its_session_is_retried_alone(
 
 
 async def test_event_ids_are_scoped_to_their_gpt(
-    gateway: Any, ingest: Any, factory: Factory, db: asyncpg.Connection
+    gateway: Client, ingest: MetricsIngest, factory: Factory, db: asyncpg.Connection
 ) -> None:
     """Project B's event X never hides project A's event X; a retry inside one GPT is one row."""
     tenants = []

@@ -22,8 +22,9 @@ import asyncpg
 import pytest
 from chatbeto import session_ids
 from chatbeto.settings import GatewaySettings
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 
 MARK = "isolation-secret"
 # Auth kinds whose routes serve tenant data; public and signed routes are checked for leaks only.
@@ -239,7 +240,7 @@ def query_for(op: dict[str, Any], tenant: Tenant) -> tuple[dict[str, str], bool]
 
 
 async def call(
-    client: Any, method: str, path: str, key: str, body: Any, query: dict[str, str], project: int
+    client: Client, method: str, path: str, key: str, body: Any, query: dict[str, str], project: int
 ) -> tuple[int, str, str]:
     headers = {"X-API-Key": key, "X-Project-Id": str(project)}
     kwargs: dict[str, Any] = {"headers": headers, "params": query}
@@ -273,7 +274,7 @@ class Walk:
     walked: int
 
 
-async def walk(gateway: Any, a: Tenant, b: Tenant) -> Walk:
+async def walk(gateway: Client, a: Tenant, b: Tenant) -> Walk:
     """Every documented route, called with B's key against A's resources."""
     spec = await (await gateway.get("/openapi.json")).json()
     components = spec.get("components", {}).get("schemas", {})
@@ -321,7 +322,10 @@ async def walk(gateway: Any, a: Tenant, b: Tenant) -> Walk:
 
 
 async def test_no_route_leaks_another_projects_resources(
-    aiohttp_client: Any, isolation_settings: GatewaySettings, db: Any, factory: Factory
+    aiohttp_client: AiohttpClient,
+    isolation_settings: GatewaySettings,
+    db: asyncpg.Connection,
+    factory: Factory,
 ) -> None:
     from chatbeto_gateway.app import create_app
 
@@ -351,7 +355,7 @@ def fill(path: str, values: dict[str, str]) -> str:
     return path
 
 
-async def snapshot(db: Any, tenant: Tenant) -> tuple[Any, ...]:
+async def snapshot(db: asyncpg.Connection, tenant: Tenant) -> tuple[Any, ...]:
     return (
         await db.fetchval(
             "SELECT count(*) FROM conversations WHERE project_id = $1", tenant.project
@@ -372,7 +376,9 @@ async def snapshot(db: Any, tenant: Tenant) -> tuple[Any, ...]:
     )
 
 
-async def test_explicit_cross_tenant_ingest(gateway: Any, db: Any, factory: Factory) -> None:
+async def test_explicit_cross_tenant_ingest(
+    gateway: Client, db: asyncpg.Connection, factory: Factory
+) -> None:
     """The metrics write routes name A's resources in the body, item by item in a batch."""
     a = await make_tenant(db, factory, "alpha-ingest")
     b = await make_tenant(db, factory, "beta-ingest")
@@ -401,15 +407,15 @@ async def test_explicit_cross_tenant_ingest(gateway: Any, db: Any, factory: Fact
 
 
 async def test_the_walk_catches_a_leak(
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     isolation_settings: GatewaySettings,
-    db: Any,
+    db: asyncpg.Connection,
     factory: Factory,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """The walk itself works: with the project check broken, it reports the leaks."""
+    from chatbeto_gateway.access.auth import Principal
     from chatbeto_gateway.app import create_app
-    from chatbeto_gateway.auth import Principal
 
     monkeypatch.setattr(Principal, "can_see_project", lambda self, project_id: True)
     gateway = await aiohttp_client(create_app(isolation_settings))

@@ -9,9 +9,12 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import asyncpg
 import pytest
+from chatbeto.settings import GatewaySettings
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 
 CHATBETO = str(Path(sys.executable).with_name("chatbeto"))
 
@@ -25,7 +28,7 @@ async def admin(factory: Factory) -> str:
     return await factory.key(admin=True)
 
 
-async def create_key(gateway: Any, admin_key: str, /, **body: Any) -> dict[str, Any]:
+async def create_key(gateway: Client, admin_key: str, /, **body: Any) -> dict[str, Any]:
     resp = await gateway.post("/api/v1/keys", json=body, headers=h(admin_key))
     assert resp.status == 201, await resp.text()
     payload = await resp.json()
@@ -35,7 +38,7 @@ async def create_key(gateway: Any, admin_key: str, /, **body: Any) -> dict[str, 
 
 
 async def test_admin_creates_lists_and_revokes(
-    gateway: Any, factory: Factory, admin: str, db: Any
+    gateway: Client, factory: Factory, admin: str, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     data = await create_key(gateway, admin, projectId=project, name="ci", rateLimit="100/1h")
@@ -63,6 +66,7 @@ async def test_admin_creates_lists_and_revokes(
 
     # At rest: the SHA-256 of the key, nothing else derived from it.
     row = await db.fetchrow("SELECT * FROM api_keys WHERE prefix = $1", info["prefix"])
+    assert row is not None
     assert bytes(row["key_hash"]) == hashlib.sha256(plain.encode()).digest()
     assert plain not in repr(dict(row))
 
@@ -74,19 +78,19 @@ async def test_admin_creates_lists_and_revokes(
     assert resp.status == 404
 
 
-async def _status(gateway: Any, key: str, expect: int = 401) -> bool:
+async def _status(gateway: Client, key: str, expect: int = 401) -> bool:
     resp = await gateway.get("/api/gpts", headers=h(key))
     return resp.status == expect
 
 
-async def test_admin_key_creation(gateway: Any, admin: str) -> None:
+async def test_admin_key_creation(gateway: Client, admin: str) -> None:
     data = await create_key(gateway, admin, admin=True)
     assert data["apiKey"]["admin"] is True and data["apiKey"]["projectId"] is None
     resp = await gateway.get("/api/v1/keys", headers=h(data["key"]))
     assert resp.status == 200
 
 
-async def test_project_keys_do_not_see_admin_routes(gateway: Any, factory: Factory) -> None:
+async def test_project_keys_do_not_see_admin_routes(gateway: Client, factory: Factory) -> None:
     project = await factory.project()
     key = await factory.key(project)
     for method, path, body in (
@@ -100,7 +104,7 @@ async def test_project_keys_do_not_see_admin_routes(gateway: Any, factory: Facto
 
 
 @pytest.mark.parametrize("headers", [{}, {"X-API-Key": "cbk_00000000_nope"}])
-async def test_no_or_bad_key_is_401(gateway: Any, headers: dict[str, str]) -> None:
+async def test_no_or_bad_key_is_401(gateway: Client, headers: dict[str, str]) -> None:
     for method in ("GET", "POST"):
         resp = await gateway.request(method, "/api/v1/keys", json={}, headers=headers)
         assert resp.status == 401
@@ -120,7 +124,7 @@ async def test_no_or_bad_key_is_401(gateway: Any, headers: dict[str, str]) -> No
         ({"admin": True, "extra": 1}, "extra"),
     ],
 )
-async def test_invalid_bodies_are_422(gateway: Any, admin: str, body: Any, field: str) -> None:
+async def test_invalid_bodies_are_422(gateway: Client, admin: str, body: Any, field: str) -> None:
     resp = await gateway.post("/api/v1/keys", json=body, headers=h(admin))
     assert resp.status == 422, await resp.text()
     err = (await resp.json())["error"]
@@ -128,7 +132,7 @@ async def test_invalid_bodies_are_422(gateway: Any, admin: str, body: Any, field
     assert field in {d["field"] for d in err["details"]}
 
 
-async def test_unknown_project_bad_json_and_bad_prefix(gateway: Any, admin: str) -> None:
+async def test_unknown_project_bad_json_and_bad_prefix(gateway: Client, admin: str) -> None:
     resp = await gateway.post("/api/v1/keys", json={"projectId": 999999}, headers=h(admin))
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "project_not_found"
@@ -142,7 +146,11 @@ async def test_unknown_project_bad_json_and_bad_prefix(gateway: Any, admin: str)
 
 
 async def test_revoked_key_refused_by_another_gateway_within_5s(
-    gateway: Any, aiohttp_client: Any, gateway_settings: Any, factory: Factory, admin: str
+    gateway: Client,
+    aiohttp_client: AiohttpClient,
+    gateway_settings: GatewaySettings,
+    factory: Factory,
+    admin: str,
 ) -> None:
     from chatbeto_gateway.app import create_app
 

@@ -7,17 +7,20 @@ import asyncio
 import subprocess
 import time
 import uuid
+from functools import partial
 from typing import Any
 
 import aio_pika
+import aiohttp
 import asyncpg
 import orjson
 import pytest
 from chatbeto.messages import LiveEvent
-from chatbeto_gateway.live import LIVE, LiveHub
+from chatbeto_gateway.metrics.live import LIVE, LiveHub
 from chatbeto_metrics_ingest import live as ingest_live
+from chatbeto_metrics_ingest.consumer import MetricsIngest
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 
 pytestmark = pytest.mark.usefixtures("ingest")
 
@@ -56,7 +59,7 @@ async def next_sse(resp: Any, timeout: float = 5.0) -> tuple[str, Any]:
             data += text[5:].strip()
 
 
-async def open_stream(gateway: Any, gpt: str, key: str) -> Any:
+async def open_stream(gateway: Client, gpt: str, key: str) -> aiohttp.ClientResponse:
     resp = await gateway.get(f"/api/gpts/{gpt}/live", headers=h(key))
     assert resp.status == 200
     assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -64,7 +67,7 @@ async def open_stream(gateway: Any, gpt: str, key: str) -> Any:
     return resp
 
 
-async def new_session(gateway: Any, gpt: str, key: str, user: str = "ana") -> str:
+async def new_session(gateway: Client, gpt: str, key: str, user: str = "ana") -> str:
     resp = await gateway.post(
         "/api/sessions", json={"gpt_id": gpt, "usuario_id": user}, headers=h(key)
     )
@@ -72,7 +75,9 @@ async def new_session(gateway: Any, gpt: str, key: str, user: str = "ana") -> st
     return str((await resp.json())["id"])
 
 
-async def test_new_events_stream_within_two_seconds(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_new_events_stream_within_two_seconds(
+    gateway: Client, tenant: dict[str, Any]
+) -> None:
     stream = await open_stream(gateway, tenant["gpt"], tenant["key"])
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     sent = time.monotonic()
@@ -90,7 +95,7 @@ async def test_new_events_stream_within_two_seconds(gateway: Any, tenant: dict[s
     stream.close()
 
 
-async def test_live_needs_a_key_that_sees_the_gpt(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_live_needs_a_key_that_sees_the_gpt(gateway: Client, tenant: dict[str, Any]) -> None:
     url = f"/api/gpts/{tenant['gpt']}/live"
     assert (await gateway.get(url)).status == 401
     # A key in the URL is not a way in (URLs end up in logs).
@@ -113,7 +118,7 @@ def live_queues(namespace: str) -> list[tuple[str, int]]:
 
 
 async def test_one_broker_subscription_however_many_streams(
-    gateway: Any, tenant: dict[str, Any], namespace: str
+    gateway: Client, tenant: dict[str, Any], namespace: str
 ) -> None:
     streams = [await open_stream(gateway, tenant["gpt"], tenant["key"]) for _ in range(5)]
     hub = gateway.app[LIVE]
@@ -142,7 +147,7 @@ async def test_project_key_on_the_builtin_gpt_sees_only_its_project() -> None:
             latency_ms=1,
             tokens_entrada=1,
             tokens_salida=1,
-            timestamp="2026-03-01T00:00:00Z",  # type: ignore[arg-type]
+            timestamp="2026-03-01T00:00:00Z",
         )
 
     with (
@@ -168,7 +173,7 @@ async def test_a_slow_stream_drops_events_instead_of_growing() -> None:
         assert items[-1] is None
 
 
-async def test_gateway_shutdown_ends_open_streams(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_gateway_shutdown_ends_open_streams(gateway: Client, tenant: dict[str, Any]) -> None:
     stream = await open_stream(gateway, tenant["gpt"], tenant["key"])
     started = time.monotonic()
     await gateway.server.close()  # on_shutdown ends the stream before handlers are awaited
@@ -184,12 +189,12 @@ def aiohttp_errors() -> type[Exception]:
 
 
 async def test_live_feed_failures_never_fail_ingestion(
-    gateway: Any,
+    gateway: Client,
     tenant: dict[str, Any],
     db: asyncpg.Connection,
     amqp_url: str,
     namespace: str,
-    ingest: Any,
+    ingest: MetricsIngest,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
@@ -217,5 +222,5 @@ async def test_live_feed_failures_never_fail_ingestion(
         await channel.exchange_delete(f"{namespace}chatbeto.live")
     for n in range(2, 5):
         await gateway.post("/api/events", json=make_event(session), headers=h(tenant["key"]))
-        await wait_for(lambda n=n: stored(n))  # type: ignore[misc]
+        await wait_for(partial(stored, n))
     assert await db.fetchval("SELECT sum(events) FROM event_rollups") == 4

@@ -7,9 +7,10 @@ import uuid
 from datetime import UTC, datetime
 from typing import Any
 
+import asyncpg
 import pytest
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 
 pytestmark = pytest.mark.usefixtures("ingest")
 
@@ -33,7 +34,7 @@ def h(key: str) -> dict[str, str]:
     return {"X-API-Key": key}
 
 
-async def new_session(gateway: Any, gpt: str, key: str | None = None, user: str = "u1") -> str:
+async def new_session(gateway: Client, gpt: str, key: str | None = None, user: str = "u1") -> str:
     resp = await gateway.post(
         "/api/sessions", json={"gpt_id": gpt, "usuario_id": user}, headers=h(key) if key else {}
     )
@@ -42,7 +43,7 @@ async def new_session(gateway: Any, gpt: str, key: str | None = None, user: str 
     return str(body["id"])
 
 
-async def stored_events(db: Any, session_id: str) -> int:
+async def stored_events(db: asyncpg.Connection, session_id: str) -> int:
     return int(
         await db.fetchval("SELECT count(*) FROM events WHERE session_id = $1::uuid", session_id)
     )
@@ -51,7 +52,7 @@ async def stored_events(db: Any, session_id: str) -> int:
 # --- GPT registration -----------------------------------------------------------------------
 
 
-async def test_register_gpt_with_project_key(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_register_gpt_with_project_key(gateway: Client, tenant: dict[str, Any]) -> None:
     resp = await gateway.post(
         "/api/gpts", json={"id": "devops-expert", "name": "DevOps"}, headers=h(tenant["key"])
     )
@@ -65,7 +66,7 @@ async def test_register_gpt_with_project_key(gateway: Any, tenant: dict[str, Any
     assert "devops-expert" not in {g["id"] for g in other}
 
 
-async def test_register_gpt_errors(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_register_gpt_errors(gateway: Client, tenant: dict[str, Any]) -> None:
     assert (await gateway.post("/api/gpts", json={"id": "x", "name": "X"})).status == 401
     resp = await gateway.post(
         "/api/gpts", json={"id": tenant["gpt"], "name": "dup"}, headers=h(tenant["key"])
@@ -105,7 +106,9 @@ async def test_register_gpt_errors(gateway: Any, tenant: dict[str, Any]) -> None
 # --- sessions -------------------------------------------------------------------------------
 
 
-async def test_session_created_and_read_back(gateway: Any, tenant: dict[str, Any], db: Any) -> None:
+async def test_session_created_and_read_back(
+    gateway: Client, tenant: dict[str, Any], db: asyncpg.Connection
+) -> None:
     resp = await gateway.post(
         "/api/sessions",
         json={
@@ -154,7 +157,7 @@ async def test_session_created_and_read_back(gateway: Any, tenant: dict[str, Any
     ],
 )
 async def test_session_bad_data_is_422_naming_the_field(
-    gateway: Any, tenant: dict[str, Any], payload: dict[str, Any], field: str
+    gateway: Client, tenant: dict[str, Any], payload: dict[str, Any], field: str
 ) -> None:
     payload = {k: (tenant["gpt"] if v == "GPT" else v) for k, v in payload.items()}
     resp = await gateway.post("/api/sessions", json=payload, headers=h(tenant["key"]))
@@ -164,7 +167,7 @@ async def test_session_bad_data_is_422_naming_the_field(
     assert field in {d["field"] for d in body["error"]["details"]}
 
 
-async def test_session_unknown_gpt_and_auth(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_session_unknown_gpt_and_auth(gateway: Client, tenant: dict[str, Any]) -> None:
     resp = await gateway.post(
         "/api/sessions", json={"gpt_id": "nope", "usuario_id": "u"}, headers=h(tenant["key"])
     )
@@ -188,7 +191,7 @@ async def test_session_unknown_gpt_and_auth(gateway: Any, tenant: dict[str, Any]
     assert resp.status == 401
 
 
-async def test_body_over_one_mib_is_413(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_body_over_one_mib_is_413(gateway: Client, tenant: dict[str, Any]) -> None:
     big = b'{"gpt_id": "' + b"x" * (1024 * 1024 + 10) + b'"}'
     resp = await gateway.post("/api/sessions", data=io.BytesIO(big), headers=h(tenant["key"]))
     assert resp.status == 413
@@ -198,7 +201,9 @@ async def test_body_over_one_mib_is_413(gateway: Any, tenant: dict[str, Any]) ->
 # --- events ---------------------------------------------------------------------------------
 
 
-async def test_event_accepted_and_stored(gateway: Any, tenant: dict[str, Any], db: Any) -> None:
+async def test_event_accepted_and_stored(
+    gateway: Client, tenant: dict[str, Any], db: asyncpg.Connection
+) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     resp = await gateway.post(
         "/api/events",
@@ -242,7 +247,7 @@ async def test_event_accepted_and_stored(gateway: Any, tenant: dict[str, Any], d
     ],
 )
 async def test_event_bad_data_is_422_naming_the_field(
-    gateway: Any, tenant: dict[str, Any], overrides: dict[str, Any], field: str
+    gateway: Client, tenant: dict[str, Any], overrides: dict[str, Any], field: str
 ) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     resp = await gateway.post(
@@ -253,7 +258,7 @@ async def test_event_bad_data_is_422_naming_the_field(
 
 
 async def test_event_contenido_of_exactly_32_kib_is_accepted(
-    gateway: Any, tenant: dict[str, Any]
+    gateway: Client, tenant: dict[str, Any]
 ) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     resp = await gateway.post(
@@ -263,7 +268,7 @@ async def test_event_contenido_of_exactly_32_kib_is_accepted(
 
 
 async def test_event_for_unknown_or_foreign_session_is_404(
-    gateway: Any, tenant: dict[str, Any]
+    gateway: Client, tenant: dict[str, Any]
 ) -> None:
     resp = await gateway.post(
         "/api/events", json=make_event(str(uuid.uuid4())), headers=h(tenant["key"])
@@ -282,14 +287,14 @@ async def test_event_for_unknown_or_foreign_session_is_404(
     assert (await gateway.post("/api/events", json=make_event(session))).status == 401
 
 
-async def test_event_bad_json_is_400(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_event_bad_json_is_400(gateway: Client, tenant: dict[str, Any]) -> None:
     for body in (b"{", b"\xff\xfe", b""):
         resp = await gateway.post("/api/events", data=body, headers=h(tenant["key"]))
         assert resp.status == 400, body
 
 
 async def test_retried_event_id_is_stored_once(
-    gateway: Any, tenant: dict[str, Any], db: Any
+    gateway: Client, tenant: dict[str, Any], db: asyncpg.Connection
 ) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     event = make_event(session, id=str(uuid.uuid4()))
@@ -306,7 +311,7 @@ async def test_retried_event_id_is_stored_once(
 
 
 async def test_event_right_after_its_session_is_never_refused(
-    gateway: Any, tenant: dict[str, Any], db: Any
+    gateway: Client, tenant: dict[str, Any], db: asyncpg.Connection
 ) -> None:
     """The ordering promise, in a tight loop: the event follows the session's 201 at once."""
     accepted = []
@@ -326,7 +331,9 @@ async def test_event_right_after_its_session_is_never_refused(
 # --- batch ----------------------------------------------------------------------------------
 
 
-async def test_batch_partial_success(gateway: Any, tenant: dict[str, Any], db: Any) -> None:
+async def test_batch_partial_success(
+    gateway: Client, tenant: dict[str, Any], db: asyncpg.Connection
+) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     events = [
         make_event(session),
@@ -359,11 +366,12 @@ async def test_batch_partial_success(gateway: Any, tenant: dict[str, Any], db: A
     assert await stored_events(db, session) == 2
 
 
-async def test_batch_limits_and_shape(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_batch_limits_and_shape(gateway: Client, tenant: dict[str, Any]) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     too_many = {"events": [make_event(session, contenido="")] * 1001}
     resp = await gateway.post("/api/events/batch", json=too_many, headers=h(tenant["key"]))
     assert resp.status == 422
+    body: object
     for body in ({"events": "nope"}, {}, []):
         resp = await gateway.post("/api/events/batch", json=body, headers=h(tenant["key"]))
         assert resp.status == 422
@@ -379,7 +387,7 @@ async def test_batch_limits_and_shape(gateway: Any, tenant: dict[str, Any]) -> N
 
 
 async def test_keyless_gpt_ingests_without_key_but_reads_need_one(
-    gateway: Any, tenant: dict[str, Any], factory: Factory, db: Any
+    gateway: Client, tenant: dict[str, Any], factory: Factory, db: asyncpg.Connection
 ) -> None:
     gpt = await factory.gpt("open-gpt", tenant["project"], keyless=True)
     session = await new_session(gateway, gpt)  # no key, as the source document's clients send
@@ -398,7 +406,7 @@ async def test_keyless_gpt_ingests_without_key_but_reads_need_one(
 
 
 async def test_batch_without_key_refuses_items_of_keyed_gpts(
-    gateway: Any, tenant: dict[str, Any], factory: Factory
+    gateway: Client, tenant: dict[str, Any], factory: Factory
 ) -> None:
     keyed = await new_session(gateway, tenant["gpt"], tenant["key"])
     gpt = await factory.gpt("open-gpt-2", tenant["project"], keyless=True)
@@ -412,7 +420,7 @@ async def test_batch_without_key_refuses_items_of_keyed_gpts(
 # --- reads ----------------------------------------------------------------------------------
 
 
-async def test_session_read_errors(gateway: Any, tenant: dict[str, Any]) -> None:
+async def test_session_read_errors(gateway: Client, tenant: dict[str, Any]) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     assert (await gateway.get("/api/sessions/not-a-uuid", headers=h(tenant["key"]))).status == 404
     assert (
@@ -425,11 +433,11 @@ async def test_session_read_errors(gateway: Any, tenant: dict[str, Any]) -> None
     assert (await gateway.get(f"/api/sessions/{session}", headers=h(tenant["admin"]))).status == 200
 
 
-async def gateway_ok(gateway: Any, path: str, key: str) -> bool:
+async def gateway_ok(gateway: Client, path: str, key: str) -> bool:
     return bool((await gateway.get(path, headers=h(key))).status == 200)
 
 
-async def test_stats(gateway: Any, tenant: dict[str, Any], db: Any) -> None:
+async def test_stats(gateway: Client, tenant: dict[str, Any], db: asyncpg.Connection) -> None:
     gpt, key = tenant["gpt"], tenant["key"]
     ids = []
     for user, when, latencies in (
@@ -508,7 +516,7 @@ async def test_stats(gateway: Any, tenant: dict[str, Any], db: Any) -> None:
 # --- the general error surface --------------------------------------------------------------
 
 
-async def test_unknown_route_and_wrong_method(gateway: Any) -> None:
+async def test_unknown_route_and_wrong_method(gateway: Client) -> None:
     resp = await gateway.get("/api/nothing-here")
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "not_found"

@@ -39,7 +39,7 @@ async def test_unique_project_names_keep_existing_duplicates(empty_database: str
             for name in ("support", "Support", "other", "support", "x" * 200, "x" * 200)
         ]
         await apply_migrations(empty_database)
-        names = dict(await conn.fetch("SELECT id, name FROM projects"))
+        names = {r["id"]: r["name"] for r in await conn.fetch("SELECT id, name FROM projects")}
         assert names[ids[0]] == "support"  # the oldest keeps its name
         assert names[ids[1]] == f"Support ({ids[1]})"
         assert names[ids[2]] == "other"

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any
 
+import asyncpg
 import openai
 import pytest
+from chatbeto_openai_worker.worker import OpenAIWorker
 from openai import AsyncOpenAI
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 
 
 @pytest.fixture
@@ -18,7 +19,7 @@ async def project(factory: Factory) -> int:
 
 
 @pytest.fixture
-async def sdk(chat_gateway: Any, factory: Factory, project: int) -> AsyncIterator[AsyncOpenAI]:
+async def sdk(chat_gateway: Client, factory: Factory, project: int) -> AsyncIterator[AsyncOpenAI]:
     key = await factory.key(project)
     base_url = str(chat_gateway.make_url("/v1"))
     async with AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0) as client:
@@ -26,7 +27,7 @@ async def sdk(chat_gateway: Any, factory: Factory, project: int) -> AsyncIterato
 
 
 async def test_sdk_plain_completion_is_stored_in_the_keys_project(
-    sdk: AsyncOpenAI, openai_worker: Any, project: int, db: Any
+    sdk: AsyncOpenAI, openai_worker: OpenAIWorker, project: int, db: asyncpg.Connection
 ) -> None:
     out = await sdk.chat.completions.create(
         model="gpt-4o-mini",
@@ -39,11 +40,12 @@ async def test_sdk_plain_completion_is_stored_in_the_keys_project(
     assert out.usage is not None
     assert out.usage.total_tokens == 4
     row = await db.fetchrow("SELECT project_id, source FROM conversations")
+    assert row is not None
     assert tuple(row) == (project, "v1")
 
 
 async def test_sdk_streamed_completion_with_usage(
-    sdk: AsyncOpenAI, openai_worker: Any, db: Any
+    sdk: AsyncOpenAI, openai_worker: OpenAIWorker, db: asyncpg.Connection
 ) -> None:
     stream = await sdk.chat.completions.create(
         model="gpt-4",
@@ -74,7 +76,7 @@ async def test_sdk_lists_models(sdk: AsyncOpenAI) -> None:
     assert "gpt-4" in ids
 
 
-async def test_sdk_sees_openai_errors(chat_gateway: Any, openai_worker: Any) -> None:
+async def test_sdk_sees_openai_errors(chat_gateway: Client, openai_worker: OpenAIWorker) -> None:
     base_url = str(chat_gateway.make_url("/v1"))
     async with AsyncOpenAI(api_key="cbk_wrong", base_url=base_url, max_retries=0) as bad:
         with pytest.raises(openai.AuthenticationError):
@@ -84,7 +86,11 @@ async def test_sdk_sees_openai_errors(chat_gateway: Any, openai_worker: Any) -> 
 
 
 async def test_admin_key_picks_project_with_header(
-    chat_gateway: Any, openai_worker: Any, factory: Factory, project: int, db: Any
+    chat_gateway: Client,
+    openai_worker: OpenAIWorker,
+    factory: Factory,
+    project: int,
+    db: asyncpg.Connection,
 ) -> None:
     admin = await factory.key(admin=True)
     base_url = str(chat_gateway.make_url("/v1"))
@@ -107,7 +113,9 @@ async def test_admin_key_picks_project_with_header(
             )
 
 
-async def test_invalid_request_is_422_in_openai_shape(chat_gateway: Any, factory: Factory) -> None:
+async def test_invalid_request_is_422_in_openai_shape(
+    chat_gateway: Client, factory: Factory
+) -> None:
     key = await factory.key(await factory.project())
     resp = await chat_gateway.post(
         "/v1/chat/completions",

@@ -9,9 +9,15 @@ import time
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+import asyncpg
 import pytest
+from chatbeto.settings import GatewaySettings
+from chatbeto_openai_worker.worker import OpenAIWorker
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
+from tests.conftest_openai import StartWorker
 from tests.tcp_proxy import TcpProxy
 
 
@@ -19,7 +25,7 @@ def chat(content: str, **extra: Any) -> dict[str, Any]:
     return {"messages": [{"role": "user", "content": content}], **extra}
 
 
-async def post_chat(client: Any, key: str, content: str, **extra: Any) -> Any:
+async def post_chat(client: Client, key: str, content: str, **extra: Any) -> aiohttp.ClientResponse:
     return await client.post(
         "/api/v1/openai/chat/completions", json=chat(content, **extra), headers={"X-API-Key": key}
     )
@@ -32,7 +38,7 @@ async def key(factory: Factory) -> str:
 
 @pytest.mark.parametrize("status", [401, 403])
 async def test_upstream_auth_failure_is_502_upstream_auth(
-    chat_gateway: Any, openai_worker: Any, key: str, status: int
+    chat_gateway: Client, openai_worker: OpenAIWorker, key: str, status: int
 ) -> None:
     resp = await post_chat(chat_gateway, key, f"[[fail:{status}]]")
     assert resp.status == 502
@@ -43,7 +49,7 @@ async def test_upstream_auth_failure_is_502_upstream_auth(
 
 @pytest.mark.parametrize("status", [429, 500, 503])
 async def test_transient_failures_are_retried_then_answered(
-    chat_gateway: Any, openai_worker: Any, key: str, status: int
+    chat_gateway: Client, openai_worker: OpenAIWorker, key: str, status: int
 ) -> None:
     resp = await post_chat(chat_gateway, key, f"[[fail:{status}x2]] hola")
     assert resp.status == 200, await resp.text()
@@ -51,7 +57,10 @@ async def test_transient_failures_are_retried_then_answered(
 
 
 async def test_persistent_5xx_is_502_upstream_unavailable_within_the_timeout(
-    aiohttp_client: Any, openai_gateway_settings: Any, start_openai_worker: Any, key: str
+    aiohttp_client: AiohttpClient,
+    openai_gateway_settings: GatewaySettings,
+    start_openai_worker: StartWorker,
+    key: str,
 ) -> None:
     from chatbeto_gateway.app import create_app
 
@@ -67,7 +76,10 @@ async def test_persistent_5xx_is_502_upstream_unavailable_within_the_timeout(
 
 
 async def test_no_answer_in_time_is_504(
-    aiohttp_client: Any, openai_gateway_settings: Any, start_openai_worker: Any, key: str
+    aiohttp_client: AiohttpClient,
+    openai_gateway_settings: GatewaySettings,
+    start_openai_worker: StartWorker,
+    key: str,
 ) -> None:
     from chatbeto_gateway.app import create_app
 
@@ -80,7 +92,7 @@ async def test_no_answer_in_time_is_504(
 
 
 async def test_no_worker_at_all_is_504(
-    aiohttp_client: Any, openai_gateway_settings: Any, key: str
+    aiohttp_client: AiohttpClient, openai_gateway_settings: GatewaySettings, key: str
 ) -> None:
     from chatbeto_gateway.app import create_app
 
@@ -91,7 +103,7 @@ async def test_no_worker_at_all_is_504(
 
 
 async def test_stream_failing_before_first_token_keeps_its_status(
-    chat_gateway: Any, openai_worker: Any, key: str
+    chat_gateway: Client, openai_worker: OpenAIWorker, key: str
 ) -> None:
     resp = await post_chat(chat_gateway, key, "[[fail:401]]", stream=True)
     assert resp.status == 502
@@ -106,7 +118,7 @@ async def test_stream_failing_before_first_token_keeps_its_status(
 
 
 async def test_worker_without_openai_key_answers_503(
-    chat_gateway: Any, start_openai_worker: Any, key: str
+    chat_gateway: Client, start_openai_worker: StartWorker, key: str
 ) -> None:
     await start_openai_worker(openai_api_key=None)
     resp = await post_chat(chat_gateway, key, "hola")
@@ -115,7 +127,7 @@ async def test_worker_without_openai_key_answers_503(
 
 
 async def test_a_slow_call_does_not_stall_the_others(
-    chat_gateway: Any, openai_worker: Any, key: str
+    chat_gateway: Client, openai_worker: OpenAIWorker, key: str
 ) -> None:
     slow = asyncio.create_task(post_chat(chat_gateway, key, "[[slow:4]] lento"))
     await asyncio.sleep(0)  # let it be published first
@@ -128,9 +140,9 @@ async def test_a_slow_call_does_not_stall_the_others(
 
 
 async def test_broker_unreachable_is_503(
-    aiohttp_client: Any,
-    openai_gateway_settings: Any,
-    openai_worker: Any,
+    aiohttp_client: AiohttpClient,
+    openai_gateway_settings: GatewaySettings,
+    openai_worker: OpenAIWorker,
     amqp_url: str,
     key: str,
     factory: Factory,
@@ -179,7 +191,7 @@ async def test_broker_unreachable_is_503(
 
 
 async def test_stream_broken_mid_answer_ends_with_an_error_event_and_stores_nothing(
-    chat_gateway: Any, openai_worker: Any, factory: Factory, db: Any
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)

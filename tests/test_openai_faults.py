@@ -11,8 +11,10 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import aio_pika
+import asyncpg
 import orjson
 import pytest
+from aiohttp.test_utils import TestServer
 from chatbeto.broker import Publisher
 from chatbeto.messages import (
     Caller,
@@ -27,10 +29,13 @@ from chatbeto.messages import (
     parse,
     to_amqp,
 )
+from chatbeto.settings import GatewaySettings
 from chatbeto.topology import OPENAI_REQUESTS, Topology
+from chatbeto_openai_worker.worker import OpenAIWorker
 from chatbeto_tools.stub import CALLS
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 
 
 def auth(key: str) -> dict[str, str]:
@@ -64,7 +69,12 @@ def auth(key: str) -> dict[str, str]:
     ],
 )
 async def test_unstorable_values_are_422_naming_the_field(
-    chat_gateway: Any, factory: Factory, db: Any, path: str, body: dict[str, Any], field: str
+    chat_gateway: Client,
+    factory: Factory,
+    db: asyncpg.Connection,
+    path: str,
+    body: dict[str, Any],
+    field: str,
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -78,7 +88,7 @@ async def test_unstorable_values_are_422_naming_the_field(
 
 
 async def test_a_nul_in_a_follow_up_message_of_any_role_is_422(
-    chat_gateway: Any, factory: Factory, openai_worker: Any, db: Any
+    chat_gateway: Client, factory: Factory, openai_worker: OpenAIWorker, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -114,7 +124,7 @@ async def test_a_nul_in_a_follow_up_message_of_any_role_is_422(
     ],
 )
 async def test_every_malformed_cursor_is_422(
-    chat_gateway: Any, factory: Factory, cursor: str
+    chat_gateway: Client, factory: Factory, cursor: str
 ) -> None:
     key = await factory.key(await factory.project())
     resp = await chat_gateway.get(
@@ -125,7 +135,7 @@ async def test_every_malformed_cursor_is_422(
 
 
 async def test_a_504_can_be_looked_up_by_its_request_id(
-    chat_gateway: Any, factory: Factory, openai_worker: Any, db: Any
+    chat_gateway: Client, factory: Factory, openai_worker: OpenAIWorker, db: asyncpg.Connection
 ) -> None:
     """The gateway's 504 names the way to find out; a stored exchange carries the request id
     (here an answer whose reply went nowhere, as in a broker restart)."""
@@ -159,7 +169,7 @@ async def test_a_504_can_be_looked_up_by_its_request_id(
 
 
 async def test_no_worker_504_says_how_to_find_out(
-    aiohttp_client: Any, openai_gateway_settings: Any, factory: Factory
+    aiohttp_client: AiohttpClient, openai_gateway_settings: GatewaySettings, factory: Factory
 ) -> None:
     from chatbeto_gateway.app import create_app
 
@@ -179,10 +189,10 @@ async def test_no_worker_504_says_how_to_find_out(
 async def test_a_worker_that_cannot_store_answers_once_bills_once_and_dead_letters(
     amqp_url: str,
     namespace: str,
-    openai_worker: Any,
-    openai_stub_server: Any,
+    openai_worker: OpenAIWorker,
+    openai_stub_server: TestServer,
     factory: Factory,
-    db: Any,
+    db: asyncpg.Connection,
 ) -> None:
     """A check the gateway missed: the worker calls the model once, cannot store the exchange,
     answers 422 at once (no retries, no 504) and dead-letters the request with the reason."""

@@ -9,19 +9,23 @@ import asyncio
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
+import asyncpg
 import openai
 import pytest
 from openai import AsyncOpenAI
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
+from tests.conftest_openai import StartWorker
 
 STREAMS = 8
 PLAIN = 8
 
 
-async def spawn_worker(env: dict[str, str], openai_stub: str, log: Any) -> Any:
+async def spawn_worker(
+    env: dict[str, str], openai_stub: str, log: IO[bytes]
+) -> asyncio.subprocess.Process:
     exe = str(Path(sys.executable).with_name("chatbeto"))
     return await asyncio.create_subprocess_exec(
         exe,
@@ -76,13 +80,13 @@ async def plain(sdk: AsyncOpenAI, endpoint: str, n: int) -> str:
 
 @pytest.mark.parametrize("endpoint", ["chat", "responses"])
 async def test_kill_9_mid_stream_and_mid_call_under_load(
-    chat_gateway: Any,
+    chat_gateway: Client,
     env: dict[str, str],
     openai_stub: str,
-    start_openai_worker: Any,
+    start_openai_worker: StartWorker,
     factory: Factory,
-    db: Any,
-    tmp_path: Any,
+    db: asyncpg.Connection,
+    tmp_path: Path,
     endpoint: str,
 ) -> None:
     key = await factory.key(await factory.project())

@@ -6,12 +6,12 @@ from __future__ import annotations
 import asyncio
 import shutil
 from pathlib import Path
-from typing import Any
 
 import orjson
 import pytest
+from chatbeto_openai_worker.worker import OpenAIWorker
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 
 NODE = shutil.which("node")
 SCRIPT = Path(__file__).parent / "js" / "chatbeto_flows.mjs"
@@ -19,7 +19,7 @@ SCRIPT = Path(__file__).parent / "js" / "chatbeto_flows.mjs"
 
 @pytest.mark.skipif(NODE is None, reason="node is not installed")
 async def test_javascript_flows_run_under_node_fetch(
-    chat_gateway: Any, openai_worker: Any, factory: Factory
+    chat_gateway: Client, openai_worker: OpenAIWorker, factory: Factory
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from chatbeto.settings import GatewaySettings
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 
 
 async def test_admin_creates_projects_and_keys_see_theirs(
-    chat_gateway: Any, factory: Factory
+    chat_gateway: Client, factory: Factory
 ) -> None:
     admin = await factory.key(admin=True)
     resp = await chat_gateway.post(
@@ -40,7 +41,7 @@ async def test_admin_creates_projects_and_keys_see_theirs(
 
 
 async def test_status_reports_openai_database_and_broker(
-    chat_gateway: Any, factory: Factory
+    chat_gateway: Client, factory: Factory
 ) -> None:
     key = await factory.key(admin=True)
     resp = await chat_gateway.get("/api/v1/openai/status", headers={"X-API-Key": key})
@@ -52,14 +53,14 @@ async def test_status_reports_openai_database_and_broker(
     assert data["broker"]["status"] == "healthy"
 
 
-async def test_status_without_openai_key_is_unconfigured(gateway: Any, factory: Factory) -> None:
+async def test_status_without_openai_key_is_unconfigured(gateway: Client, factory: Factory) -> None:
     key = await factory.key(admin=True)
     resp = await gateway.get("/api/v1/openai/status", headers={"X-API-Key": key})
     assert (await resp.json())["data"]["openai"]["status"] == "unconfigured"
 
 
 async def test_status_with_unreachable_openai_is_unhealthy(
-    aiohttp_client: Any, openai_gateway_settings: Any, factory: Factory
+    aiohttp_client: AiohttpClient, openai_gateway_settings: GatewaySettings, factory: Factory
 ) -> None:
     from chatbeto_gateway.app import create_app
 

@@ -8,12 +8,15 @@ import base64
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
 import openai
 import orjson
 import pytest
+from chatbeto_metrics_ingest.consumer import MetricsIngest
+from chatbeto_openai_worker.worker import OpenAIWorker
 from openai import AsyncOpenAI
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 
 TOOLS: list[Any] = [
     {
@@ -38,13 +41,15 @@ async def key(factory: Factory, project: int) -> str:
 
 
 @pytest.fixture
-async def sdk(chat_gateway: Any, key: str, openai_worker: Any) -> AsyncIterator[AsyncOpenAI]:
+async def sdk(
+    chat_gateway: Client, key: str, openai_worker: OpenAIWorker
+) -> AsyncIterator[AsyncOpenAI]:
     base_url = str(chat_gateway.make_url("/v1"))
     async with AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0) as client:
         yield client
 
 
-async def stored_conversation(chat_gateway: Any, key: str) -> dict[str, Any]:
+async def stored_conversation(chat_gateway: Client, key: str) -> dict[str, Any]:
     """The one stored conversation of the key's project, as the API shows it."""
     headers = {"Authorization": f"Bearer {key}"}
     resp = await chat_gateway.get("/api/v1/openai/conversations", headers=headers)
@@ -59,7 +64,7 @@ async def stored_conversation(chat_gateway: Any, key: str) -> dict[str, Any]:
 
 
 async def test_tool_calls_round_trip_plain_and_are_stored(
-    sdk: AsyncOpenAI, chat_gateway: Any, key: str
+    sdk: AsyncOpenAI, chat_gateway: Client, key: str
 ) -> None:
     out = await sdk.chat.completions.create(
         model="gpt-4o",
@@ -93,7 +98,7 @@ async def test_tool_calls_round_trip_plain_and_are_stored(
 
 
 async def test_tool_call_deltas_stream_and_the_whole_call_is_stored(
-    sdk: AsyncOpenAI, chat_gateway: Any, key: str
+    sdk: AsyncOpenAI, chat_gateway: Client, key: str
 ) -> None:
     stream = await sdk.chat.completions.create(
         model="gpt-4o",
@@ -125,7 +130,7 @@ async def test_tool_call_deltas_stream_and_the_whole_call_is_stored(
 
 
 async def test_a_tool_result_conversation_with_image_parts_is_stored_whole(
-    sdk: AsyncOpenAI, chat_gateway: Any, key: str
+    sdk: AsyncOpenAI, chat_gateway: Client, key: str
 ) -> None:
     image = "data:image/png;base64," + base64.b64encode(b"\x89PNG" + b"x" * 3000).decode()
     out = await sdk.chat.completions.create(
@@ -170,7 +175,7 @@ async def test_a_tool_result_conversation_with_image_parts_is_stored_whole(
 
 
 async def test_n_choices_json_mode_and_logprobs(
-    sdk: AsyncOpenAI, chat_gateway: Any, key: str
+    sdk: AsyncOpenAI, chat_gateway: Client, key: str
 ) -> None:
     out = await sdk.chat.completions.create(
         model="gpt-4",
@@ -207,7 +212,7 @@ async def test_n_choices_stream_chunk_for_chunk(sdk: AsyncOpenAI) -> None:
 
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_usage_details_reach_the_client_and_the_stored_answer(
-    sdk: AsyncOpenAI, chat_gateway: Any, key: str, streamed: bool
+    sdk: AsyncOpenAI, chat_gateway: Client, key: str, streamed: bool
 ) -> None:
     # `prompt_cache_key` is a field chatbeto does not know: the stub caches half the prompt
     # only if it arrived. A reasoning model reports reasoning tokens.
@@ -254,7 +259,7 @@ async def test_refusal_reaches_the_client(sdk: AsyncOpenAI, streamed: bool) -> N
 
 @pytest.mark.parametrize("streamed", [False, True])
 async def test_openai_4xx_reaches_the_sdk_with_its_code_and_param(
-    sdk: AsyncOpenAI, db: Any, streamed: bool
+    sdk: AsyncOpenAI, db: asyncpg.Connection, streamed: bool
 ) -> None:
     with pytest.raises(openai.BadRequestError) as bad:
         await sdk.chat.completions.create(
@@ -280,7 +285,7 @@ async def test_openai_4xx_reaches_the_sdk_with_its_code_and_param(
 
 
 async def test_model_defaults_to_openai_model_and_body_is_forwarded(
-    chat_gateway: Any, key: str, openai_worker: Any, db: Any
+    chat_gateway: Client, key: str, openai_worker: OpenAIWorker, db: asyncpg.Connection
 ) -> None:
     resp = await chat_gateway.post(
         "/v1/chat/completions",
@@ -311,7 +316,7 @@ async def test_model_defaults_to_openai_model_and_body_is_forwarded(
     ],
 )
 async def test_bad_requests_are_422_naming_the_field(
-    chat_gateway: Any, key: str, db: Any, body: dict[str, Any], field: str
+    chat_gateway: Client, key: str, db: asyncpg.Connection, body: dict[str, Any], field: str
 ) -> None:
     resp = await chat_gateway.post(
         "/v1/chat/completions", json=body, headers={"Authorization": f"Bearer {key}"}
@@ -324,7 +329,7 @@ async def test_bad_requests_are_422_naming_the_field(
 
 
 async def test_responses_plain_is_forwarded_and_stored(
-    sdk: AsyncOpenAI, chat_gateway: Any, key: str
+    sdk: AsyncOpenAI, chat_gateway: Client, key: str
 ) -> None:
     out = await sdk.responses.create(
         model="gpt-4o", instructions="sé breve", input="hola responses"
@@ -344,7 +349,7 @@ async def test_responses_plain_is_forwarded_and_stored(
 
 
 async def test_responses_stream_typed_events_to_completed(
-    sdk: AsyncOpenAI, chat_gateway: Any, key: str
+    sdk: AsyncOpenAI, chat_gateway: Client, key: str
 ) -> None:
     stream = await sdk.responses.create(model="gpt-4o", input="uno dos tres", stream=True)
     types, text, final = [], "", None
@@ -367,7 +372,7 @@ async def test_responses_stream_typed_events_to_completed(
 
 
 async def test_responses_function_calls_stream_and_store(
-    sdk: AsyncOpenAI, chat_gateway: Any, key: str
+    sdk: AsyncOpenAI, chat_gateway: Client, key: str
 ) -> None:
     tools: Any = [{"type": "function", "name": "lookup", "parameters": {"type": "object"}}]
     stream = await sdk.responses.create(model="gpt-4o", input="busca", tools=tools, stream=True)
@@ -381,7 +386,7 @@ async def test_responses_function_calls_stream_and_store(
 
 
 async def test_embeddings_are_forwarded_and_not_stored(
-    sdk: AsyncOpenAI, db: Any, ingest: Any
+    sdk: AsyncOpenAI, db: asyncpg.Connection, ingest: MetricsIngest
 ) -> None:
     # The SDK asks for base64 and decodes it: the bytes must arrive untouched.
     out = await sdk.embeddings.create(model="text-embedding-3-small", input=["uno", "dos tres"])
@@ -401,7 +406,9 @@ async def test_embeddings_are_forwarded_and_not_stored(
     assert [r["tokens_entrada"] for r in await wait_for(events)] == [1, 3]
 
 
-async def test_each_call_is_one_metrics_event(sdk: AsyncOpenAI, db: Any, ingest: Any) -> None:
+async def test_each_call_is_one_metrics_event(
+    sdk: AsyncOpenAI, db: asyncpg.Connection, ingest: MetricsIngest
+) -> None:
     await sdk.chat.completions.create(
         model="gpt-4o", messages=[{"role": "user", "content": "uno dos"}]
     )
@@ -423,7 +430,9 @@ async def test_each_call_is_one_metrics_event(sdk: AsyncOpenAI, db: Any, ingest:
     assert sorted(r["contenido"] for r in rows) == ["gpt-4o", "gpt-4o", "gpt-4o-mini"]
 
 
-async def test_other_v1_paths_are_404_in_openai_shape(sdk: AsyncOpenAI, chat_gateway: Any) -> None:
+async def test_other_v1_paths_are_404_in_openai_shape(
+    sdk: AsyncOpenAI, chat_gateway: Client
+) -> None:
     with pytest.raises(openai.NotFoundError):
         await sdk.images.generate(prompt="un gato")
     resp = await chat_gateway.get("/v1/assistants")

@@ -7,10 +7,15 @@ import asyncio
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import aio_pika
+import aiohttp
+import asyncpg
 import pytest
+from aio_pika.abc import AbstractRobustConnection
+from aiohttp.test_utils import TestServer
 from chatbeto.broker import Publisher
 from chatbeto.consumer import ConcurrentConsumer
 from chatbeto.messages import (
@@ -25,14 +30,20 @@ from chatbeto.messages import (
     parse,
     to_amqp,
 )
+from chatbeto.settings import GatewaySettings
 from chatbeto.topology import OPENAI_REQUESTS, Topology
+from chatbeto_openai_worker.worker import OpenAIWorker
 from chatbeto_tools.stub import SLOW_IN_FLIGHT
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 
 
 async def test_each_gateway_gets_only_its_own_replies(
-    aiohttp_client: Any, openai_gateway_settings: Any, openai_worker: Any, factory: Factory
+    aiohttp_client: AiohttpClient,
+    openai_gateway_settings: GatewaySettings,
+    openai_worker: OpenAIWorker,
+    factory: Factory,
 ) -> None:
     from chatbeto_gateway.app import create_app
 
@@ -40,7 +51,7 @@ async def test_each_gateway_gets_only_its_own_replies(
     two = await aiohttp_client(create_app(openai_gateway_settings))
     key = await factory.key(await factory.project())
 
-    async def ask(client: Any, text: str) -> str:
+    async def ask(client: Client, text: str) -> str:
         resp = await client.post(
             "/api/v1/openai/chat/completions",
             json={"messages": [{"role": "user", "content": text}]},
@@ -58,7 +69,7 @@ async def test_each_gateway_gets_only_its_own_replies(
 
 
 @pytest.fixture
-async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Any]:
+async def broker(amqp_url: str, namespace: str) -> AsyncIterator[AbstractRobustConnection]:
     connection = await aio_pika.connect_robust(amqp_url)
     channel = await connection.channel()
     await Topology(namespace).declare(channel)
@@ -67,12 +78,12 @@ async def broker(amqp_url: str, namespace: str) -> AsyncIterator[Any]:
 
 
 async def test_a_redelivered_request_is_stored_and_answered_once(
-    broker: Any,
+    broker: AbstractRobustConnection,
     namespace: str,
-    openai_worker: Any,
-    openai_stub_server: Any,
+    openai_worker: OpenAIWorker,
+    openai_stub_server: TestServer,
     factory: Factory,
-    db: Any,
+    db: asyncpg.Connection,
 ) -> None:
     topo = Topology(namespace)
     channel = await broker.channel()
@@ -96,7 +107,9 @@ async def test_a_redelivered_request_is_stored_and_answered_once(
             "openai.request.chat",
         )
     await wait_for(lambda: _count(replies, 2))
-    answers = [r.part.answer.content for r in replies if isinstance(r.part, ReplyResult)]
+    answers = [
+        r.part.answer and r.part.answer.content for r in replies if isinstance(r.part, ReplyResult)
+    ]
     assert answers == ["echo[1]: una vez"] * 2
     assert await db.fetchval("SELECT count(*) FROM conversations") == 1
     assert await db.fetchval("SELECT count(*) FROM messages") == 2
@@ -108,7 +121,11 @@ async def _count(items: list[Any], n: int) -> bool:
 
 
 async def test_expired_requests_are_skipped(
-    broker: Any, namespace: str, openai_worker: Any, factory: Factory, db: Any
+    broker: AbstractRobustConnection,
+    namespace: str,
+    openai_worker: OpenAIWorker,
+    factory: Factory,
+    db: asyncpg.Connection,
 ) -> None:
     topo = Topology(namespace)
     project = await factory.project()
@@ -135,7 +152,9 @@ async def test_expired_requests_are_skipped(
     await publisher.close()
 
 
-async def test_concurrent_consumer_retries_then_dead_letters(broker: Any, namespace: str) -> None:
+async def test_concurrent_consumer_retries_then_dead_letters(
+    broker: AbstractRobustConnection, namespace: str
+) -> None:
     topo = Topology(namespace)
     queue = topo.queue(OPENAI_REQUESTS)
     calls: dict[str, int] = {}
@@ -186,12 +205,12 @@ async def _has(items: list[str], value: str) -> bool:
 
 
 async def test_worker_process_serves_and_drains_on_sigterm(
-    chat_gateway: Any,
+    chat_gateway: Client,
     env: dict[str, str],
     openai_stub: str,
-    openai_stub_server: Any,
+    openai_stub_server: TestServer,
     factory: Factory,
-    tmp_path: Any,
+    tmp_path: Path,
 ) -> None:
     """`chatbeto run openai-worker` as an operator starts it: answers, then SIGTERM drains an
     in-flight slow request (answered, not lost) and exits 0."""
@@ -211,7 +230,7 @@ async def test_worker_process_serves_and_drains_on_sigterm(
     )
     key = await factory.key(await factory.project())
 
-    async def ask(text: str) -> Any:
+    async def ask(text: str) -> aiohttp.ClientResponse:
         return await chat_gateway.post(
             "/api/v1/openai/chat/completions",
             json={"messages": [{"role": "user", "content": text}]},

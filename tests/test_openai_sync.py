@@ -4,17 +4,20 @@ from __future__ import annotations
 
 from typing import Any
 
+import asyncpg
 from aiohttp.test_utils import TestServer
+from chatbeto_openai_worker.worker import OpenAIWorker
 from chatbeto_tools.stub import CONVERSATIONS
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
+from tests.conftest_openai import StartWorker
 
 
 def auth(key: str) -> dict[str, str]:
     return {"X-API-Key": key}
 
 
-async def seed(db: Any, project: int, messages: int) -> int:
+async def seed(db: asyncpg.Connection, project: int, messages: int) -> int:
     conv: int = await db.fetchval(
         "INSERT INTO conversations (project_id, title) VALUES ($1, 'seeded') RETURNING id", project
     )
@@ -25,7 +28,7 @@ async def seed(db: Any, project: int, messages: int) -> int:
     return conv
 
 
-async def job_state(client: Any, key: str, job_id: str) -> dict[str, Any]:
+async def job_state(client: Client, key: str, job_id: str) -> dict[str, Any]:
     resp = await client.get(f"/api/v1/openai/sync/{job_id}", headers=auth(key))
     assert resp.status == 200
     data: dict[str, Any] = (await resp.json())["data"]
@@ -33,11 +36,11 @@ async def job_state(client: Any, key: str, job_id: str) -> dict[str, Any]:
 
 
 async def test_sync_copies_conversations_and_a_rerun_skips_them(
-    chat_gateway: Any,
-    openai_worker: Any,
+    chat_gateway: Client,
+    openai_worker: OpenAIWorker,
     openai_stub_server: TestServer,
     factory: Factory,
-    db: Any,
+    db: asyncpg.Connection,
 ) -> None:
     project = await factory.project()
     other = await factory.project("other")
@@ -79,13 +82,13 @@ async def test_sync_copies_conversations_and_a_rerun_skips_them(
     assert len(stub) == 2  # nothing copied twice
 
 
-async def _done(client: Any, key: str, job_id: str) -> dict[str, Any] | None:
+async def _done(client: Client, key: str, job_id: str) -> dict[str, Any] | None:
     state = await job_state(client, key, job_id)
     return state if state["state"] == "done" else None
 
 
 async def test_failures_are_counted_and_auth_failure_fails_the_job(
-    chat_gateway: Any, start_openai_worker: Any, factory: Factory, db: Any
+    chat_gateway: Client, start_openai_worker: StartWorker, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)
@@ -117,7 +120,9 @@ async def test_failures_are_counted_and_auth_failure_fails_the_job(
     assert await wait_for(failed)
 
 
-async def test_sync_jobs_are_private_to_their_project(chat_gateway: Any, factory: Factory) -> None:
+async def test_sync_jobs_are_private_to_their_project(
+    chat_gateway: Client, factory: Factory
+) -> None:
     project = await factory.project()
     other = await factory.project("other")
     key = await factory.key(project)

@@ -10,8 +10,9 @@ from typing import Any
 import asyncpg
 from chatbeto.migrate import apply_migrations, migration_files
 from chatbeto.settings import MetricsIngestSettings
+from chatbeto_metrics_ingest.consumer import MetricsIngest
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 from tests.test_migrations import empty_database  # noqa: F401 (fixture)
 
 
@@ -27,7 +28,7 @@ async def partitions(db: asyncpg.Connection) -> list[str]:
     return [r["relname"] for r in rows]
 
 
-async def tenant(gateway: Any, factory: Factory) -> tuple[str, str, str]:
+async def tenant(gateway: Client, factory: Factory) -> tuple[str, str, str]:
     project = await factory.project()
     key = await factory.key(project)
     gpt = await factory.gpt(project_id=project)
@@ -39,7 +40,7 @@ async def tenant(gateway: Any, factory: Factory) -> tuple[str, str, str]:
 
 
 async def stored_once(
-    gateway: Any, db: asyncpg.Connection, key: str, session: str, event_id: str
+    gateway: Client, db: asyncpg.Connection, key: str, session: str, event_id: str
 ) -> int:
     """Send a marker after the retries: once it is stored, so are they (same session, one
     gateway, in order)."""
@@ -52,7 +53,7 @@ async def stored_once(
 
 
 async def test_ingest_makes_the_coming_days_partitions_at_start(
-    ingest: Any, db: asyncpg.Connection
+    ingest: MetricsIngest, db: asyncpg.Connection
 ) -> None:
     names = await partitions(db)
     today = datetime.now(UTC).date()
@@ -62,7 +63,10 @@ async def test_ingest_makes_the_coming_days_partitions_at_start(
 
 
 async def test_a_retry_across_a_partition_boundary_and_a_restart_is_stored_once(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, ingest_settings: MetricsIngestSettings
+    gateway: Client,
+    factory: Factory,
+    db: asyncpg.Connection,
+    ingest_settings: MetricsIngestSettings,
 ) -> None:
     from chatbeto_metrics_ingest.consumer import MetricsIngest
 
@@ -98,6 +102,7 @@ async def test_a_retry_across_a_partition_boundary_and_a_restart_is_stored_once(
     row = await db.fetchrow(
         "SELECT tableoid::regclass::text AS part, ts FROM events WHERE id = $1", uuid.UUID(event_id)
     )
+    assert row is not None
     assert row["part"] == f"events_p{late:%Y%m%d}"
     # A new worker (a restart) forgets nothing: the key is in the database, not in memory.
     worker = MetricsIngest(ingest_settings)
@@ -120,7 +125,10 @@ async def test_a_retry_across_a_partition_boundary_and_a_restart_is_stored_once(
 
 
 async def test_retention_drops_only_whole_expired_partitions_and_keeps_the_stats(
-    gateway: Any, factory: Factory, db: asyncpg.Connection, ingest_settings: MetricsIngestSettings
+    gateway: Client,
+    factory: Factory,
+    db: asyncpg.Connection,
+    ingest_settings: MetricsIngestSettings,
 ) -> None:
     from chatbeto_metrics_ingest.consumer import MetricsIngest
 

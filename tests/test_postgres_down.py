@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 from chatbeto.settings import GatewaySettings
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 from tests.tcp_proxy import TcpProxy, proxy_to, through
 
 pytestmark = pytest.mark.slow
@@ -28,17 +29,17 @@ async def pg_proxy(database: str) -> AsyncIterator[TcpProxy]:
 
 @pytest.fixture
 async def cut_gateway(
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     database: str,
     amqp_url: str,
     namespace: str,
     pg_proxy: TcpProxy,
     openai_stub: str,
-) -> Any:
+) -> Client:
     from chatbeto_gateway.app import create_app
 
     settings = GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=through(database, pg_proxy),
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -50,7 +51,7 @@ async def cut_gateway(
 
 
 async def test_every_route_answers_503_with_retry_after_while_postgres_is_down(
-    cut_gateway: Any, pg_proxy: TcpProxy, factory: Factory
+    cut_gateway: Client, pg_proxy: TcpProxy, factory: Factory
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)

@@ -8,8 +8,9 @@ from typing import Any
 import asyncpg
 import pytest
 from chatbeto.settings import GatewaySettings, RateLimit
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 from tests.tcp_proxy import proxy_to
 
 LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
@@ -19,13 +20,15 @@ def h(key: str) -> dict[str, str]:
     return {"X-API-Key": key}
 
 
-async def gateway_with(aiohttp_client: Any, settings: GatewaySettings, **update: Any) -> Any:
+async def gateway_with(
+    aiohttp_client: AiohttpClient, settings: GatewaySettings, **update: Any
+) -> Client:
     from chatbeto_gateway.app import create_app
 
     return await aiohttp_client(create_app(settings.model_copy(update=update)))
 
 
-async def test_key_limit_counts_down_then_429(gateway: Any, factory: Factory) -> None:
+async def test_key_limit_counts_down_then_429(gateway: Client, factory: Factory) -> None:
     project = await factory.project()
     key = await factory.key(project, rate_limit="3/1h")
     remaining = []
@@ -47,7 +50,7 @@ async def test_key_limit_counts_down_then_429(gateway: Any, factory: Factory) ->
 
 
 async def test_default_api_limit_and_envelope(
-    aiohttp_client: Any, gateway_settings: GatewaySettings, factory: Factory
+    aiohttp_client: AiohttpClient, gateway_settings: GatewaySettings, factory: Factory
 ) -> None:
     gw = await gateway_with(aiohttp_client, gateway_settings, rate_limit="2/15m")
     key = await factory.key(admin=True)
@@ -69,7 +72,7 @@ async def test_default_api_limit_and_envelope(
     assert (await resp.json())["error"]["type"] == "rate_limited"
 
 
-async def test_unlimited_routes_have_no_headers(gateway: Any, factory: Factory) -> None:
+async def test_unlimited_routes_have_no_headers(gateway: Client, factory: Factory) -> None:
     key = await factory.key(admin=True)
     resp = await gateway.get("/healthz", headers=h(key))
     assert resp.status == 200 and "RateLimit-Limit" not in resp.headers
@@ -78,7 +81,10 @@ async def test_unlimited_routes_have_no_headers(gateway: Any, factory: Factory) 
 
 
 async def test_limit_holds_across_two_gateways(
-    gateway: Any, aiohttp_client: Any, gateway_settings: GatewaySettings, factory: Factory
+    gateway: Client,
+    aiohttp_client: AiohttpClient,
+    gateway_settings: GatewaySettings,
+    factory: Factory,
 ) -> None:
     other = await gateway_with(aiohttp_client, gateway_settings)
     key = await factory.key(await factory.project(), rate_limit="10/1h")
@@ -94,7 +100,7 @@ async def test_limit_holds_across_two_gateways(
 
 async def test_leases_share_a_large_limit_exactly(database: str) -> None:
     """Blocks larger than one token: four replicas, one window, the total still holds."""
-    from chatbeto_gateway.ratelimit import Limiter, block_size
+    from chatbeto_gateway.access.ratelimit import Limiter, block_size
 
     rate = RateLimit(1000, 3600)
     assert block_size(rate.limit) == 10
@@ -118,7 +124,7 @@ async def test_leases_share_a_large_limit_exactly(database: str) -> None:
 
 
 async def test_keyless_ingest_is_limited_per_gpt(
-    aiohttp_client: Any, gateway_settings: GatewaySettings, factory: Factory
+    aiohttp_client: AiohttpClient, gateway_settings: GatewaySettings, factory: Factory
 ) -> None:
     gw = await gateway_with(aiohttp_client, gateway_settings, ingest_rate_limit="2/1h")
     project = await factory.project()
@@ -148,7 +154,7 @@ async def test_keyless_ingest_is_limited_per_gpt(
     assert resp.status == 201
 
 
-async def test_window_ends_and_the_key_is_served_again(gateway: Any, factory: Factory) -> None:
+async def test_window_ends_and_the_key_is_served_again(gateway: Client, factory: Factory) -> None:
     key = await factory.key(await factory.project(), rate_limit="1/2s")
 
     async def served() -> bool:
@@ -165,7 +171,7 @@ async def test_window_ends_and_the_key_is_served_again(gateway: Any, factory: Fa
 async def test_postgres_unreachable_fails_open(database: str) -> None:
     """Losing the counters must not take ingestion down with it: the limiter lets traffic
     through (and logs a warning) until Postgres answers again."""
-    from chatbeto_gateway.ratelimit import Limiter
+    from chatbeto_gateway.access.ratelimit import Limiter
 
     proxy, dsn = await proxy_to(database, 5432)
     pool = await asyncpg.create_pool(dsn, min_size=1, max_size=1)
@@ -187,7 +193,7 @@ async def test_postgres_unreachable_fails_open(database: str) -> None:
 
 @pytest.mark.parametrize("text", ["99999999999999999999999/1m", "1/1d"])
 async def test_extreme_limits(database: str, text: str) -> None:
-    from chatbeto_gateway.ratelimit import Limiter
+    from chatbeto_gateway.access.ratelimit import Limiter
 
     pool = await asyncpg.create_pool(database, min_size=1, max_size=1)
     try:
@@ -197,8 +203,8 @@ async def test_extreme_limits(database: str, text: str) -> None:
         await pool.close()
 
 
-async def test_ended_windows_are_pruned(database: str, db: Any) -> None:
-    from chatbeto_gateway.ratelimit import Limiter
+async def test_ended_windows_are_pruned(database: str, db: asyncpg.Connection) -> None:
+    from chatbeto_gateway.access.ratelimit import Limiter
 
     await db.execute(
         "INSERT INTO rate_windows (bucket, window_start, window_end, used, last_grant) "
@@ -214,7 +220,7 @@ async def test_ended_windows_are_pruned(database: str, db: Any) -> None:
     assert await db.fetchval("SELECT array_agg(bucket) FROM rate_windows") == ["api:key:2"]
 
 
-async def test_streams_carry_the_headers(gateway: Any, factory: Factory) -> None:
+async def test_streams_carry_the_headers(gateway: Client, factory: Factory) -> None:
     """An event stream sends its headers before the handler returns: they are there too."""
     project = await factory.project()
     key = await factory.key(project, rate_limit="5/1h")
@@ -230,7 +236,7 @@ async def test_streams_carry_the_headers(gateway: Any, factory: Factory) -> None
 
 
 async def test_5xx_answers_are_not_charged(
-    aiohttp_client: Any, database: str, amqp_url: str, namespace: str, factory: Factory
+    aiohttp_client: AiohttpClient, database: str, amqp_url: str, namespace: str, factory: Factory
 ) -> None:
     """Clients that retry through a broker outage get 503s that use none of their limit, and
     are served again as soon as the broker is back (not locked out by their retries)."""
@@ -238,7 +244,7 @@ async def test_5xx_answers_are_not_charged(
 
     proxy, proxied_amqp = await proxy_to(amqp_url, 5672)
     settings = GatewaySettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=proxied_amqp,
         amqp_namespace=namespace,

@@ -84,7 +84,7 @@ async def table_dump(dsn: str) -> str:
         tables = await conn.fetch(
             "SELECT tablename FROM pg_tables WHERE schemaname = 'public' ORDER BY tablename"
         )
-        parts = []
+        parts: list[str] = []
         for t in tables:
             rows = await conn.fetch(f'SELECT t::text AS row FROM "{t["tablename"]}" t')
             parts.extend(r["row"] for r in rows)

@@ -1,12 +1,13 @@
 from __future__ import annotations
 
-from typing import Any
+import asyncpg
+from chatbeto_metrics_ingest.consumer import MetricsIngest
 
-from tests.conftest import Factory, make_event, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 
 
 async def test_session_and_event_are_stored(
-    gateway: Any, ingest: Any, factory: Factory, db: Any
+    gateway: Client, ingest: MetricsIngest, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     key = await factory.key(project)

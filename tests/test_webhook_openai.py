@@ -10,8 +10,10 @@ import asyncpg
 import openai
 import pytest
 from chatbeto.settings import WebhookSettings
+from chatbeto_openai_worker.worker import OpenAIWorker
+from pytest_aiohttp import AiohttpServer
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 from tests.test_webhook_support import OPENAI_SECRET, delivery, standard
 
 pytest_plugins = ["tests.test_webhook_support"]
@@ -20,7 +22,7 @@ OPENAI = "/webhook/openai"
 
 
 @pytest.fixture
-async def stub_url(aiohttp_server: Any) -> str:
+async def stub_url(aiohttp_server: AiohttpServer) -> str:
     from chatbeto_tools.stub import create_stub_app
 
     server = await aiohttp_server(create_stub_app())
@@ -48,7 +50,7 @@ async def openai_worker(
 ) -> AsyncIterator[Any]:
     service = await start_worker(
         WebhookSettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=database,
             amqp_url=amqp_url,
             amqp_namespace=namespace,
@@ -71,7 +73,7 @@ def event(type_: str, response_id: str) -> dict[str, Any]:
     }
 
 
-async def post(hooks: Any, payload: dict[str, Any]) -> str:
+async def post(hooks: Client, payload: dict[str, Any]) -> str:
     body, headers = standard(payload, secret=OPENAI_SECRET)
     resp = await hooks.post(OPENAI, data=body, headers=headers)
     assert resp.status == 202, await resp.text()
@@ -79,8 +81,8 @@ async def post(hooks: Any, payload: dict[str, Any]) -> str:
 
 
 async def test_response_completed_is_fetched_and_stored_with_its_conversation(
-    hooks: Any,
-    openai_worker: Any,
+    hooks: Client,
+    openai_worker: OpenAIWorker,
     sdk: openai.AsyncOpenAI,
     factory: Factory,
     db: asyncpg.Connection,
@@ -111,6 +113,7 @@ async def test_response_completed_is_fetched_and_stored_with_its_conversation(
             project,
         )
         stored = await db.fetchrow("SELECT * FROM messages WHERE external_id = $1", response.id)
+        assert stored is not None
         assert stored["conversation_id"] == conv_id and stored["role"] == "assistant"
         assert stored["content"] == response.output_text
         assert stored["model"] == "gpt-4o"
@@ -126,7 +129,7 @@ async def test_response_completed_is_fetched_and_stored_with_its_conversation(
 
 
 async def test_unknown_response_or_conversation_fails_and_other_types_are_recorded(
-    hooks: Any, openai_worker: Any, sdk: openai.AsyncOpenAI, db: asyncpg.Connection
+    hooks: Client, openai_worker: OpenAIWorker, sdk: openai.AsyncOpenAI, db: asyncpg.Connection
 ) -> None:
     unknown = await delivery(db, await post(hooks, event("response.completed", "resp_missing")))
     assert (unknown["outcome"], unknown["error"]) == ("failed", "OpenAI answered 404")
@@ -141,12 +144,12 @@ async def test_unknown_response_or_conversation_fails_and_other_types_are_record
 
 
 async def test_openai_unreachable_retries_then_records_failure(
-    hooks: Any, database: str, amqp_url: str, namespace: str, db: asyncpg.Connection
+    hooks: Client, database: str, amqp_url: str, namespace: str, db: asyncpg.Connection
 ) -> None:
     # Nothing listens on port 9 here: every fetch is a connection error (transient).
     service = await start_worker(
         WebhookSettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=database,
             amqp_url=amqp_url,
             amqp_namespace=namespace,
@@ -171,11 +174,11 @@ async def test_openai_unreachable_retries_then_records_failure(
 
 
 async def test_openai_not_configured_records_failure(
-    hooks: Any, database: str, amqp_url: str, namespace: str, db: asyncpg.Connection
+    hooks: Client, database: str, amqp_url: str, namespace: str, db: asyncpg.Connection
 ) -> None:
     service = await start_worker(
         WebhookSettings(
-            _env_file=None,  # type: ignore[call-arg]
+            _env_file=None,
             database_url=database,
             amqp_url=amqp_url,
             amqp_namespace=namespace,

@@ -9,13 +9,14 @@ import os
 import signal
 import sys
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import asyncpg
 from chatbeto.settings import GatewaySettings
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Client, Factory, wait_for
 from tests.test_webhook_support import (
     CHATGPT,
     LEGACY_SECRET,
@@ -26,11 +27,14 @@ from tests.test_webhook_support import (
     legacy,
 )
 
+if TYPE_CHECKING:
+    from chatbeto_webhook.consumer import WebhookService
+
 pytest_plugins = ["tests.test_webhook_support"]
 
 
 async def test_broker_down_answers_503(
-    aiohttp_client: Any, hook_settings: GatewaySettings, amqp_url: str
+    aiohttp_client: AiohttpClient, hook_settings: GatewaySettings, amqp_url: str
 ) -> None:
     from chatbeto_gateway.app import create_app
 
@@ -68,7 +72,7 @@ async def run_cli(*args: str, env: dict[str, str] | None = None) -> tuple[int, s
 
 
 async def test_simulator_signs_as_the_gateway_verifies(
-    hooks: Any, worker: Any, factory: Factory, db: asyncpg.Connection, tmp_path: Path
+    hooks: Client, worker: WebhookService, factory: Factory, db: asyncpg.Connection, tmp_path: Path
 ) -> None:
     project = await factory.project()
     url = str(hooks.make_url(CHATGPT))
@@ -110,7 +114,7 @@ async def test_simulator_signs_as_the_gateway_verifies(
 
 
 async def test_webhook_service_runs_as_a_process(
-    hooks: Any, env: dict[str, str], factory: Factory, db: asyncpg.Connection
+    hooks: Client, env: dict[str, str], factory: Factory, db: asyncpg.Connection
 ) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable,

@@ -9,16 +9,20 @@ import json
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import pytest
 from chatbeto import signatures
 from chatbeto.settings import GatewaySettings, WebhookSettings
 from pydantic import SecretStr
+from pytest_aiohttp import AiohttpClient
 from standardwebhooks import Webhook
 
-from tests.conftest import wait_for
+from tests.conftest import Client, wait_for
+
+if TYPE_CHECKING:
+    from chatbeto_webhook.consumer import WebhookService
 
 CHATGPT = "/webhook/chatgpt"
 LEGACY_SECRET = "legacy-s3cret"
@@ -120,7 +124,7 @@ def hook_settings(gateway_settings: GatewaySettings) -> GatewaySettings:
 
 
 @pytest.fixture
-async def hooks(aiohttp_client: Any, hook_settings: GatewaySettings) -> Any:
+async def hooks(aiohttp_client: AiohttpClient, hook_settings: GatewaySettings) -> Client:
     from chatbeto_gateway.app import create_app
 
     return await aiohttp_client(create_app(hook_settings))
@@ -129,7 +133,7 @@ async def hooks(aiohttp_client: Any, hook_settings: GatewaySettings) -> Any:
 @pytest.fixture
 def worker_settings(database: str, amqp_url: str, namespace: str) -> WebhookSettings:
     return WebhookSettings(
-        _env_file=None,  # type: ignore[call-arg]
+        _env_file=None,
         database_url=database,
         amqp_url=amqp_url,
         amqp_namespace=namespace,
@@ -138,7 +142,7 @@ def worker_settings(database: str, amqp_url: str, namespace: str) -> WebhookSett
 
 
 @pytest.fixture
-async def worker(worker_settings: WebhookSettings) -> AsyncIterator[Any]:
+async def worker(worker_settings: WebhookSettings) -> AsyncIterator[WebhookService]:
     from chatbeto_webhook.consumer import WebhookService
 
     service = WebhookService(worker_settings)

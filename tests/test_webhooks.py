@@ -4,14 +4,15 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import TYPE_CHECKING
 
 import asyncpg
 from chatbeto.messages import Envelope, WebhookDelivery, envelope
 from chatbeto.settings import GatewaySettings, WebhookSettings
 from pydantic import SecretStr
+from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Factory
+from tests.conftest import Client, Factory
 from tests.test_webhook_support import (
     CHATGPT,
     LEGACY_SECRET,
@@ -25,11 +26,14 @@ from tests.test_webhook_support import (
     standard,
 )
 
+if TYPE_CHECKING:
+    from chatbeto_webhook.consumer import WebhookService
+
 pytest_plugins = ["tests.test_webhook_support"]
 
 
 async def test_legacy_conversation_created_is_stored_with_its_messages(
-    hooks: Any, worker: Any, factory: Factory, db: asyncpg.Connection
+    hooks: Client, worker: WebhookService, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     body, headers = legacy("conversation.created", conversation(project))
@@ -41,6 +45,7 @@ async def test_legacy_conversation_created_is_stored_with_its_messages(
     assert row["outcome"] == "processed" and row["event_type"] == "conversation.created"
     assert row["request_id"] == resp.headers["X-Request-Id"]
     conv = await db.fetchrow("SELECT * FROM conversations WHERE id = $1", row["conversation_id"])
+    assert conv is not None
     assert conv["project_id"] == project and conv["title"] == "Deploy help"
     assert (conv["source"], conv["external_id"]) == ("webhook", "c-1")
     msgs = await db.fetch(
@@ -54,7 +59,7 @@ async def test_legacy_conversation_created_is_stored_with_its_messages(
 
 
 async def test_standard_webhooks_create_then_append(
-    hooks: Any, worker: Any, factory: Factory, db: asyncpg.Connection
+    hooks: Client, worker: WebhookService, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     body, headers = standard(
@@ -98,7 +103,7 @@ async def test_standard_webhooks_create_then_append(
 
 
 async def test_unverified_requests_get_401_and_nothing_is_queued_or_stored(
-    hooks: Any, worker: Any, factory: Factory, db: asyncpg.Connection
+    hooks: Client, worker: WebhookService, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     payload = conversation(project, None)
@@ -135,7 +140,7 @@ async def test_unverified_requests_get_401_and_nothing_is_queued_or_stored(
     assert await db.fetchval("SELECT count(*) FROM conversations") == 1
 
 
-async def test_verified_but_unusable_bodies(hooks: Any, db: asyncpg.Connection) -> None:
+async def test_verified_but_unusable_bodies(hooks: Client, db: asyncpg.Connection) -> None:
     body, headers = legacy("conversation.created", [1, 2])
     resp = await hooks.post(CHATGPT, data=body, headers=headers)
     assert resp.status == 422
@@ -158,7 +163,7 @@ async def test_verified_but_unusable_bodies(hooks: Any, db: asyncpg.Connection) 
 
 
 async def test_redelivery_answers_2xx_and_changes_nothing(
-    hooks: Any, worker: Any, factory: Factory, db: asyncpg.Connection
+    hooks: Client, worker: WebhookService, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     body, headers = standard({"type": "conversation.created", "data": conversation(project, None)})
@@ -180,8 +185,8 @@ async def test_redelivery_answers_2xx_and_changes_nothing(
 
 
 async def test_parallel_duplicates_act_once(
-    hooks: Any,
-    worker: Any,
+    hooks: Client,
+    worker: WebhookService,
     worker_settings: WebhookSettings,
     factory: Factory,
     db: asyncpg.Connection,
@@ -226,9 +231,9 @@ async def test_parallel_duplicates_act_once(
 
 
 async def test_rotation_accepts_old_and_new_secrets(
-    aiohttp_client: Any,
+    aiohttp_client: AiohttpClient,
     hook_settings: GatewaySettings,
-    worker: Any,
+    worker: WebhookService,
     factory: Factory,
     db: asyncpg.Connection,
 ) -> None:
@@ -259,7 +264,7 @@ async def test_rotation_accepts_old_and_new_secrets(
 
 
 async def test_events_for_missing_project_or_conversation_are_recorded_failed(
-    hooks: Any, worker: Any, factory: Factory, db: asyncpg.Connection
+    hooks: Client, worker: WebhookService, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     bad = [
@@ -309,7 +314,7 @@ async def test_events_for_missing_project_or_conversation_are_recorded_failed(
 
 
 async def test_deliveries_list_is_admin_only(
-    hooks: Any, worker: Any, factory: Factory, db: asyncpg.Connection
+    hooks: Client, worker: WebhookService, factory: Factory, db: asyncpg.Connection
 ) -> None:
     project = await factory.project()
     admin = await factory.key(admin=True)
@@ -336,7 +341,7 @@ async def test_deliveries_list_is_admin_only(
     assert bad_limit.status == 422
 
 
-async def test_no_secret_configured_refuses_everything(gateway: Any) -> None:
+async def test_no_secret_configured_refuses_everything(gateway: Client) -> None:
     body, headers = legacy("conversation.created", {"projectId": 1})
     resp = await gateway.post(CHATGPT, data=body, headers=headers)
     assert resp.status == 401
@@ -346,7 +351,7 @@ async def test_no_secret_configured_refuses_everything(gateway: Any) -> None:
     assert (await gateway.post("/webhook/openai", data=body, headers=headers)).status == 401
 
 
-async def test_routes_are_in_openapi(hooks: Any) -> None:
+async def test_routes_are_in_openapi(hooks: Client) -> None:
     spec = await (await hooks.get("/openapi.json")).json()
     for path in (CHATGPT, "/webhook/openai", "/api/v1/webhooks/deliveries"):
         assert path in spec["paths"]

@@ -18,25 +18,18 @@ from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
 from chatbeto.settings import GatewaySettings
 
-from chatbeto_gateway import (
-    chat_api,
-    conversations_api,
-    costs_api,
-    dashboard,
-    imports_api,
-    keys_api,
-    live,
-    metrics_api,
-    openai_calls,
-    openai_compat,
-    ops,
-    projects_api,
-    webhooks_api,
-)
-from chatbeto_gateway.auth import KeyCache
-from chatbeto_gateway.gpt_cache import GptCache
-from chatbeto_gateway.middleware import observe
-from chatbeto_gateway.ratelimit import Limiter, add_headers
+from chatbeto_gateway.access.auth import KeyCache
+from chatbeto_gateway.access.ratelimit import Limiter, add_headers
+from chatbeto_gateway.admin import costs, keys, projects
+from chatbeto_gateway.conversations import chat
+from chatbeto_gateway.conversations import routes as conversation_routes
+from chatbeto_gateway.http.middleware import observe
+from chatbeto_gateway.imports import routes as import_routes
+from chatbeto_gateway.metrics import dashboard, live
+from chatbeto_gateway.metrics import routes as metrics_routes
+from chatbeto_gateway.metrics.gpt_cache import GptCache
+from chatbeto_gateway.ops import routes as ops_routes
+from chatbeto_gateway.proxy import calls, v1
 from chatbeto_gateway.state import (
     BROKER,
     GPTS,
@@ -48,6 +41,7 @@ from chatbeto_gateway.state import (
     SESSION_KEY,
     SETTINGS,
 )
+from chatbeto_gateway.webhooks import routes as webhook_routes
 
 log = get_logger(__name__)
 MAX_BODY_BYTES = 1024 * 1024
@@ -59,12 +53,12 @@ METRICS_ROUTING_KEY = "metrics.batch"
 # Every feature's routes and extra resources, listed here so the factory is the one place the
 # app is assembled.
 ROUTE_TABLES: list[web.RouteTableDef] = [
-    ops.routes,
-    metrics_api.routes,
-    webhooks_api.routes,
-    keys_api.routes,
-    costs_api.routes,
-    imports_api.routes,
+    ops_routes.routes,
+    metrics_routes.routes,
+    webhook_routes.routes,
+    keys.routes,
+    costs.routes,
+    import_routes.routes,
 ]
 EXTRA_CONTEXTS: list[Callable[[web.Application], AsyncIterator[None]]] = []
 # Live dashboards: one broker subscription per process (needs the broker context above).
@@ -72,12 +66,12 @@ ROUTE_TABLES += [live.routes, dashboard.routes]
 EXTRA_CONTEXTS.append(live.live_ctx)
 # Conversations and chat through the openai-worker (request/reply over the broker).
 ROUTE_TABLES += [
-    projects_api.routes,
-    conversations_api.routes,
-    chat_api.routes,
-    openai_compat.routes,
+    projects.routes,
+    conversation_routes.routes,
+    chat.routes,
+    v1.routes,
 ]
-EXTRA_CONTEXTS.append(openai_calls.openai_ctx)
+EXTRA_CONTEXTS.append(calls.openai_ctx)
 
 
 def build_metrics_message(items: Sequence[Any]) -> Any:

@@ -8,11 +8,11 @@ from aiohttp import web
 from chatbeto.broker import GroupPublisher, Publisher
 from chatbeto.settings import GatewaySettings
 
-from chatbeto_gateway.auth import KeyCache
-from chatbeto_gateway.gpt_cache import GptCache
-from chatbeto_gateway.ratelimit import Limiter
-from chatbeto_gateway.rpc import Rpc
-from chatbeto_gateway.upstream_status import Upstream
+from chatbeto_gateway.access.auth import KeyCache
+from chatbeto_gateway.access.ratelimit import Limiter
+from chatbeto_gateway.metrics.gpt_cache import GptCache
+from chatbeto_gateway.proxy.rpc import Rpc
+from chatbeto_gateway.proxy.upstream import Upstream
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 POOL = web.AppKey("pool", asyncpg.Pool)

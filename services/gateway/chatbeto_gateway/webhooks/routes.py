@@ -21,10 +21,10 @@ from chatbeto.logging import get_logger
 from chatbeto.messages import WebhookDelivery, envelope, to_amqp
 from pydantic import SecretStr
 
-from chatbeto_gateway import responses
-from chatbeto_gateway.auth import require_admin, require_principal
-from chatbeto_gateway.errors import ApiError
-from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.access.auth import require_admin, require_principal
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.state import KEYS, POOL, PUBLISHER, SETTINGS
 
 routes = web.RouteTableDef()

@@ -17,12 +17,12 @@ from aiohttp import web
 from chatbeto.messages import ProxyCall, ProxyEndpoint, ReplyChunk, ReplyResult
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbeto_gateway import responses
-from chatbeto_gateway.auth import Principal, require_principal
-from chatbeto_gateway.errors import ApiError
-from chatbeto_gateway.openai_calls import ask, stream, visible_project
-from chatbeto_gateway.openapi import doc
-from chatbeto_gateway.rpc import CallFailed
+from chatbeto_gateway.access.auth import Principal, require_principal
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.proxy.calls import ask, stream, visible_project
+from chatbeto_gateway.proxy.rpc import CallFailed
 from chatbeto_gateway.state import KEYS, SETTINGS, UPSTREAM
 
 routes = web.RouteTableDef()

@@ -16,7 +16,7 @@ from chatbeto import api_keys
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
 
-from chatbeto_gateway.errors import not_found, unauthorized
+from chatbeto_gateway.http.errors import not_found, unauthorized
 
 log = get_logger(__name__)
 TTL_SECONDS = 2.0

@@ -21,12 +21,13 @@ from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import ImportJob, envelope, to_amqp
 from pydantic import BaseModel, Field
 
-from chatbeto_gateway import import_upload as upload_io
-from chatbeto_gateway import metrics_repo, responses
-from chatbeto_gateway.auth import Principal, require_principal
-from chatbeto_gateway.errors import ApiError, not_found
-from chatbeto_gateway.import_upload import Bundle, Kind
-from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.access.auth import Principal, require_principal
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError, not_found
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.imports import upload as upload_io
+from chatbeto_gateway.imports.upload import Bundle, Kind
+from chatbeto_gateway.metrics import repo as metrics_repo
 from chatbeto_gateway.state import KEYS, POOL, PUBLISHER
 
 routes = web.RouteTableDef()

@@ -13,11 +13,11 @@ import asyncpg
 from aiohttp import web
 from chatbeto import spend
 
-from chatbeto_gateway import responses
-from chatbeto_gateway.auth import require_admin, require_principal
-from chatbeto_gateway.errors import ApiError
-from chatbeto_gateway.metrics_api import _query_time
-from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.access.auth import require_admin, require_principal
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.metrics.routes import _query_time
 from chatbeto_gateway.state import KEYS, POOL
 
 routes = web.RouteTableDef()

@@ -14,8 +14,9 @@ from aiohttp.typedefs import Handler
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
 
-from chatbeto_gateway import ratelimit, responses
-from chatbeto_gateway.errors import ApiError, database_unavailable, is_database_outage
+from chatbeto_gateway.access import ratelimit
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError, database_unavailable, is_database_outage
 from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
 
 log = get_logger("chatbeto.gateway.access")

@@ -18,12 +18,12 @@ from chatbeto.messages import (
 )
 from pydantic import BaseModel, ValidationError
 
-from chatbeto_gateway import conversations_repo
-from chatbeto_gateway.auth import Principal
-from chatbeto_gateway.errors import ApiError, is_json_error, not_found, validation_error
-from chatbeto_gateway.rpc import Rpc
+from chatbeto_gateway.access.auth import Principal
+from chatbeto_gateway.conversations import repo as conversations_repo
+from chatbeto_gateway.http.errors import ApiError, is_json_error, not_found, validation_error
+from chatbeto_gateway.proxy.rpc import Rpc
+from chatbeto_gateway.proxy.upstream import Upstream
 from chatbeto_gateway.state import BROKER, POOL, PUBLISHER, RPC, SETTINGS, UPSTREAM
-from chatbeto_gateway.upstream_status import Upstream
 
 M = TypeVar("M", bound=BaseModel)
 

@@ -25,7 +25,7 @@ from chatbeto import spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
 
-from chatbeto_gateway.errors import ApiError, database_unavailable
+from chatbeto_gateway.http.errors import ApiError, database_unavailable
 
 log = get_logger(__name__)
 # POST routes that call a model (a conversation or message route may not, but is one anyway:

@@ -24,11 +24,13 @@ from chatbeto.messages import (
 from chatbeto.storable import BIGINT_MAX, Text
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbeto_gateway import conversations_repo, responses
-from chatbeto_gateway.auth import require_principal
-from chatbeto_gateway.errors import ApiError, not_found
-from chatbeto_gateway.middleware import REQUEST_ID_RE
-from chatbeto_gateway.openai_calls import (
+from chatbeto_gateway.access.auth import require_principal
+from chatbeto_gateway.conversations import repo
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError, not_found
+from chatbeto_gateway.http.middleware import REQUEST_ID_RE
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.proxy.calls import (
     ask,
     conversation_out,
     parse_body,
@@ -36,8 +38,7 @@ from chatbeto_gateway.openai_calls import (
     visible_conversation,
     visible_project,
 )
-from chatbeto_gateway.openapi import doc
-from chatbeto_gateway.rpc import broker_unavailable
+from chatbeto_gateway.proxy.rpc import broker_unavailable
 from chatbeto_gateway.state import BROKER, KEYS, POOL, PUBLISHER, UPSTREAM
 
 routes = web.RouteTableDef()
@@ -144,8 +145,8 @@ def _page_args(request: web.Request) -> tuple[int, tuple[Any, int] | None]:
     after = None
     if request.query.get("cursor"):
         try:
-            after = conversations_repo.decode_cursor(request.query["cursor"])
-        except conversations_repo.BadCursor:
+            after = repo.decode_cursor(request.query["cursor"])
+        except repo.BadCursor:
             errors.append({"field": "cursor", "message": "not a cursor this API gave out"})
     if errors:
         names = ", ".join(e["field"] for e in errors)
@@ -183,12 +184,12 @@ async def list_conversations(request: web.Request) -> web.Response:
             [{"field": "requestId", "message": "a request id as X-Request-Id carries it"}],
         )
     async with request.app[POOL].acquire() as conn:
-        rows, next_cursor = await conversations_repo.list_conversations(
+        rows, next_cursor = await repo.list_conversations(
             conn, project_id=project_id, limit=limit, after=after, request_id=request_id
         )
     return responses.envelope(
         {
-            "conversations": [conversations_repo.conversation_out(r) for r in rows],
+            "conversations": [repo.conversation_out(r) for r in rows],
             "nextCursor": next_cursor,
         }
     )
@@ -200,14 +201,14 @@ async def get_conversation(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     conversation_id = await visible_conversation(request, principal, request.match_info["id"])
     async with request.app[POOL].acquire() as conn:
-        found = await conversations_repo.get_conversation(conn, conversation_id)
+        found = await repo.get_conversation(conn, conversation_id)
     if found is None:
         raise not_found("conversation_not_found", "conversation not found")
     row, messages = found
     return responses.envelope(
         {
-            "conversation": conversations_repo.conversation_out(row),
-            "messages": [conversations_repo.message_out(m) for m in messages],
+            "conversation": repo.conversation_out(row),
+            "messages": [repo.message_out(m) for m in messages],
         }
     )
 
@@ -226,16 +227,14 @@ async def start_sync(request: web.Request) -> web.Response:
     if body.projectId is not None:
         project_id = await visible_project(request, principal, body.projectId)
     async with request.app[POOL].acquire() as conn:
-        job_id, queued = await conversations_repo.create_sync_job(
-            conn, project_id, REQUEST_ID.get()
-        )
+        job_id, queued = await repo.create_sync_job(conn, project_id, REQUEST_ID.get())
     try:
         await request.app[PUBLISHER].publish(
             to_amqp(envelope(SyncJob(job_id=job_id, project_id=project_id))), SyncJob.TYPE
         )
     except BrokerUnavailable as exc:
         async with request.app[POOL].acquire() as conn:
-            await conversations_repo.fail_job(conn, job_id, "broker unavailable")
+            await repo.fail_job(conn, job_id, "broker unavailable")
         raise broker_unavailable() from exc
     return responses.envelope({"jobId": str(job_id), "queued": queued}, status=202)
 
@@ -251,7 +250,7 @@ async def sync_status(request: web.Request) -> web.Response:
     except ValueError:
         raise not_found("job_not_found", "job not found") from None
     async with request.app[POOL].acquire() as conn:
-        row = await conversations_repo.get_job(conn, job_id, "sync")
+        row = await repo.get_job(conn, job_id, "sync")
     if row is None or not (principal.is_admin or row["project_id"] == principal.project_id):
         raise not_found("job_not_found", "job not found")
     return responses.envelope(

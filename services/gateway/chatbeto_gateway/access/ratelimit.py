@@ -29,9 +29,9 @@ from chatbeto import spend
 from chatbeto.logging import get_logger
 from chatbeto.settings import GatewaySettings, RateLimit
 
-from chatbeto_gateway.auth import KeyCache, presented_key
-from chatbeto_gateway.budgets import SpendGuard, is_model_route
-from chatbeto_gateway.errors import ApiError
+from chatbeto_gateway.access.auth import KeyCache, presented_key
+from chatbeto_gateway.access.budgets import SpendGuard, is_model_route
+from chatbeto_gateway.http.errors import ApiError
 
 log = get_logger(__name__)
 Scope = Literal["api", "ingest"]

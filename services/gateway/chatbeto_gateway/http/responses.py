@@ -31,7 +31,7 @@ def envelope(data: Any, status: int = 200) -> web.Response:
 
 async def read_json(request: web.Request) -> Any:
     """The body as JSON, or a 400 naming the problem."""
-    from chatbeto_gateway.errors import ApiError
+    from chatbeto_gateway.http.errors import ApiError
 
     body = await request.read()
     try:

@@ -21,9 +21,9 @@ from aiohttp import web
 from chatbeto.logging import get_logger
 from chatbeto.messages import InvalidMessage, LiveEvent, LiveEvents, parse
 
-from chatbeto_gateway.auth import require_principal
-from chatbeto_gateway.metrics_api import visible_gpt
-from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.access.auth import require_principal
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.metrics.routes import visible_gpt
 from chatbeto_gateway.state import BROKER, KEYS, SETTINGS
 
 log = get_logger(__name__)

@@ -34,7 +34,7 @@ from chatbeto.messages import (
 )
 from chatbeto.topology import Topology
 
-from chatbeto_gateway.errors import ApiError
+from chatbeto_gateway.http.errors import ApiError
 
 log = get_logger(__name__)
 ACCEPTED_VERSIONS = frozenset({2})

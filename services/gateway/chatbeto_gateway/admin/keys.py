@@ -15,12 +15,13 @@ from chatbeto.api_keys import KeyRecord
 from chatbeto.settings import RateLimit
 from pydantic import Field, StringConstraints, field_validator, model_validator
 
-from chatbeto_gateway import metrics_repo, responses
-from chatbeto_gateway.auth import require_admin, require_principal
-from chatbeto_gateway.errors import ApiError, not_found
-from chatbeto_gateway.metrics_api import parse_model
-from chatbeto_gateway.openapi import doc
-from chatbeto_gateway.schemas import Input
+from chatbeto_gateway.access.auth import require_admin, require_principal
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError, not_found
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.metrics import repo as metrics_repo
+from chatbeto_gateway.metrics.routes import parse_model
+from chatbeto_gateway.metrics.schemas import Input
 from chatbeto_gateway.state import KEYS, POOL
 
 routes = web.RouteTableDef()

@@ -14,8 +14,8 @@ from prometheus_client import (
     multiprocess,
 )
 
-from chatbeto_gateway import openapi, responses
-from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.http import openapi, responses
+from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.state import BROKER, POOL
 
 routes = web.RouteTableDef()

@@ -11,10 +11,11 @@ from chatbeto.messages import ChatCall, ChatMessage, ReplyChunk, ReplyResult
 from chatbeto.storable import BIGINT_MAX, Bool, Text
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbeto_gateway import responses
-from chatbeto_gateway.auth import require_principal
-from chatbeto_gateway.errors import ApiError
-from chatbeto_gateway.openai_calls import (
+from chatbeto_gateway.access.auth import require_principal
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.proxy.calls import (
     MAX_TOKENS_LIMIT,
     ask,
     parse_body,
@@ -22,7 +23,6 @@ from chatbeto_gateway.openai_calls import (
     stream,
     visible_project,
 )
-from chatbeto_gateway.openapi import doc
 from chatbeto_gateway.state import KEYS
 
 routes = web.RouteTableDef()

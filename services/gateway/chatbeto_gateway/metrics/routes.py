@@ -15,9 +15,11 @@ from chatbeto.messages import EventRecord, SessionRecord
 from chatbeto.storable import Timestamp
 from pydantic import TypeAdapter, ValidationError
 
-from chatbeto_gateway import metrics_repo, ratelimit, responses
-from chatbeto_gateway.auth import Principal, optional_principal, require_principal
-from chatbeto_gateway.errors import (
+from chatbeto_gateway.access import ratelimit
+from chatbeto_gateway.access.auth import Principal, optional_principal, require_principal
+from chatbeto_gateway.access.ratelimit import RateLimited
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import (
     ApiError,
     field_errors,
     is_json_error,
@@ -25,10 +27,10 @@ from chatbeto_gateway.errors import (
     unauthorized,
     validation_error,
 )
-from chatbeto_gateway.gpt_cache import Gpt
-from chatbeto_gateway.openapi import doc
-from chatbeto_gateway.ratelimit import RateLimited
-from chatbeto_gateway.schemas import (
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.metrics import repo
+from chatbeto_gateway.metrics.gpt_cache import Gpt
+from chatbeto_gateway.metrics.schemas import (
     MAX_BATCH_EVENTS,
     BatchIn,
     BatchOut,
@@ -116,13 +118,11 @@ async def create_gpt(request: web.Request) -> web.Response:
             raise not_found("project_not_found", "project not found")
         project_id = principal.project_id
     pool = request.app[POOL]
-    if project_id is not None and not await metrics_repo.project_exists(pool, project_id):
+    if project_id is not None and not await repo.project_exists(pool, project_id):
         raise not_found("project_not_found", "project not found")
     try:
-        gpt = await metrics_repo.create_gpt(
-            pool, body.id, body.name, project_id, body.keylessIngest
-        )
-    except metrics_repo.GptExists as exc:
+        gpt = await repo.create_gpt(pool, body.id, body.name, project_id, body.keylessIngest)
+    except repo.GptExists as exc:
         raise ApiError(
             409, "gpt_exists", f"a GPT with id {body.id!r} is already registered"
         ) from exc
@@ -134,7 +134,7 @@ async def create_gpt(request: web.Request) -> web.Response:
 @doc(summary="GPTs the key may see", tags=("metrics",), responses={200: "", 401: ""})
 async def list_gpts(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
-    rows = await metrics_repo.list_gpts(request.app[POOL], principal.project_id)
+    rows = await repo.list_gpts(request.app[POOL], principal.project_id)
     out = []
     for r in rows:
         gpt = Gpt(
@@ -311,7 +311,7 @@ async def get_session(request: web.Request) -> web.Response:
         session_id = uuid.UUID(request.match_info["session_id"])
     except ValueError as exc:
         raise not_found("session_not_found", "session not found") from exc
-    session, events = await metrics_repo.get_session(request.app[POOL], session_id)
+    session, events = await repo.get_session(request.app[POOL], session_id)
     if session is None:
         raise not_found("session_not_found", "session not found")
     owner = session["session_project"] if session["builtin"] else session["gpt_project"]
@@ -371,7 +371,7 @@ async def gpt_stats(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     gpt = await visible_gpt(request, principal, request.match_info["gpt_id"])
     bucket = request.query.get("bucket", "day")
-    if bucket not in get_args(metrics_repo.Bucket):
+    if bucket not in get_args(repo.Bucket):
         raise ApiError(
             422,
             "validation_error",
@@ -388,7 +388,7 @@ async def gpt_stats(request: web.Request) -> web.Response:
             [{"field": "from", "message": "must be before to"}],
         )
     project = principal.project_id if gpt.builtin else None
-    data = await metrics_repo.stats(
+    data = await repo.stats(
         request.app[POOL],
         gpt.pk,
         start,

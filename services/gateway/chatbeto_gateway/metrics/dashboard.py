@@ -10,7 +10,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.http.openapi import doc
 
 routes = web.RouteTableDef()
 STATIC_DIR = Path(__file__).with_name("static")

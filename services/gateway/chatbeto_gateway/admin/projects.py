@@ -9,11 +9,11 @@ from aiohttp import web
 from chatbeto import projects
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from chatbeto_gateway import responses
-from chatbeto_gateway.auth import require_admin, require_principal
-from chatbeto_gateway.errors import ApiError
-from chatbeto_gateway.openai_calls import parse_body
-from chatbeto_gateway.openapi import doc
+from chatbeto_gateway.access.auth import require_admin, require_principal
+from chatbeto_gateway.http import responses
+from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.proxy.calls import parse_body
 from chatbeto_gateway.state import KEYS, POOL
 
 routes = web.RouteTableDef()

@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from chatbeto_gateway.gpt_cache import COLUMNS, Gpt
+from chatbeto_gateway.metrics.gpt_cache import COLUMNS, Gpt
 
 # "hour" is an addition to the contract's day/week/month, for the dashboard's one-day view.
 Bucket = Literal["hour", "day", "week", "month"]

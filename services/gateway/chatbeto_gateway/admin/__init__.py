@@ -1,0 +1,1 @@
+"""Admin routes: projects, API keys, costs."""

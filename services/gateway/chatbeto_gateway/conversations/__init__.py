@@ -1,0 +1,1 @@
+"""Conversations (contract 3.1): the seed conversation and chat routes, and their reads."""

@@ -1,0 +1,1 @@
+"""ChatGPT export imports: the upload route and how an upload is stored."""

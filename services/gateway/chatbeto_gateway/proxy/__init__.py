@@ -1,0 +1,1 @@
+"""The model calls: the OpenAI-compatible `/v1` surface and request/reply to the openai-worker."""

@@ -1,0 +1,1 @@
+"""Signed webhooks and the admin list of their deliveries."""
