@@ -68,7 +68,7 @@ def form(
     return data
 
 
-async def job_state(db: asyncpg.Connection, job_id: str, *states: str) -> Any:
+async def job_state(db: asyncpg.Connection, job_id: str, *states: str) -> asyncpg.Record | None:
     row = await db.fetchrow("SELECT * FROM jobs WHERE id = $1::uuid", job_id)
     return row if row is not None and row["state"] in states else None
 

@@ -17,6 +17,7 @@ import aio_pika
 import asyncpg
 import orjson
 import pytest
+from aio_pika.abc import AbstractChannel
 from chatbeto import session_ids
 from chatbeto.messages import EventRecord, SessionRecord
 from chatbeto.topology import METRICS_INGEST, Topology
@@ -65,7 +66,7 @@ def raw_batch(sessions: list[dict[str, Any]], events: list[dict[str, Any]]) -> a
     )
 
 
-async def dlq_count(channel: Any, namespace: str) -> int:
+async def dlq_count(channel: AbstractChannel, namespace: str) -> int:
     declared = await channel.declare_queue(
         Topology(namespace).queue(METRICS_INGEST).dlq, passive=True
     )

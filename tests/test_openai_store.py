@@ -11,6 +11,7 @@ from typing import Any
 import asyncpg
 from chatbeto import spend
 from chatbeto.db import create_pool
+from chatbeto.store.conversations import NewMessage
 from chatbeto_openai_worker import repo
 from chatbeto_openai_worker.store import ExchangeStore, open_fast_pool
 
@@ -22,8 +23,8 @@ def exchange(project_id: int, key_id: int | None = None) -> repo.Exchange:
     return repo.Exchange(
         external_id=mid,
         messages=[
-            repo.NewMessage(role="user", content="hola", external_id=f"{mid}:in:0"),
-            repo.NewMessage(
+            NewMessage(role="user", content="hola", external_id=f"{mid}:in:0"),
+            NewMessage(
                 role="assistant", content="echo", external_id=f"{mid}:answer", model="gpt-4"
             ),
         ],

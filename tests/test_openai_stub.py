@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 import openai
 import pytest
 from openai import AsyncOpenAI
+from openai.types.chat import ChatCompletionMessageParam
 
 
 @pytest.fixture
@@ -80,8 +81,10 @@ async def test_magic_text_provokes_failures(
 
 
 async def test_counted_failure_then_success(client: AsyncOpenAI) -> None:
-    messages = [{"role": "user", "content": "[[fail:500x1]] once"}]
+    messages: list[ChatCompletionMessageParam] = [
+        {"role": "user", "content": "[[fail:500x1]] once"}
+    ]
     with pytest.raises(openai.InternalServerError):
-        await client.chat.completions.create(model="gpt-4", messages=messages)  # type: ignore[arg-type]
-    out = await client.chat.completions.create(model="gpt-4", messages=messages)  # type: ignore[arg-type]
+        await client.chat.completions.create(model="gpt-4", messages=messages)
+    out = await client.chat.completions.create(model="gpt-4", messages=messages)
     assert out.choices[0].message.content is not None

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 import openai
@@ -15,6 +15,9 @@ from pytest_aiohttp import AiohttpServer
 
 from tests.conftest import Client, Factory, wait_for
 from tests.test_webhook_support import OPENAI_SECRET, delivery, standard
+
+if TYPE_CHECKING:
+    from chatbeto_webhook.consumer import WebhookService
 
 pytest_plugins = ["tests.test_webhook_support"]
 
@@ -36,7 +39,7 @@ async def sdk(stub_url: str) -> AsyncIterator[openai.AsyncOpenAI]:
     await client.close()
 
 
-async def start_worker(settings: WebhookSettings) -> Any:
+async def start_worker(settings: WebhookSettings) -> WebhookService:
     from chatbeto_webhook.consumer import WebhookService
 
     service = WebhookService(settings)

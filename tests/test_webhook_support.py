@@ -151,7 +151,7 @@ async def worker(worker_settings: WebhookSettings) -> AsyncIterator[WebhookServi
     await service.close()
 
 
-async def delivery(db: asyncpg.Connection, webhook_id: str) -> Any:
+async def delivery(db: asyncpg.Connection, webhook_id: str) -> asyncpg.Record:
     return await wait_for(
         lambda: db.fetchrow("SELECT * FROM webhook_deliveries WHERE webhook_id = $1", webhook_id)
     )

@@ -1,23 +1,24 @@
-"""Where exchanges are committed: answered before the disk flush, acknowledged after it.
+"""Where exchanges are committed: group commit of the exchanges that finish together, answered
+before the disk flush, acknowledged after it.
 
 `store` returns once the exchange is committed — visible to every reader and every worker, so
 a redelivery of its request finds it and replays it instead of calling the model again — but
-without waiting for the WAL flush: its connections run with `synchronous_commit = off`, and a
-new conversation with its messages and spend is one statement (`repo.create_with_messages`),
-so the answer waits for one round trip and no fsync. `durable` is the barrier the request's
-ack waits for: one synchronous transaction on the runtime's pool (`SELECT txid_current()`
-assigns an id, so its commit waits until the WAL is flushed up to its own commit record, hence
-past every commit before it), shared by every exchange committed before it started. If the
-barrier fails (Postgres restarted: an unflushed commit may be lost), every exchange it covered
-is stored again, synchronously, from memory — the same rows and ids, so nothing is stored
-twice. A 200 therefore still means "stored exactly once": a killed worker leaves a committed
-exchange and an unacked request (its redelivery replays the stored answer); a Postgres crash
-leaves a worker that stores again what it answered; only both at once, within the
-milliseconds before the flush, could lose an answered exchange.
+without waiting for the WAL flush: the commits run on connections of their own with
+`synchronous_commit = off` (`open_fast_pool`), so the answer waits for no fsync. `durable` is
+the barrier the request's ack waits for: one synchronous transaction on the runtime's pool
+(`SELECT txid_current()` assigns an id, so its commit waits until the WAL is flushed up to its
+own commit record, hence past every commit before it), shared by every exchange committed
+before it started, and started at commit time so it overlaps the reply and the metrics event.
+If the barrier fails (Postgres restarted: an unflushed commit may be lost), every exchange it
+covered is stored again, synchronously, from memory — the same rows and ids, so nothing is
+stored twice. A 200 therefore still means "stored exactly once": a killed worker leaves a
+committed exchange and an unacked request (its redelivery replays the stored answer); a
+Postgres crash leaves a worker that stores again what it answered; only both at once, within
+the milliseconds before the flush, could lose an answered exchange.
 
-Each exchange is stored on its own (without an fsync to share, a group transaction would only
-add BEGIN/COMMIT round trips), so one unstorable exchange (a value Postgres refuses) fails
-alone.
+Requests that finish together share one transaction. If a shared transaction fails, each
+exchange is retried in its own, so one unstorable exchange (a value Postgres refuses) fails
+alone and never takes the others with it.
 """
 
 from __future__ import annotations
@@ -29,11 +30,14 @@ from collections import deque
 import asyncpg
 import orjson
 from chatbeto.logging import get_logger
+from chatbeto.store.conversations import Conversation
 
 from chatbeto_openai_worker import repo
 
 log = get_logger(__name__)
-FAST_POOL_SIZE = 10
+MAX_GROUP = 64
+MAX_IN_FLIGHT = 4
+FAST_POOL_SIZE = 6
 
 
 async def _codecs(conn: asyncpg.Connection) -> None:
@@ -64,24 +68,24 @@ async def open_fast_pool(dsn: str) -> asyncpg.Pool:
 class ExchangeStore:
     def __init__(self, pool: asyncpg.Pool, fast: asyncpg.Pool | None = None) -> None:
         """`pool` commits synchronously (barriers, stores again); `fast` does not (None: every
-        store is synchronous)."""
+        store is synchronous and `durable` has nothing to wait for)."""
         self._pool = pool
         self._fast = fast or pool
+        self._pending: deque[tuple[repo.Exchange, asyncio.Future[Conversation]]] = deque()
+        self._in_flight = 0
+        self._tasks: set[asyncio.Task[None]] = set()
         # Committed without a flush, in commit order: (sequence number, exchange).
         self._unflushed: deque[tuple[int, repo.Exchange]] = deque()
         self._seq = 0
         self._barrier: asyncio.Task[None] | None = None
-        self._keys = repo.KeyLimits()
 
-    async def store(self, exchange: repo.Exchange) -> repo.Conversation:
-        """Returns once the exchange is committed (not yet flushed: see `durable`)."""
-        async with self._fast.acquire() as conn:
-            conv = await repo.store_exchange(conn, exchange, self._keys)
-        if self._fast is not self._pool:
-            self._seq += 1
-            self._unflushed.append((self._seq, exchange))
-            self._start_barrier()  # the flush overlaps the reply and the metrics event
-        return conv
+    async def store(self, exchange: repo.Exchange) -> Conversation:
+        """Returns once the exchange is committed (not yet flushed: see `durable`); raises what
+        storing it alone raised."""
+        future: asyncio.Future[Conversation] = asyncio.get_running_loop().create_future()
+        self._pending.append((exchange, future))
+        self._kick()
+        return await future
 
     async def durable(self) -> None:
         """Returns once everything stored so far is flushed to disk (stored again,
@@ -109,14 +113,68 @@ class ExchangeStore:
         except Exception as exc:
             log.warning("WAL flush barrier failed; storing again", error=type(exc).__name__)
             for seq, exchange in [item for item in self._unflushed if item[0] <= upto]:
-                async with self._pool.acquire() as conn:
-                    await repo.store_exchange(conn, exchange, self._keys)
+                await self._commit([exchange], self._pool)
                 self._unflushed = deque(item for item in self._unflushed if item[0] != seq)
             return
         while self._unflushed and self._unflushed[0][0] <= upto:
             self._unflushed.popleft()
 
+    def _kick(self) -> None:
+        while self._pending and self._in_flight < MAX_IN_FLIGHT:
+            group = [self._pending.popleft() for _ in range(min(MAX_GROUP, len(self._pending)))]
+            self._in_flight += 1
+            task = asyncio.create_task(self._flush(group))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _flush(self, group: list[tuple[repo.Exchange, asyncio.Future[Conversation]]]) -> None:
+        try:
+            if len(group) > 1:
+                try:
+                    convs = await self._commit([exchange for exchange, _ in group], self._fast)
+                except Exception as exc:
+                    log.warning("group store failed, storing one by one", error=type(exc).__name__)
+                else:
+                    for (_, future), conv in zip(group, convs, strict=True):
+                        if not future.done():
+                            future.set_result(conv)
+                    return
+            for exchange, future in group:
+                try:
+                    (conv,) = await self._commit([exchange], self._fast)
+                except BaseException as exc:
+                    if not future.done():
+                        future.set_exception(exc)
+                    if not isinstance(exc, Exception):
+                        raise
+                else:
+                    if not future.done():
+                        future.set_result(conv)
+        finally:
+            self._in_flight -= 1
+            self._kick()
+
+    async def _commit(
+        self, exchanges: list[repo.Exchange], pool: asyncpg.Pool
+    ) -> list[Conversation]:
+        async with pool.acquire() as conn:
+            one = exchanges[0]
+            if len(exchanges) == 1 and one.conversation_id is None and one.charge is None:
+                # One statement, atomic by itself: no BEGIN/COMMIT round trips.
+                convs = [await repo.store_exchange(conn, exchanges[0])]
+            else:
+                async with conn.transaction():
+                    convs = [await repo.store_exchange(conn, exchange) for exchange in exchanges]
+        if pool is not self._pool:
+            for exchange in exchanges:
+                self._seq += 1
+                self._unflushed.append((self._seq, exchange))
+            self._start_barrier()  # the flush overlaps the reply and the metrics event
+        return convs
+
     async def close(self) -> None:
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)
         with contextlib.suppress(Exception):
             await self.durable()
 

@@ -10,6 +10,7 @@ from chatbeto import session_ids, topology
 from chatbeto.logging import get_logger
 from chatbeto.service import Service, WorkerRuntime
 from chatbeto.settings import OpenAIWorkerSettings
+from chatbeto.store import gpts
 from openai import AsyncOpenAI
 
 from chatbeto_openai_worker import store, upstream
@@ -40,9 +41,7 @@ class OpenAIWorker(Service):
     async def setup(self, runtime: WorkerRuntime) -> None:
         settings = self.settings
         session_key = await session_ids.load_key(runtime.pool)
-        gpt_pk = await runtime.pool.fetchval(
-            "SELECT pk FROM gpts WHERE builtin ORDER BY pk LIMIT 1"
-        )
+        gpt_pk = await gpts.builtin_pk(runtime.pool)
         if gpt_pk is None:
             raise RuntimeError("the built-in GPT `chatbeto` is missing: run `chatbeto migrate`")
         self.client = upstream.make_client(settings)

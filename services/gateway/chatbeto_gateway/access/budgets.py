@@ -25,7 +25,7 @@ from chatbeto import spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
 
-from chatbeto_gateway.http.errors import ApiError, database_unavailable
+from chatbeto_gateway.http.errors import ApiError, ValidationFailed, database_unavailable
 
 log = get_logger(__name__)
 # POST routes that call a model (a conversation or message route may not, but is one anyway:
@@ -57,18 +57,10 @@ async def require_stream_usage(request: web.Request) -> None:
     options = body.get("stream_options")
     if isinstance(options, dict) and options.get("include_usage") is True:
         return
-    field = "stream_options.include_usage"
-    raise ApiError(
-        422,
-        "validation_error",
-        f"invalid fields: {field}",
-        [
-            {
-                "field": field,
-                "message": "must be true for a key with a budget or a token cap (a stream "
-                "without usage cannot be priced)",
-            }
-        ],
+    raise ValidationFailed.of(
+        "stream_options.include_usage",
+        "must be true for a key with a budget or a token cap (a stream without usage cannot "
+        "be priced)",
     )
 
 

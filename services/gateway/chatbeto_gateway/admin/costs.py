@@ -7,27 +7,30 @@ calls of a model without a price are counted (`unpricedCalls`) and add nothing t
 from __future__ import annotations
 
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 from aiohttp import web
 from chatbeto import spend
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 from chatbeto_gateway.access.auth import require_admin, require_principal
 from chatbeto_gateway.http import responses
-from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.errors import ValidationFailed
 from chatbeto_gateway.http.openapi import doc
-from chatbeto_gateway.metrics.routes import _query_time
+from chatbeto_gateway.http.parse import POSITIVE_ID, parse_query, query_choice, query_time
 from chatbeto_gateway.state import KEYS, POOL
 
 routes = web.RouteTableDef()
 BUCKETS = ("day", "week", "month")
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(
-        422, "validation_error", f"invalid fields: {field}", [{"field": field, "message": message}]
-    )
+class CostsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    start: Annotated[datetime | None, PlainValidator(query_time)] = Field(None, alias="from")
+    end: Annotated[datetime | None, PlainValidator(query_time)] = Field(None, alias="to")
+    projectId: Annotated[int | None, PlainValidator(POSITIVE_ID)] = None
+    bucket: Annotated[str, PlainValidator(query_choice("one of day, week, month", BUCKETS))] = "day"
 
 
 def _totals(row: asyncpg.Record) -> dict[str, Any]:
@@ -41,35 +44,24 @@ def _totals(row: asyncpg.Record) -> dict[str, Any]:
     }
 
 
-def _project_id(request: web.Request) -> int | None:
-    raw = request.query.get("projectId")
-    if not raw:
-        return None
-    if not raw.isdigit() or not 0 < int(raw) < 2**63:
-        raise _invalid("projectId", "must be a positive integer")
-    return int(raw)
-
-
 @routes.get("/api/v1/costs")
 @doc(
     summary="Cost of model calls over a period (default: this calendar month, UTC): in total, "
     "per project, per key and per bucket",
     auth="admin",
     tags=("costs",),
-    query=("from", "to", "projectId", "bucket"),
+    query=CostsQuery,
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def costs(request: web.Request) -> web.Response:
     require_admin(await require_principal(request, request.app[KEYS]))
-    bucket = request.query.get("bucket", "day")
-    if bucket not in BUCKETS:
-        raise _invalid("bucket", "one of day, week, month")
-    end = _query_time(request, "to") or datetime.now(UTC)
-    start = _query_time(request, "from") or spend.DEFAULT_PERIOD.window(end)[0]
+    query = parse_query(request, CostsQuery)
+    bucket = query.bucket
+    end = query.end or datetime.now(UTC)
+    start = query.start or spend.DEFAULT_PERIOD.window(end)[0]
     if start >= end:
-        raise _invalid("from", "must be before to")
-    project_id = _project_id(request)
-    rows = await spend.report(request.app[POOL], start, end, project_id, bucket)
+        raise ValidationFailed.of("from", "must be before to")
+    rows = await spend.report(request.app[POOL], start, end, query.projectId, bucket)
     return responses.envelope(
         {
             "from": start.isoformat(),

@@ -13,14 +13,22 @@ from aiohttp import web
 from chatbeto import api_keys, spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.settings import RateLimit
-from pydantic import Field, StringConstraints, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from chatbeto_gateway.access.auth import require_admin, require_principal
 from chatbeto_gateway.http import responses
-from chatbeto_gateway.http.errors import ApiError, not_found
+from chatbeto_gateway.http.errors import not_found
 from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.http.parse import POSITIVE_ID, parse_body, parse_query
 from chatbeto_gateway.metrics import repo as metrics_repo
-from chatbeto_gateway.metrics.routes import parse_model
 from chatbeto_gateway.metrics.schemas import Input
 from chatbeto_gateway.state import KEYS, POOL
 
@@ -75,6 +83,11 @@ class KeyIn(Input):
         return self
 
 
+class KeysQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    projectId: Annotated[int | None, PlainValidator(POSITIVE_ID)] = None
+
+
 def spend_out(window: spend.Window) -> dict[str, Any]:
     return {
         "usd": float(window.usd),
@@ -112,7 +125,7 @@ def key_out(key: KeyRecord, window: spend.Window | None = None) -> dict[str, Any
 )
 async def create_key(request: web.Request) -> web.Response:
     require_admin(await require_principal(request, request.app[KEYS]))
-    body = parse_model(KeyIn, await request.read())
+    body = await parse_body(request, KeyIn)
     pool = request.app[POOL]
     if body.projectId is not None and not await metrics_repo.project_exists(pool, body.projectId):
         raise not_found("project_not_found", "project not found")
@@ -137,24 +150,14 @@ async def create_key(request: web.Request) -> web.Response:
     "(never a key)",
     auth="admin",
     tags=("keys",),
-    query=("projectId",),
+    query=KeysQuery,
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def list_keys(request: web.Request) -> web.Response:
     require_admin(await require_principal(request, request.app[KEYS]))
-    raw = request.query.get("projectId")
-    project_id: int | None = None
-    if raw:
-        if not raw.isdigit() or not 0 < int(raw) < 2**63:
-            raise ApiError(
-                422,
-                "validation_error",
-                "invalid fields: projectId",
-                [{"field": "projectId", "message": "must be a positive integer"}],
-            )
-        project_id = int(raw)
+    query = parse_query(request, KeysQuery)
     pool = request.app[POOL]
-    keys = await api_keys.list_keys(pool, project_id)
+    keys = await api_keys.list_keys(pool, query.projectId)
     windows = await spend.budget_windows(pool, [(k.id, k.budget) for k in keys])
     return responses.envelope({"keys": [key_out(k, windows[k.id]) for k in keys]})
 

@@ -13,7 +13,7 @@ from chatbeto_gateway.access.auth import require_admin, require_principal
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError
 from chatbeto_gateway.http.openapi import doc
-from chatbeto_gateway.proxy.calls import parse_body
+from chatbeto_gateway.http.parse import parse_body
 from chatbeto_gateway.state import KEYS, POOL
 
 routes = web.RouteTableDef()

@@ -15,10 +15,10 @@ from chatbeto_gateway.access.auth import require_principal
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError
 from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.http.parse import parse_body
 from chatbeto_gateway.proxy.calls import (
     MAX_TOKENS_LIMIT,
     ask,
-    parse_body,
     response_out,
     stream,
     visible_project,

@@ -7,7 +7,7 @@ handler answers with what the worker replied.
 from __future__ import annotations
 
 import uuid
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from aiohttp import web
 from chatbeto import health
@@ -22,7 +22,7 @@ from chatbeto.messages import (
     to_amqp,
 )
 from chatbeto.storable import BIGINT_MAX, Text
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 from chatbeto_gateway.access.auth import require_principal
 from chatbeto_gateway.conversations import repo
@@ -30,15 +30,14 @@ from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError, not_found
 from chatbeto_gateway.http.middleware import REQUEST_ID_RE
 from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.http.parse import parse_body, parse_query, query_error, query_int, query_match
 from chatbeto_gateway.proxy.calls import (
     ask,
     conversation_out,
-    parse_body,
     response_out,
     visible_conversation,
     visible_project,
 )
-from chatbeto_gateway.proxy.rpc import broker_unavailable
 from chatbeto_gateway.state import BROKER, KEYS, POOL, PUBLISHER, UPSTREAM
 
 routes = web.RouteTableDef()
@@ -58,6 +57,31 @@ class MessageIn(BaseModel):
     model_config = ConfigDict(extra="ignore")
     message: Text = Field(min_length=1, max_length=200_000)
     role: Literal["user", "system", "assistant"] = "user"
+
+
+def _cursor(raw: Any) -> tuple[Any, int] | None:
+    if raw == "":
+        return None
+    try:
+        return repo.decode_cursor(str(raw))
+    except repo.BadCursor:
+        raise query_error("not a cursor this API gave out") from None
+
+
+class ConversationsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    projectId: Annotated[
+        int | None, PlainValidator(query_int("an integer", blank_is_none=True))
+    ] = None
+    limit: Annotated[
+        int,
+        PlainValidator(query_int(f"an integer from 1 to {MAX_PAGE}", minimum=1, maximum=MAX_PAGE)),
+    ] = DEFAULT_PAGE
+    cursor: Annotated[tuple[Any, int] | None, PlainValidator(_cursor)] = None
+    requestId: Annotated[
+        str | None,
+        PlainValidator(query_match("a request id as X-Request-Id carries it", REQUEST_ID_RE)),
+    ] = None
 
 
 class SyncIn(BaseModel):
@@ -133,59 +157,26 @@ async def add_message(request: web.Request) -> web.Response:
     return responses.envelope({"conversationId": conversation_id, "response": response_out(reply)})
 
 
-def _page_args(request: web.Request) -> tuple[int, tuple[Any, int] | None]:
-    errors = []
-    limit = DEFAULT_PAGE
-    raw_limit = request.query.get("limit")
-    if raw_limit is not None:
-        if not raw_limit.isdigit() or not 1 <= int(raw_limit) <= MAX_PAGE:
-            errors.append({"field": "limit", "message": f"an integer from 1 to {MAX_PAGE}"})
-        else:
-            limit = int(raw_limit)
-    after = None
-    if request.query.get("cursor"):
-        try:
-            after = repo.decode_cursor(request.query["cursor"])
-        except repo.BadCursor:
-            errors.append({"field": "cursor", "message": "not a cursor this API gave out"})
-    if errors:
-        names = ", ".join(e["field"] for e in errors)
-        raise ApiError(422, "validation_error", f"invalid fields: {names}", errors)
-    return limit, after
-
-
 @routes.get("/api/v1/openai/conversations")
 @doc(
     summary="Conversations, newest first (cursor-paginated)",
     tags=("conversations",),
-    query=("projectId", "limit", "cursor", "requestId"),
+    query=ConversationsQuery,
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def list_conversations(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
-    limit, after = _page_args(request)
+    query = parse_query(request, ConversationsQuery)
     project_id = principal.project_id
-    raw_project = request.query.get("projectId")
-    if raw_project:
-        if not raw_project.isdigit():
-            raise ApiError(
-                422,
-                "validation_error",
-                "invalid fields: projectId",
-                [{"field": "projectId", "message": "an integer"}],
-            )
-        project_id = await visible_project(request, principal, int(raw_project))
-    request_id = request.query.get("requestId") or None
-    if request_id is not None and not REQUEST_ID_RE.match(request_id):
-        raise ApiError(
-            422,
-            "validation_error",
-            "invalid fields: requestId",
-            [{"field": "requestId", "message": "a request id as X-Request-Id carries it"}],
-        )
+    if query.projectId is not None:
+        project_id = await visible_project(request, principal, query.projectId)
     async with request.app[POOL].acquire() as conn:
         rows, next_cursor = await repo.list_conversations(
-            conn, project_id=project_id, limit=limit, after=after, request_id=request_id
+            conn,
+            project_id=project_id,
+            limit=query.limit,
+            after=query.cursor,
+            request_id=query.requestId,
         )
     return responses.envelope(
         {
@@ -232,10 +223,11 @@ async def start_sync(request: web.Request) -> web.Response:
         await request.app[PUBLISHER].publish(
             to_amqp(envelope(SyncJob(job_id=job_id, project_id=project_id))), SyncJob.TYPE
         )
-    except BrokerUnavailable as exc:
+    except BrokerUnavailable:
+        # Not queued: the job must not look pending forever (the 503 is the middleware's).
         async with request.app[POOL].acquire() as conn:
             await repo.fail_job(conn, job_id, "broker unavailable")
-        raise broker_unavailable() from exc
+        raise
     return responses.envelope({"jobId": str(job_id), "queued": queued}, status=202)
 
 

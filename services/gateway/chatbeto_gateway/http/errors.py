@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Sequence
+from typing import Any, TypedDict
 
 import asyncpg
 from pydantic import ValidationError
@@ -43,9 +44,37 @@ def unauthorized(message: str = "missing or invalid API key") -> ApiError:
     return ApiError(401, "unauthorized", message)
 
 
-def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]:
+class FieldError(TypedDict):
+    field: str
+    message: str
+
+
+class ValidationFailed(ApiError):
+    """A 422 naming each offending field: the one error every schema check raises (bodies,
+    query strings, form fields); the middleware shapes it for the route's surface."""
+
+    def __init__(self, fields: Sequence[FieldError], message: str | None = None) -> None:
+        names = ", ".join(dict.fromkeys(f["field"] for f in fields))
+        super().__init__(
+            422, "validation_error", message or f"invalid fields: {names}", list(fields) or None
+        )
+        self.fields = list(fields)
+
+    @classmethod
+    def of(cls, field: str, message: str) -> ValidationFailed:
+        """One offending field."""
+        return cls([{"field": field, "message": message}])
+
+    @classmethod
+    def from_pydantic(cls, exc: ValidationError, prefix: str = "") -> ValidationFailed:
+        fields = field_errors(exc, prefix)
+        names = ", ".join(sorted({f["field"] for f in fields}))
+        return cls(fields, f"invalid fields: {names}")
+
+
+def field_errors(exc: ValidationError, prefix: str = "") -> list[FieldError]:
     """One entry per offending field, named by its dotted path."""
-    out = []
+    out: list[FieldError] = []
     for err in exc.errors(include_url=False, include_input=False):
         path = ".".join(str(p) for p in err["loc"])
         out.append(
@@ -57,14 +86,20 @@ def field_errors(exc: ValidationError, prefix: str = "") -> list[dict[str, str]]
     return out
 
 
-def validation_error(exc: ValidationError, prefix: str = "") -> ApiError:
-    fields = field_errors(exc, prefix)
-    names = ", ".join(sorted({f["field"] for f in fields}))
-    return ApiError(422, "validation_error", f"invalid fields: {names}", fields)
+def unstorable() -> ValidationFailed:
+    """Input a check let through that Postgres cannot hold (a NUL byte, a number past bigint)."""
+    return ValidationFailed(
+        [], "a value is out of range or contains characters that cannot be stored"
+    )
 
 
 def is_json_error(exc: ValidationError) -> bool:
     return any(err["type"] == "json_invalid" for err in exc.errors())
+
+
+def broker_unavailable() -> ApiError:
+    """What `BrokerUnavailable` (a publish the broker did not confirm) answers, on any route."""
+    return ApiError(503, "broker_unavailable", "the message broker is unavailable; retry later")
 
 
 def database_unavailable() -> ApiError:

@@ -11,12 +11,19 @@ from typing import Any
 import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
+from chatbeto.broker import BrokerUnavailable
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
 
 from chatbeto_gateway.access import ratelimit
 from chatbeto_gateway.http import responses
-from chatbeto_gateway.http.errors import ApiError, database_unavailable, is_database_outage
+from chatbeto_gateway.http.errors import (
+    ApiError,
+    broker_unavailable,
+    database_unavailable,
+    is_database_outage,
+    unstorable,
+)
 from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
 
 log = get_logger("chatbeto.gateway.access")
@@ -65,6 +72,15 @@ def error_body(path: str, status: int, code: str, message: str, details: Any = N
     return {"error": error}
 
 
+def error_response(request: web.Request, exc: ApiError) -> web.Response:
+    """The one place an error becomes a response, in the shape of the route's surface."""
+    return responses.json(
+        error_body(request.path, exc.status, exc.code, exc.message, exc.details),
+        status=exc.status,
+        headers=exc.headers,
+    )
+
+
 HTTP_CODES = {
     400: "bad_request",
     401: "unauthorized",
@@ -95,53 +111,36 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 )
             response = await handler(request)
         except ApiError as exc:
-            response = responses.json(
-                error_body(request.path, exc.status, exc.code, exc.message, exc.details),
-                status=exc.status,
-                headers=exc.headers,
-            )
+            response = error_response(request, exc)
+        except BrokerUnavailable:
+            # A publish the broker did not confirm, on any route: 503, nothing was queued.
+            log.warning("broker unavailable", path=request.path)
+            response = error_response(request, broker_unavailable())
         except asyncpg.DataError as exc:
             # Input a handler let through that Postgres can't hold (a NUL byte, a number past
             # bigint): the caller's error, not ours. Logged so the missing check gets added.
             log.warning("input rejected by postgres", path=request.path, error=type(exc).__name__)
-            response = responses.json(
-                error_body(
-                    request.path,
-                    422,
-                    "validation_error",
-                    "a value is out of range or contains characters that cannot be stored",
-                ),
-                status=422,
-            )
+            response = error_response(request, unstorable())
         except web.HTTPException as exc:
             if exc.status < 400:
                 raise
             code = HTTP_CODES.get(exc.status, "error")
             message = exc.reason if exc.status != 413 else "request body is larger than 1 MiB"
             headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
-            response = responses.json(
-                error_body(request.path, exc.status, code, message),
-                status=exc.status,
-                headers=headers,
-            )
+            response = error_response(request, ApiError(exc.status, code, message, headers=headers))
         except Exception as exc:
             if is_database_outage(exc):
                 # Postgres away, on any route: 503 with Retry-After, never a 500.
                 log.warning("database unavailable", path=request.path, error=type(exc).__name__)
-                error = database_unavailable()
-                response = responses.json(
-                    error_body(request.path, error.status, error.code, error.message),
-                    status=error.status,
-                    headers=error.headers,
-                )
+                response = error_response(request, database_unavailable())
             elif isinstance(exc, ConnectionResetError):
                 # The client went away mid-request: nothing to answer, not a server error.
                 log.debug("client disconnected", path=request.path)
                 response = web.Response(status=499)
             else:
                 log.exception("unhandled error", path=request.path)
-                response = responses.json(
-                    error_body(request.path, 500, "internal_error", "internal error"), status=500
+                response = error_response(
+                    request, ApiError(500, "internal_error", "internal error")
                 )
         status = response.status
         ratelimit.settle(request, status)  # a 5xx is not charged against the caller's limit

@@ -27,7 +27,8 @@ class RouteDoc:
     responses: dict[int, str] = field(default_factory=dict)
     response_model: type[BaseModel] | None = None
     tags: tuple[str, ...] = ()
-    query: tuple[str, ...] = ()
+    # The query string's model (what `parse_query` validates with); its names are documented.
+    query: type[BaseModel] | None = None
     content_type: str = "application/json"
 
 
@@ -86,7 +87,7 @@ def build(
         ]
         params += [
             {"name": q, "in": "query", "required": False, "schema": {"type": "string"}}
-            for q in rdoc.query
+            for q in _query_names(rdoc.query)
         ]
         if params:
             op["parameters"] = params
@@ -138,6 +139,12 @@ def build(
             },
         },
     }
+
+
+def _query_names(model: type[BaseModel] | None) -> list[str]:
+    if model is None:
+        return []
+    return [info.alias or name for name, info in model.model_fields.items()]
 
 
 def _path_params(path: str) -> list[str]:

@@ -27,14 +27,3 @@ def json(data: Any, status: int = 200, headers: dict[str, str] | None = None) ->
 def envelope(data: Any, status: int = 200) -> web.Response:
     """The ChatBETO envelope of `/api/v1/*`."""
     return json({"status": "success", "data": data}, status)
-
-
-async def read_json(request: web.Request) -> Any:
-    """The body as JSON, or a 400 naming the problem."""
-    from chatbeto_gateway.http.errors import ApiError
-
-    body = await request.read()
-    try:
-        return orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from exc

@@ -15,7 +15,6 @@ import asyncpg
 import orjson
 from aiohttp import BodyPartReader, web
 from aiohttp.http_exceptions import BadHttpMessage
-from chatbeto.broker import BrokerUnavailable
 from chatbeto.importer import jobs
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import ImportJob, envelope, to_amqp
@@ -23,7 +22,7 @@ from pydantic import BaseModel, Field
 
 from chatbeto_gateway.access.auth import Principal, require_principal
 from chatbeto_gateway.http import responses
-from chatbeto_gateway.http.errors import ApiError, not_found
+from chatbeto_gateway.http.errors import ApiError, ValidationFailed, not_found
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.imports import upload as upload_io
 from chatbeto_gateway.imports.upload import Bundle, Kind
@@ -53,12 +52,6 @@ class ImportForm(BaseModel):
     )
 
 
-def invalid(field: str, message: str) -> ApiError:
-    return ApiError(
-        422, "validation_error", f"invalid fields: {field}", [{"field": field, "message": message}]
-    )
-
-
 def too_large() -> ApiError:
     return ApiError(
         413, "payload_too_large", f"the upload is larger than {MAX_UPLOAD_BYTES >> 20} MiB"
@@ -69,14 +62,14 @@ async def target_project(pool: asyncpg.Pool, principal: Principal, raw: str | No
     """The project to import into; another project's id answers 404, as everywhere."""
     if raw is None or not raw.strip():
         if principal.project_id is None:
-            raise invalid("projectId", "required with an admin key")
+            raise ValidationFailed.of("projectId", "required with an admin key")
         return principal.project_id
     try:
         project_id = int(raw.strip())
     except ValueError as exc:
-        raise invalid("projectId", "must be an integer") from exc
+        raise ValidationFailed.of("projectId", "must be an integer") from exc
     if project_id <= 0 or project_id >= 2**63:
-        raise invalid("projectId", "must be a positive integer")
+        raise ValidationFailed.of("projectId", "must be a positive integer")
     if not principal.can_see_project(project_id) or not await metrics_repo.project_exists(
         pool, project_id
     ):
@@ -85,7 +78,7 @@ async def target_project(pool: asyncpg.Pool, principal: Principal, raw: str | No
 
 
 def not_an_export() -> ApiError:
-    return invalid(
+    return ValidationFailed.of(
         "file",
         "not a ChatGPT export (the export .zip, conversations.json, or its "
         "conversations-NNN.json and export_manifest.json files)",
@@ -93,7 +86,9 @@ def not_an_export() -> ApiError:
 
 
 def zip_alone() -> ApiError:
-    return invalid("file", "send the export .zip alone, or its JSON files as several file parts")
+    return ValidationFailed.of(
+        "file", "send the export .zip alone, or its JSON files as several file parts"
+    )
 
 
 async def read_field(part: BodyPartReader) -> str:
@@ -101,7 +96,7 @@ async def read_field(part: BodyPartReader) -> str:
     while chunk := await part.read_chunk(MAX_FIELD_BYTES):
         data += chunk
         if len(data) > MAX_FIELD_BYTES:
-            raise invalid(part.name or "field", "too long")
+            raise ValidationFailed.of(part.name or "field", "too long")
     return data.decode("utf-8", "replace")
 
 
@@ -151,7 +146,7 @@ async def store_part(
         try:
             await upload_io.add_member(bundle, part, kind, head, CHUNK_BYTES, upload.count)
         except ValueError as exc:  # two parts with one name
-            raise invalid("file", str(exc)) from None
+            raise ValidationFailed.of("file", str(exc)) from None
     return bundle
 
 
@@ -180,8 +175,8 @@ async def read_form(request: web.Request, principal: Principal, upload: Upload) 
         if upload.skipped_parts:
             raise not_an_export()
         if upload.empty_parts:
-            raise invalid("file", "the file is empty")
-        raise invalid("file", "a file field is required")
+            raise ValidationFailed.of("file", "the file is empty")
+        raise ValidationFailed.of("file", "a file field is required")
     await bundle.finish()
     upload.size = bundle.writer.size
     if not project_given:
@@ -220,12 +215,7 @@ async def create_import(request: web.Request) -> web.Response:
         assert upload.size is not None
         await jobs.queue_job(pool, upload.id, upload.project_id, upload.size, REQUEST_ID.get())
         job = ImportJob(job_id=upload.id, project_id=upload.project_id)
-        try:
-            await request.app[PUBLISHER].publish(to_amqp(envelope(job)), ROUTING_KEY)
-        except BrokerUnavailable as exc:
-            raise ApiError(
-                503, "broker_unavailable", "the message broker is unavailable; retry later"
-            ) from exc
+        await request.app[PUBLISHER].publish(to_amqp(envelope(job)), ROUTING_KEY)
         queued = True
     finally:
         # Refused, failed or abandoned mid-upload: leave no chunks behind.

@@ -5,29 +5,27 @@ from __future__ import annotations
 import functools
 import uuid
 from datetime import UTC, datetime, timedelta
-from typing import Any, get_args
+from typing import Annotated, Any, get_args
 
 from aiohttp import web
 from chatbeto import session_ids
-from chatbeto.broker import BrokerUnavailable
 from chatbeto.logging import REQUEST_ID
 from chatbeto.messages import EventRecord, SessionRecord
-from chatbeto.storable import Timestamp
-from pydantic import TypeAdapter, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from chatbeto_gateway.access import ratelimit
 from chatbeto_gateway.access.auth import Principal, optional_principal, require_principal
 from chatbeto_gateway.access.ratelimit import RateLimited
 from chatbeto_gateway.http import responses
-from chatbeto_gateway.http.errors import (
-    ApiError,
-    field_errors,
-    is_json_error,
-    not_found,
-    unauthorized,
-    validation_error,
-)
+from chatbeto_gateway.http.errors import ApiError, ValidationFailed, not_found, unauthorized
 from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.http.parse import (
+    parse_body,
+    parse_query,
+    query_choice,
+    query_time,
+    read_json,
+)
 from chatbeto_gateway.metrics import repo
 from chatbeto_gateway.metrics.gpt_cache import Gpt
 from chatbeto_gateway.metrics.schemas import (
@@ -58,19 +56,6 @@ DEFAULT_STATS_DAYS = 30
 def session_gpt(key: bytes, session_id: uuid.UUID) -> int | None:
     """The GPT a session id was issued for (cached: an HMAC per event cost 1.5 % of ingest)."""
     return session_ids.verify(key, session_id)
-
-
-def broker_down(exc: BrokerUnavailable) -> ApiError:
-    return ApiError(503, "broker_unavailable", "the message broker is unavailable; retry later")
-
-
-def parse_model(model: type[Any], body: bytes) -> Any:
-    try:
-        return model.model_validate_json(body)
-    except ValidationError as exc:
-        if is_json_error(exc):
-            raise ApiError(400, "invalid_json", "body is not valid JSON") from exc
-        raise validation_error(exc) from exc
 
 
 async def keyless_charge(request: web.Request, gpt: Gpt) -> None:
@@ -111,7 +96,7 @@ async def visible_gpt(request: web.Request, principal: Principal, gpt_id: str) -
 )
 async def create_gpt(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
-    body = parse_model(GptIn, await request.read())
+    body = await parse_body(request, GptIn)
     project_id = body.projectId
     if not principal.is_admin:
         if project_id is not None and project_id != principal.project_id:
@@ -156,7 +141,7 @@ async def list_gpts(request: web.Request) -> web.Response:
 )
 async def create_session(request: web.Request) -> web.Response:
     principal = await optional_principal(request, request.app[KEYS])
-    body = parse_model(SessionIn, await request.read())
+    body = await parse_body(request, SessionIn)
     gpt = await request.app[GPTS].by_id(body.gpt_id)
     if gpt is None or (principal is not None and not may_ingest(principal, gpt)):
         raise not_found("gpt_not_found", f"GPT {body.gpt_id!r} is not registered")
@@ -171,10 +156,7 @@ async def create_session(request: web.Request) -> web.Response:
         timestamp_inicio=body.timestamp_inicio or datetime.now(UTC),
         request_id=REQUEST_ID.get(),
     )
-    try:
-        await request.app[METRICS_PUBLISHER].submit((record,))
-    except BrokerUnavailable as exc:
-        raise broker_down(exc) from exc
+    await request.app[METRICS_PUBLISHER].submit((record,))
     return responses.json(
         {
             "id": str(record.id),
@@ -224,12 +206,9 @@ async def _event_record(
 )
 async def create_event(request: web.Request) -> web.Response:
     principal = await optional_principal(request, request.app[KEYS])
-    event = parse_model(EventIn, await request.read())
+    event = await parse_body(request, EventIn)
     record = await _event_record(request, principal, event, datetime.now(UTC))
-    try:
-        await request.app[METRICS_PUBLISHER].submit((record,))
-    except BrokerUnavailable as exc:
-        raise broker_down(exc) from exc
+    await request.app[METRICS_PUBLISHER].submit((record,))
     return responses.json({"id": str(record.id)}, status=202)
 
 
@@ -244,22 +223,12 @@ async def create_event(request: web.Request) -> web.Response:
 )
 async def create_events_batch(request: web.Request) -> web.Response:
     principal = await optional_principal(request, request.app[KEYS])
-    body = await responses.read_json(request)
+    body = await read_json(request)
     items = body.get("events") if isinstance(body, dict) else None
     if not isinstance(items, list):
-        raise ApiError(
-            422,
-            "validation_error",
-            "invalid fields: events",
-            [{"field": "events", "message": "must be a list of events"}],
-        )
+        raise ValidationFailed.of("events", "must be a list of events")
     if len(items) > MAX_BATCH_EVENTS:
-        raise ApiError(
-            422,
-            "validation_error",
-            "invalid fields: events",
-            [{"field": "events", "message": f"at most {MAX_BATCH_EVENTS} events"}],
-        )
+        raise ValidationFailed.of("events", f"at most {MAX_BATCH_EVENTS} events")
     now = datetime.now(UTC)
     results: list[dict[str, Any]] = []
     records: list[EventRecord] = []
@@ -268,19 +237,9 @@ async def create_events_batch(request: web.Request) -> web.Response:
             event = EventIn.model_validate(item)
             record = await _event_record(request, principal, event, now)
         except ValidationError as exc:
-            fields = field_errors(exc)
-            results.append(
-                {
-                    "index": index,
-                    "status": 422,
-                    "error": {
-                        "code": "validation_error",
-                        "message": "invalid fields: "
-                        + ", ".join(sorted({f["field"] for f in fields})),
-                        "details": fields,
-                    },
-                }
-            )
+            failed = ValidationFailed.from_pydantic(exc)
+            error = {"code": failed.code, "message": failed.message, "details": failed.details}
+            results.append({"index": index, "status": 422, "error": error})
             continue
         except RateLimited:
             raise
@@ -296,10 +255,7 @@ async def create_events_batch(request: web.Request) -> web.Response:
         records.append(record)
         results.append({"index": index, "status": 202, "id": str(record.id)})
     if records:
-        try:
-            await request.app[METRICS_PUBLISHER].submit(records)
-        except BrokerUnavailable as exc:
-            raise broker_down(exc) from exc
+        await request.app[METRICS_PUBLISHER].submit(records)
     return responses.json({"results": results}, status=207)
 
 
@@ -339,61 +295,38 @@ async def get_session(request: web.Request) -> web.Response:
     )
 
 
-QUERY_TIME = TypeAdapter(Timestamp)
-
-
-def _query_time(request: web.Request, name: str) -> datetime | None:
-    raw = request.query.get(name)
-    if raw is None or raw == "":
-        return None
-    try:
-        # A "+" offset arrives as a space when the caller did not percent-encode it.
-        value: datetime = QUERY_TIME.validate_python(raw.replace(" ", "+"))
-    except ValidationError as exc:
-        message = exc.errors(include_url=False)[0]["msg"]
-        raise ApiError(
-            422,
-            "validation_error",
-            f"invalid fields: {name}",
-            [{"field": name, "message": message}],
-        ) from exc
-    return value
+class StatsQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    start: Annotated[datetime | None, PlainValidator(query_time)] = Field(None, alias="from")
+    end: Annotated[datetime | None, PlainValidator(query_time)] = Field(None, alias="to")
+    bucket: Annotated[
+        repo.Bucket, PlainValidator(query_choice("one of day, week, month", get_args(repo.Bucket)))
+    ] = "day"
 
 
 @routes.get("/api/gpts/{gpt_id}/stats")
 @doc(
     summary="Usage statistics of a GPT",
     tags=("metrics",),
-    query=("from", "to", "bucket"),
+    query=StatsQuery,
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def gpt_stats(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     gpt = await visible_gpt(request, principal, request.match_info["gpt_id"])
-    bucket = request.query.get("bucket", "day")
-    if bucket not in get_args(repo.Bucket):
-        raise ApiError(
-            422,
-            "validation_error",
-            "invalid fields: bucket",
-            [{"field": "bucket", "message": "one of day, week, month"}],
-        )
-    end = _query_time(request, "to") or datetime.now(UTC)
-    start = _query_time(request, "from") or end - timedelta(days=DEFAULT_STATS_DAYS)
+    query = parse_query(request, StatsQuery)
+    bucket = query.bucket
+    end = query.end or datetime.now(UTC)
+    start = query.start or end - timedelta(days=DEFAULT_STATS_DAYS)
     if start >= end:
-        raise ApiError(
-            422,
-            "validation_error",
-            "invalid fields: from",
-            [{"field": "from", "message": "must be before to"}],
-        )
+        raise ValidationFailed.of("from", "must be before to")
     project = principal.project_id if gpt.builtin else None
     data = await repo.stats(
         request.app[POOL],
         gpt.pk,
         start,
         end,
-        bucket,  # type: ignore[arg-type]
+        bucket,
         project,
         priced=gpt.builtin,
     )

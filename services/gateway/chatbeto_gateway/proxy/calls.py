@@ -1,10 +1,10 @@
-"""What the conversation, chat and /v1 handlers share: body parsing, project visibility, and
-asking the openai-worker through the broker."""
+"""What the conversation, chat and /v1 handlers share: project visibility, and asking the
+openai-worker through the broker."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol
 
 from aiohttp import web
 from chatbeto.logging import REQUEST_ID
@@ -16,29 +16,16 @@ from chatbeto.messages import (
     StoredConversation,
     Usage,
 )
-from pydantic import BaseModel, ValidationError
 
 from chatbeto_gateway.access.auth import Principal
 from chatbeto_gateway.conversations import repo as conversations_repo
-from chatbeto_gateway.http.errors import ApiError, is_json_error, not_found, validation_error
+from chatbeto_gateway.http.errors import ApiError, not_found
 from chatbeto_gateway.proxy.rpc import Rpc
 from chatbeto_gateway.proxy.upstream import Upstream
 from chatbeto_gateway.state import BROKER, POOL, PUBLISHER, RPC, SETTINGS, UPSTREAM
 
-M = TypeVar("M", bound=BaseModel)
-
-
 # Far above any model's output window; bounds what reaches the worker and the upstream call.
 MAX_TOKENS_LIMIT = 1_000_000
-
-
-async def parse_body(request: web.Request, model: type[M]) -> M:
-    try:
-        return model.model_validate_json(await request.read())
-    except ValidationError as exc:
-        if is_json_error(exc):
-            raise ApiError(400, "invalid_json", "body is not valid JSON") from exc
-        raise validation_error(exc) from exc
 
 
 def project_not_found() -> ApiError:

@@ -17,7 +17,7 @@ from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
-from chatbeto.broker import BrokerUnavailable, Publisher
+from chatbeto.broker import Publisher
 from chatbeto.logging import get_logger
 from chatbeto.messages import (
     Caller,
@@ -41,10 +41,6 @@ ACCEPTED_VERSIONS = frozenset({2})
 # Beyond OPENAI_TIMEOUT the worker needs a little time to store the answer and reply; past
 # that the gateway stops waiting (504).
 REPLY_GRACE_SECONDS = 5.0
-
-
-def broker_unavailable() -> ApiError:
-    return ApiError(503, "broker_unavailable", "the message broker is unavailable; retry later")
 
 
 def gateway_timeout() -> ApiError:
@@ -148,7 +144,8 @@ class Rpc:
 
     @asynccontextmanager
     async def call(self, job: RequestCall, caller: Caller) -> AsyncIterator[Pending]:
-        """Publish a request; yields its replies. 503 if the broker did not confirm it."""
+        """Publish a request; yields its replies. `BrokerUnavailable` (a 503) if the broker did
+        not confirm it."""
         deadline_at = datetime.now(UTC) + timedelta(seconds=self._timeout_seconds)
         request = OpenAIRequest(call=job, caller=caller, deadline=deadline_at)
         correlation_id = uuid.uuid4().hex
@@ -163,10 +160,7 @@ class Rpc:
                 correlation_id=correlation_id,
                 reply_to=self.queue_name,
             )
-            try:
-                await self._publisher.publish(message, request.routing_key)
-            except BrokerUnavailable as exc:
-                raise broker_unavailable() from exc
+            await self._publisher.publish(message, request.routing_key)
             yield pending
         finally:
             del self._waiting[correlation_id]

@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from chatbeto_gateway.access.auth import Principal, require_principal
 from chatbeto_gateway.http import responses
-from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.errors import ApiError, ValidationFailed
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.proxy.calls import ask, stream, visible_project
 from chatbeto_gateway.proxy.rpc import CallFailed
@@ -61,12 +61,6 @@ class V1EmbeddingsIn(BaseModel):
     input: str | list[Any]
 
 
-def _invalid(field: str, message: str) -> ApiError:
-    return ApiError(
-        422, "validation_error", f"invalid fields: {field}", [{"field": field, "message": message}]
-    )
-
-
 def _nul_path(value: Any, path: str) -> str | None:
     """The dotted path of the first string holding a NUL character, if any."""
     if isinstance(value, str):
@@ -91,29 +85,31 @@ async def _read(request: web.Request, *, stored: bool) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", "body is not valid JSON") from exc
     if not isinstance(body, dict):
-        raise _invalid("body", "must be a JSON object")
+        raise ValidationFailed.of("body", "must be a JSON object")
     # JSON can carry NUL only escaped; Postgres text cannot hold it (contract: a 422).
     if stored and b"\\u0000" in raw:
         found = _nul_path(body, "")
         if found:
-            raise _invalid(found, "must not contain NUL characters")
+            raise ValidationFailed.of(found, "must not contain NUL characters")
     model = body.get("model")
     if model is None:
         body["model"] = request.app[SETTINGS].openai_model
     elif not isinstance(model, str) or not 0 < len(model) <= MAX_MODEL_CHARS:
-        raise _invalid("model", f"a string of 1 to {MAX_MODEL_CHARS} characters")
+        raise ValidationFailed.of("model", f"a string of 1 to {MAX_MODEL_CHARS} characters")
     if "stream" in body and not isinstance(body["stream"], bool):
-        raise _invalid("stream", "must be true or false")
+        raise ValidationFailed.of("stream", "must be true or false")
     return body
 
 
 def _check_messages(body: dict[str, Any]) -> None:
     messages = body.get("messages")
     if not isinstance(messages, list) or not 0 < len(messages) <= MAX_MESSAGES:
-        raise _invalid("messages", f"a list of 1 to {MAX_MESSAGES} messages")
+        raise ValidationFailed.of("messages", f"a list of 1 to {MAX_MESSAGES} messages")
     for n, message in enumerate(messages):
         if not isinstance(message, dict) or message.get("role") not in CHAT_ROLES:
-            raise _invalid(f"messages.{n}.role", f"one of {', '.join(sorted(CHAT_ROLES))}")
+            raise ValidationFailed.of(
+                f"messages.{n}.role", f"one of {', '.join(sorted(CHAT_ROLES))}"
+            )
 
 
 async def _project(request: web.Request, principal: Principal) -> int | None:
@@ -203,7 +199,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     principal = await require_principal(request, request.app[KEYS])
     body = await _read(request, stored=True)
     if "input" in body and not isinstance(body["input"], str | list):
-        raise _invalid("input", "a string or a list of input items")
+        raise ValidationFailed.of("input", "a string or a list of input items")
     return await _proxy(request, principal, "responses", body)
 
 
@@ -218,7 +214,7 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
     principal = await require_principal(request, request.app[KEYS])
     body = await _read(request, stored=False)
     if not isinstance(body.get("input"), str | list):
-        raise _invalid("input", "a string or a list")
+        raise ValidationFailed.of("input", "a string or a list")
     return await _proxy(request, principal, "embeddings", body)
 
 

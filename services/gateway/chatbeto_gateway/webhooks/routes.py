@@ -10,21 +10,21 @@ from __future__ import annotations
 
 import re
 from datetime import UTC, datetime
-from typing import Any
+from typing import Annotated, Any
 
 import asyncpg
 import orjson
 from aiohttp import web
 from chatbeto import signatures
-from chatbeto.broker import BrokerUnavailable
 from chatbeto.logging import get_logger
 from chatbeto.messages import WebhookDelivery, envelope, to_amqp
-from pydantic import SecretStr
+from pydantic import BaseModel, ConfigDict, PlainValidator, SecretStr
 
 from chatbeto_gateway.access.auth import require_admin, require_principal
 from chatbeto_gateway.http import responses
-from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.errors import ApiError, ValidationFailed
 from chatbeto_gateway.http.openapi import doc
+from chatbeto_gateway.http.parse import parse_query, query_int
 from chatbeto_gateway.state import KEYS, POOL, PUBLISHER, SETTINGS
 
 routes = web.RouteTableDef()
@@ -67,11 +67,8 @@ def _payload(body: bytes) -> dict[str, Any]:
     except orjson.JSONDecodeError as exc:
         raise ApiError(400, "invalid_json", "body is not valid JSON") from exc
     if not isinstance(value, dict):
-        raise ApiError(
-            422,
-            "validation_error",
-            "body must be a JSON object",
-            [{"field": "body", "message": "expected an object"}],
+        raise ValidationFailed(
+            [{"field": "body", "message": "expected an object"}], "body must be a JSON object"
         )
     return value
 
@@ -81,20 +78,10 @@ def _event_type(header: str | None, payload: dict[str, Any]) -> str:
     # when both are given they must agree.
     signed = payload.get("type")
     if header and signed is not None and header != signed:
-        raise ApiError(
-            422,
-            "validation_error",
-            "invalid fields: type",
-            [{"field": "type", "message": "X-Event-Type differs from the body's type"}],
-        )
+        raise ValidationFailed.of("type", "X-Event-Type differs from the body's type")
     value = signed if signed is not None else header
     if not isinstance(value, str) or not EVENT_TYPE_RE.match(value):
-        raise ApiError(
-            422,
-            "validation_error",
-            "invalid fields: type",
-            [{"field": "type", "message": "an event type (X-Event-Type or body `type`)"}],
-        )
+        raise ValidationFailed.of("type", "an event type (X-Event-Type or body `type`)")
     return value
 
 
@@ -130,12 +117,7 @@ async def accept(
         received_at=datetime.now(UTC),
         payload=payload,
     )
-    try:
-        await request.app[PUBLISHER].publish(to_amqp(envelope(delivery)), f"webhook.{source}")
-    except BrokerUnavailable as exc:
-        raise ApiError(
-            503, "broker_unavailable", "the message broker is unavailable; retry later"
-        ) from exc
+    await request.app[PUBLISHER].publish(to_amqp(envelope(delivery)), f"webhook.{source}")
     log.info("webhook accepted", source=source, event_type=event_type, scheme=verified.scheme)
     return responses.json({"status": "accepted", "type": event_type}, status=202)
 
@@ -177,16 +159,16 @@ async def openai_webhook(request: web.Request) -> web.Response:
     return await accept(request, "openai", verified, event_type, payload)
 
 
-def _limit(request: web.Request) -> int:
-    text = request.query.get("limit", str(DEFAULT_LIST_LIMIT))
-    if not text.isdigit() or not 1 <= int(text) <= MAX_LIST_LIMIT:
-        raise ApiError(
-            422,
-            "validation_error",
-            "invalid fields: limit",
-            [{"field": "limit", "message": f"an integer from 1 to {MAX_LIST_LIMIT}"}],
-        )
-    return int(text)
+class DeliveriesQuery(BaseModel):
+    model_config = ConfigDict(extra="ignore", frozen=True)
+    limit: Annotated[
+        int,
+        PlainValidator(
+            query_int(f"an integer from 1 to {MAX_LIST_LIMIT}", minimum=1, maximum=MAX_LIST_LIMIT)
+        ),
+    ] = DEFAULT_LIST_LIMIT
+    source: str | None = None
+    outcome: str | None = None
 
 
 @routes.get("/api/v1/webhooks/deliveries")
@@ -194,13 +176,13 @@ def _limit(request: web.Request) -> int:
     summary="Recent webhook deliveries: id, type, received, outcome (admin)",
     auth="admin",
     tags=("webhooks",),
-    query=("limit", "source", "outcome"),
+    query=DeliveriesQuery,
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def list_deliveries(request: web.Request) -> web.Response:
     principal = await require_principal(request, request.app[KEYS])
     require_admin(principal)
-    limit = _limit(request)
+    query = parse_query(request, DeliveriesQuery)
     rows = await request.app[POOL].fetch(
         """SELECT id, source, webhook_id, event_type, received_at, processed_at, outcome, error,
                   project_id, conversation_id, attempts, request_id
@@ -208,9 +190,9 @@ async def list_deliveries(request: web.Request) -> web.Response:
            WHERE ($1::text IS NULL OR source = $1) AND ($2::text IS NULL OR outcome = $2)
            ORDER BY received_at DESC, id DESC
            LIMIT $3""",
-        request.query.get("source"),
-        request.query.get("outcome"),
-        limit,
+        query.source,
+        query.outcome,
+        query.limit,
     )
     return responses.envelope({"deliveries": [_delivery_out(r) for r in rows]})
 
