@@ -20,11 +20,22 @@ import time
 import uuid
 from pathlib import Path
 
+import aio_pika
 import aiohttp
 import asyncpg
 from chatbeto import api_keys
+from chatbeto.topology import METRICS_INGEST, Topology
 
-from bench.common import Row, Scratch, ensure_wrk, free_port, run_wrk, scratch, wait_http
+from bench.common import (
+    AMQP_URL,
+    Row,
+    Scratch,
+    ensure_wrk,
+    free_port,
+    run_wrk,
+    scratch,
+    wait_http,
+)
 
 SECTION = "ingest"
 CONNECTIONS = 64
@@ -219,12 +230,47 @@ BATCH_CLIENTS = 16
 BATCH_TARGET_EVENTS_S = 50_000
 
 
+async def wait_consumers(env: Scratch, count: int, timeout: float = 90) -> None:
+    """Until `count` metrics-ingest processes consume their queue (a replica just started
+    imports and connects for a few seconds)."""
+    queue = Topology(env.namespace).queue(METRICS_INGEST).name
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        deadline = time.monotonic() + timeout
+        while True:
+            declared = await channel.declare_queue(queue, passive=True)
+            if (declared.declaration_result.consumer_count or 0) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"{count} consumers are not on {queue}")
+            await asyncio.sleep(0.2)
+
+
+async def backend_cpu(conn: asyncpg.Connection) -> dict[int, float]:
+    """CPU seconds of each Postgres backend of this database but `conn`'s own (the workers')."""
+    pids = await conn.fetch(
+        """SELECT pid FROM pg_stat_activity
+           WHERE datname = current_database() AND pid <> pg_backend_pid()"""
+    )
+    return {r["pid"]: cpu_seconds(r["pid"]) for r in pids}
+
+
 async def batch_phase(
-    wrk: str, base: str, conn: asyncpg.Connection, quoted: str, key: str, seconds: int
+    wrk: str,
+    base: str,
+    conn: asyncpg.Connection,
+    quoted: str,
+    key: str,
+    seconds: int,
+    ingest_pids: list[int],
 ) -> dict[str, float]:
     """Batches through the gateway; events/s counted in Postgres once the backlog drained (so
-    the drain is part of the time), and the stored lag (stored_at - ts) p99 of those events."""
+    the drain is part of the time), and the stored lag (stored_at - ts) p50 / p99 of those
+    events. CPU per stored event of metrics-ingest and of its Postgres backends, from /proc."""
     before = await conn.fetchval("SELECT count(*) FROM events")
+    cpu_before = sum(cpu_seconds(p) for p in ingest_pids)
+    pg_before = await backend_cpu(conn)
     started = time.monotonic()
     marker = await conn.fetchval("SELECT now()")
     batch = run_wrk(
@@ -238,15 +284,24 @@ async def batch_phase(
     drain = await drain_time(conn, before + accepted)
     elapsed = time.monotonic() - started
     stored = await conn.fetchval("SELECT count(*) FROM events") - before
-    lag = await conn.fetchval(
-        """SELECT percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
+    ingest_cpu = sum(cpu_seconds(p) for p in ingest_pids) - cpu_before
+    pg_cpu = sum(c - pg_before.get(pid, 0.0) for pid, c in (await backend_cpu(conn)).items())
+    lag = await conn.fetchrow(
+        """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
+                    AS p50,
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
+                    AS p99
            FROM events WHERE stored_at >= $1""",
         marker,
     )
+    assert lag is not None
     return {
         "accepted_s": batch["rps"] * BATCH_EVENTS,
         "stored_s": stored / elapsed,
-        "lag_p99_ms": (lag or 0) * 1000,
+        "lag_p50_ms": (lag["p50"] or 0) * 1000,
+        "lag_p99_ms": (lag["p99"] or 0) * 1000,
+        "ingest_cpu_us": ingest_cpu / max(stored, 1) * 1e6,
+        "pg_cpu_us": pg_cpu / max(stored, 1) * 1e6,
         "drain_s": drain,
         "p99_ms": batch.get("p99", 0),
         # Requests still in flight when wrk stops are stored but not counted as accepted.
@@ -270,7 +325,18 @@ def batch_rows(one: dict[str, float], two: dict[str, float]) -> list[Row]:
                 f"{r['stored_s']:,.0f}",
                 f">= {BATCH_TARGET_EVENTS_S:,}",
             ),
-            Row(SECTION, "  stored end-to-end lag p99", f"{r['lag_p99_ms']:.0f} ms", "< 1 s"),
+            Row(
+                SECTION,
+                "  stored end-to-end lag p50 / p99",
+                f"{r['lag_p50_ms']:.0f} / {r['lag_p99_ms']:.0f} ms",
+                "p99 < 1 s",
+            ),
+            Row(
+                SECTION,
+                "  CPU per stored event: metrics-ingest / its Postgres backends",
+                f"{r['ingest_cpu_us']:.0f} / {r['pg_cpu_us']:.0f} us",
+                "",
+            ),
             Row(SECTION, "  backlog drained after load", f"{r['drain_s']:.2f} s", ""),
             Row(
                 SECTION,
@@ -300,6 +366,19 @@ async def run(quick: bool) -> list[Row]:
             key, sessions = await setup(env, base, conn)
             quoted = ",".join(json.dumps(s) for s in sessions)
             await drain_time(conn, 0)
+            if os.environ.get("BENCH_INGEST_PHASES", "single,batch") == "batch":
+                rows.append(Row(SECTION, "machine load at start", load_average(), "quiet"))
+                one = await batch_phase(wrk, base, conn, quoted, key, seconds, [procs[1].pid])
+                second = env.spawn("run", "metrics-ingest")
+                try:
+                    await wait_consumers(env, 2)
+                    two_ingest = await batch_phase(
+                        wrk, base, conn, quoted, key, seconds, [procs[1].pid, second.pid]
+                    )
+                finally:
+                    second.terminate()
+                    second.wait(60)
+                return rows + batch_rows(one, two_ingest)
 
             # 1. Single events, 64 clients: the bare-HTTP limit, then one gateway process, then
             # two (GATEWAY_WORKERS=2, one port), back to back.
@@ -350,10 +429,13 @@ async def run(quick: bool) -> list[Row]:
             ]
 
             # 2. Batches of 100 events, 16 clients: one metrics-ingest, then two.
-            one = await batch_phase(wrk, base, conn, quoted, key, seconds)
+            one = await batch_phase(wrk, base, conn, quoted, key, seconds, [procs[1].pid])
             second = env.spawn("run", "metrics-ingest")
             try:
-                two_ingest = await batch_phase(wrk, base, conn, quoted, key, seconds)
+                await wait_consumers(env, 2)
+                two_ingest = await batch_phase(
+                    wrk, base, conn, quoted, key, seconds, [procs[1].pid, second.pid]
+                )
             finally:
                 second.terminate()
                 second.wait(60)

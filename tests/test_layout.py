@@ -35,3 +35,20 @@ def test_the_tools_live_in_their_own_package() -> None:
     for name in ("cli.py", "dev.py", "dlq.py", "webhook_sim.py"):
         assert not (ROOT / "shared/chatbeto" / name).exists(), name
     assert not (ROOT / "services/openai-worker/chatbeto_openai_worker/stub").exists()
+
+
+def test_conversations_messages_and_jobs_are_written_only_by_the_store() -> None:
+    """One writer (shared/chatbeto/store) for every service, the importer and the CLI."""
+    writes = ("INTO messages", "INTO conversations", "INTO jobs", "UPDATE jobs", "FROM messages m")
+    writers = sorted(
+        str(path.relative_to(ROOT))
+        for folder in ("shared", "services", "tools")
+        for path in (ROOT / folder).rglob("*.py")
+        if any(w in path.read_text() for w in writes)
+    )
+    # The gateway's sync-job row is the last one outside the store (until it imports the store).
+    assert set(writers) <= {
+        "shared/chatbeto/store/conversations.py",
+        "shared/chatbeto/store/jobs.py",
+        "services/gateway/chatbeto_gateway/conversations/repo.py",
+    }, writers

@@ -52,7 +52,8 @@ def _timestamp_string(value: Any) -> Any:
     # metrics-ingest's CPU.)
     kind = type(value)
     if kind is str:
-        if _NUMBER.fullmatch(value):
+        # A time of day has a colon, which no number has: skips the pattern in the common case.
+        if ":" not in value and _NUMBER.fullmatch(value):
             raise ValueError("must be an ISO 8601 string with Z or an offset")
         return value
     if kind is datetime or isinstance(value, (str, datetime)):
@@ -63,6 +64,10 @@ def _timestamp_string(value: Any) -> Any:
 def _in_range(value: datetime) -> datetime:
     if value.tzinfo is None:
         raise ValueError("must carry Z or an offset")
+    if 1 < value.year < 9999:
+        # An offset is under a day, so only the first and last years can leave the range; the
+        # conversion below (pydantic's TzInfo through Python) was 16 % of metrics-ingest's CPU.
+        return value
     try:
         utc = value.astimezone(UTC)
     except OverflowError:

@@ -80,7 +80,7 @@ async def _with_pool(fn: Callable[[Any], Awaitable[Any]]) -> Any:
 
 
 def cmd_projects_create(args: argparse.Namespace) -> int:
-    from chatbeto import projects
+    from chatbeto.store import projects
 
     try:
         name = projects.clean_name(args.name)
@@ -105,7 +105,7 @@ def cmd_projects_create(args: argparse.Namespace) -> int:
 
 
 def cmd_projects_list(args: argparse.Namespace) -> int:
-    from chatbeto import projects
+    from chatbeto.store import projects
 
     rows = _run(_with_pool(projects.list_all))
     print("id\tname\tcreated")
@@ -115,7 +115,8 @@ def cmd_projects_list(args: argparse.Namespace) -> int:
 
 
 def cmd_keys_create(args: argparse.Namespace) -> int:
-    from chatbeto import api_keys, projects
+    from chatbeto import api_keys
+    from chatbeto.store import projects
 
     if args.rate_limit:
         try:
@@ -190,7 +191,7 @@ def cmd_keys_revoke(args: argparse.Namespace) -> int:
 
 
 def cmd_gpts_add(args: argparse.Namespace) -> int:
-    from chatbeto import gpts, projects
+    from chatbeto.store import gpts, projects
 
     try:
         gpt_id = gpts.check_id(args.gpt_id)
@@ -227,7 +228,7 @@ def _on(flag: bool) -> str:
 
 
 async def _update_gpt(conn: Any, args: argparse.Namespace, gpt: Any, name: str | None) -> str:
-    from chatbeto import gpts
+    from chatbeto.store import gpts
 
     described = (
         f"name {gpt.name!r}, project {gpt.project_id}, keyless ingest {_on(gpt.keyless_ingest)}"
@@ -258,7 +259,7 @@ async def _update_gpt(conn: Any, args: argparse.Namespace, gpt: Any, name: str |
 
 
 def cmd_gpts_list(args: argparse.Namespace) -> int:
-    from chatbeto import gpts
+    from chatbeto.store import gpts
 
     rows = _run(_with_pool(gpts.list_all))
     print("id\tname\tproject\tkeyless_ingest\tcreated")

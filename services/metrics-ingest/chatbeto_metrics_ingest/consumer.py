@@ -47,10 +47,6 @@ class Bad:
     reason: str
 
 
-async def _store_sessions(conn: Conn, rows: Sequence[SessionRecord]) -> list[int]:
-    return [await repo.store_sessions(conn, rows)]
-
-
 def _why(exc: Exception) -> str:
     return f"{type(exc).__name__}: {exc}"
 
@@ -140,7 +136,13 @@ class MetricsIngest(Service):
         # DDL outside the storing transaction: a late event's day gets its partition first.
         await self.partitions.ensure_for(self.pool, (e.timestamp for e in events))
         async with self.pool.acquire() as conn, conn.transaction():
-            counts, bad_sessions = await store_isolating(conn, sessions, _store_sessions)
+            # Rollup rows of this transaction's own: replicas never wait for each other's.
+            shard = await repo.rollup_shard(conn)
+
+            async def store_sessions(c: Conn, rows: Sequence[SessionRecord]) -> list[int]:
+                return [await repo.store_sessions(c, rows, shard)]
+
+            counts, bad_sessions = await store_isolating(conn, sessions, store_sessions)
             lost = {s.id: exc for s, exc in bad_sessions}
             bad += [self._bad(group, "session", s, exc) for s, exc in bad_sessions]
             known = await repo.sessions_of(conn, events)
@@ -155,7 +157,7 @@ class MetricsIngest(Service):
                     waiting.append(e)
 
             async def store(c: Conn, rows: Sequence[EventRecord]) -> list[dict[str, Any]]:
-                return await repo.store_events(c, rows, known)
+                return await repo.store_events(c, rows, known, shard)
 
             stored, bad_events = await store_isolating(conn, ready, store)
             bad += [self._bad(group, "event", e, exc) for e, exc in bad_events]

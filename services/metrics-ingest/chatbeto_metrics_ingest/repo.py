@@ -10,81 +10,114 @@ from typing import Any
 from chatbeto.db import Conn
 from chatbeto.messages import EventRecord, SessionRecord
 
-# Rollup upserts fed by the `ins` CTE (the rows inserted now). Sorted by key, so concurrent
-# workers take the row locks in the same order.
+# Rollup upserts fed by the `ins` CTE (the rows inserted now), into the rows of the
+# transaction's shard (`rollup_shard`: $7 of store_sessions, $14 of store_events), so concurrent
+# transactions never wait for each other's rollup rows. Sorted by key all the same, so workers
+# sharing a shard (more transactions than shards) take the row locks in the same order.
 SESSION_ROLLUPS = """
     s_hourly AS (
-        INSERT INTO session_rollups AS r (gpt_pk, project_key, hour, sessions)
-        SELECT gpt_pk, project_key, date_trunc('hour', timestamp_inicio, 'UTC'), count(*)
+        INSERT INTO session_rollups AS r (gpt_pk, project_key, hour, sessions, shard)
+        SELECT gpt_pk, project_key, date_trunc('hour', timestamp_inicio, 'UTC'), count(*),
+               $7::smallint
         FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 3, 2
-        ON CONFLICT (gpt_pk, hour, project_key)
+        ON CONFLICT (gpt_pk, hour, project_key, shard)
         DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions),
     s_users AS (
         INSERT INTO user_rollups AS r (gpt_pk, project_key, day, usuario_id, sessions, events,
-                                       last_seen)
+                                       last_seen, shard)
         SELECT gpt_pk, project_key, date_trunc('day', timestamp_inicio, 'UTC'), usuario_id,
-               count(*), 0, max(timestamp_inicio)
+               count(*), 0, max(timestamp_inicio), $7::smallint
         FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, day, project_key, usuario_id)
+        ON CONFLICT (gpt_pk, day, project_key, usuario_id, shard)
         DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
     s_users_hourly AS (
         INSERT INTO user_rollups_hourly AS r (gpt_pk, project_key, hour, usuario_id, sessions,
-                                              events, last_seen)
+                                              events, last_seen, shard)
         SELECT gpt_pk, project_key, date_trunc('hour', timestamp_inicio, 'UTC'), usuario_id,
-               count(*), 0, max(timestamp_inicio)
+               count(*), 0, max(timestamp_inicio), $7::smallint
         FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, hour, project_key, usuario_id)
+        ON CONFLICT (gpt_pk, hour, project_key, usuario_id, shard)
         DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
 
+# The events' rollups: the inserted rows are aggregated once per hour (`e_agg`, `u_agg`, a
+# handful of rows), and the daily rollups are summed from those, not from the rows again.
 EVENT_ROLLUPS = """
+    e_agg AS (
+        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, tipo,
+               latency_bin(latency_ms) AS bin, count(*) AS events,
+               sum(latency_ms) AS latency_sum, sum(tokens_entrada) AS tokens_entrada,
+               sum(tokens_salida) AS tokens_salida
+        FROM ins GROUP BY 1, 2, 3, 4, 5),
     e_hourly AS (
         INSERT INTO event_rollups AS r (gpt_pk, project_key, hour, tipo, bin, events,
-                                        latency_sum, tokens_entrada, tokens_salida)
-        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC'), tipo,
-               latency_bin(latency_ms), count(*), sum(latency_ms), sum(tokens_entrada),
-               sum(tokens_salida)
-        FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
-        ON CONFLICT (gpt_pk, hour, project_key, tipo, bin)
+                                        latency_sum, tokens_entrada, tokens_salida, shard)
+        SELECT gpt_pk, project_key, hour, tipo, bin, events, latency_sum, tokens_entrada,
+               tokens_salida, $14::smallint
+        FROM e_agg ORDER BY 1, 3, 2, 4, 5
+        ON CONFLICT (gpt_pk, hour, project_key, tipo, bin, shard)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       latency_sum = r.latency_sum + EXCLUDED.latency_sum,
                       tokens_entrada = r.tokens_entrada + EXCLUDED.tokens_entrada,
                       tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida),
     e_daily AS (
         INSERT INTO event_rollups_daily AS r (gpt_pk, project_key, day, tipo, bin, events,
-                                              latency_sum, tokens_entrada, tokens_salida)
-        SELECT gpt_pk, project_key, date_trunc('day', ts, 'UTC'), tipo,
-               latency_bin(latency_ms), count(*), sum(latency_ms), sum(tokens_entrada),
-               sum(tokens_salida)
-        FROM ins GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
-        ON CONFLICT (gpt_pk, day, project_key, tipo, bin)
+                                              latency_sum, tokens_entrada, tokens_salida, shard)
+        SELECT gpt_pk, project_key, date_trunc('day', hour, 'UTC'), tipo, bin, sum(events),
+               sum(latency_sum), sum(tokens_entrada), sum(tokens_salida), $14::smallint
+        FROM e_agg GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
+        ON CONFLICT (gpt_pk, day, project_key, tipo, bin, shard)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       latency_sum = r.latency_sum + EXCLUDED.latency_sum,
                       tokens_entrada = r.tokens_entrada + EXCLUDED.tokens_entrada,
                       tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida),
+    u_agg AS (
+        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, usuario_id,
+               count(*) AS events, max(ts) AS last_seen
+        FROM ins GROUP BY 1, 2, 3, 4),
     e_users_hourly AS (
         INSERT INTO user_rollups_hourly AS r (gpt_pk, project_key, hour, usuario_id, sessions,
-                                              events, last_seen)
-        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC'), usuario_id, 0, count(*),
-               max(ts)
-        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, hour, project_key, usuario_id)
+                                              events, last_seen, shard)
+        SELECT gpt_pk, project_key, hour, usuario_id, 0, events, last_seen, $14::smallint
+        FROM u_agg ORDER BY 1, 3, 2, 4
+        ON CONFLICT (gpt_pk, hour, project_key, usuario_id, shard)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
     e_users AS (
         INSERT INTO user_rollups AS r (gpt_pk, project_key, day, usuario_id, sessions, events,
-                                       last_seen)
-        SELECT gpt_pk, project_key, date_trunc('day', ts, 'UTC'), usuario_id, 0, count(*),
-               max(ts)
-        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, day, project_key, usuario_id)
+                                       last_seen, shard)
+        SELECT gpt_pk, project_key, date_trunc('day', hour, 'UTC'), usuario_id, 0, sum(events),
+               max(last_seen), $14::smallint
+        FROM u_agg GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        ON CONFLICT (gpt_pk, day, project_key, usuario_id, shard)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
 
 
-async def store_sessions(conn: Conn, sessions: Sequence[SessionRecord]) -> int:
-    """Insert sessions not stored yet (and count them in the rollups); returns how many."""
+ROLLUP_SHARDS = 16
+# Advisory lock space of the shards (the first key of pg_advisory_xact_lock(int, int)).
+_SHARD_LOCK = 0x63620013
+
+
+async def rollup_shard(conn: Conn) -> int:
+    """A rollup shard no other transaction holds, held until this one ends (0 with a single
+    writer); when all are taken, shard 0 shared (its upserts then wait their turn).
+
+    Call it in the storing transaction, outside any savepoint.
+    """
+    shard: int | None = await conn.fetchval(
+        """SELECT s FROM generate_series(0, $1 - 1) AS s
+           WHERE pg_try_advisory_xact_lock($2, s) LIMIT 1""",
+        ROLLUP_SHARDS,
+        _SHARD_LOCK,
+    )
+    return shard or 0
+
+
+async def store_sessions(conn: Conn, sessions: Sequence[SessionRecord], shard: int = 0) -> int:
+    """Insert sessions not stored yet (and count them in `shard` of the rollups); returns how
+    many."""
     if not sessions:
         return 0
     inserted: int = await conn.fetchval(
@@ -104,6 +137,7 @@ async def store_sessions(conn: Conn, sessions: Sequence[SessionRecord]) -> int:
         [s.timestamp_inicio for s in sessions],
         [s.project_id for s in sessions],
         [s.request_id for s in sessions],
+        shard,
     )
     return inserted
 
@@ -130,12 +164,16 @@ async def sessions_of(conn: Conn, events: Sequence[EventRecord]) -> dict[uuid.UU
 
 
 async def store_events(
-    conn: Conn, events: Sequence[EventRecord], sessions: dict[uuid.UUID, SessionInfo]
+    conn: Conn,
+    events: Sequence[EventRecord],
+    sessions: dict[uuid.UUID, SessionInfo],
+    shard: int = 0,
 ) -> list[dict[str, Any]]:
-    """Insert events not stored yet for their GPT (and count them in the rollups).
+    """Insert events not stored yet for their GPT (and count them in `shard` of the rollups).
 
     Every event's session must be in `sessions` (see `sessions_of`): the GPT, user and project
-    come from it. Returns the inserted events, as the live feed shows them.
+    come from it. Returns the inserted events, as the live feed shows them (a `LiveEvent`'s
+    fields).
     """
     # One row per (GPT, id): a batch may carry a retry beside its original.
     unique: dict[tuple[int, uuid.UUID], EventRecord] = {}
@@ -163,11 +201,13 @@ async def store_events(
                INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo,
                                    contenido, latency_ms, tokens_entrada, tokens_salida, ts,
                                    request_id, cost_usd)
-               SELECT * FROM u WHERE (gpt_pk, id) IN (SELECT gpt_pk, id FROM k)
+               SELECT u.* FROM u JOIN k USING (gpt_pk, id)  -- u is unique per key
                RETURNING id, gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id, tipo,
                          latency_ms, tokens_entrada, tokens_salida, ts),
            {EVENT_ROLLUPS}
-           SELECT gpt_pk, id FROM ins""",
+           -- The keys stored before (usually none): fewer rows back than the new ones.
+           SELECT gpt_pk, id FROM u WHERE NOT EXISTS (
+               SELECT FROM k WHERE k.gpt_pk = u.gpt_pk AND k.id = u.id)""",
         [e.id for e in batch],
         [e.sesion_id for e in batch],
         [i.gpt_pk for i in info],
@@ -181,20 +221,22 @@ async def store_events(
         [e.timestamp for e in batch],
         [e.request_id for e in batch],
         [e.cost_usd for e in batch],
+        shard,
     )
-    new = [unique[(r["gpt_pk"], r["id"])] for r in rows]
+    for r in rows:
+        del unique[(r["gpt_pk"], r["id"])]
     return [
         {
             "id": e.id,
-            "session_id": e.sesion_id,
-            "gpt_pk": sessions[e.sesion_id].gpt_pk,
-            "project_id": sessions[e.sesion_id].project_id,
-            "usuario_id": sessions[e.sesion_id].usuario_id,
+            "sesion_id": e.sesion_id,
+            "gpt_pk": (s := sessions[e.sesion_id]).gpt_pk,
+            "project_id": s.project_id,
+            "usuario_id": s.usuario_id,
             "tipo": e.tipo,
             "latency_ms": e.latency_ms,
             "tokens_entrada": e.tokens_entrada,
             "tokens_salida": e.tokens_salida,
-            "ts": e.timestamp,
+            "timestamp": e.timestamp,
         }
-        for e in new
+        for e in unique.values()
     ]

@@ -1,6 +1,6 @@
 """Answers one `OpenAIRequest`: call the model, store the exchange (committed before anyone is
-answered), reply to the waiting gateway, record the call as a metrics event — then the consumer
-acks.
+answered, flushed to disk before the ack: `store.py`), reply to the waiting gateway, record the
+call as a metrics event — then the consumer acks.
 
 Upstream failures are answers too (an error reply, then ack): the gateway is waiting for one.
 A database or broker failure raises, so the request takes the retry ladder; stored rows carry
@@ -42,6 +42,8 @@ from chatbeto.messages import (
     parse,
 )
 from chatbeto.settings import OpenAIWorkerSettings
+from chatbeto.store import conversations
+from chatbeto.store.conversations import Conversation, NewMessage
 from openai import AsyncOpenAI
 
 from chatbeto_openai_worker import repo, upstream
@@ -127,6 +129,7 @@ class RequestHandler:
         replies: Replies,
         usage: UsageEvents,
         session_key: bytes,
+        fast_pool: asyncpg.Pool | None = None,
     ) -> None:
         from chatbeto_openai_worker.proxy import ProxyHandler  # it builds on this module
 
@@ -137,7 +140,7 @@ class RequestHandler:
         self.usage = usage
         self.session_key = session_key
         self.prices = settings.price_table()
-        self.store = ExchangeStore(pool)
+        self.store = ExchangeStore(pool, fast_pool)
         self.proxy = ProxyHandler(self)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
@@ -183,6 +186,8 @@ class RequestHandler:
         outcome = "ok"
         try:
             await self._dispatch(call, req)
+            # Answered before the flush; acked (on return) only after it.
+            await self.store.durable()
         except UpstreamRejected as exc:
             outcome = exc.code
             await call.error(exc.status, exc.code, str(exc), exc.body)
@@ -233,7 +238,7 @@ class RequestHandler:
                 project_id=job.project_id,
                 title=job.title,
                 model=job.model,
-                source="api",
+                source=conversations.API,
             )
         )
         await call.result(answer_of(completion) if completion else None, conv.stored())
@@ -242,11 +247,11 @@ class RequestHandler:
 
     async def _message(self, call: Call, job: ConversationMessage) -> None:
         async with self.pool.acquire() as conn:
-            conv = await repo.find_conversation(conn, job.conversation_id)
+            conv = await conversations.find(conn, job.conversation_id)
             if conv is None:
                 raise ConversationNotFound
             is_user = job.message.role == "user"
-            history = await repo.history(conn, conv.id) if is_user else []
+            history = await conversations.history(conn, conv.id) if is_user else []
         if not is_user:
             await self.store.store(
                 self.exchange(call, (job.message,), None, conversation_id=conv.id)
@@ -298,7 +303,7 @@ class RequestHandler:
         source: str = "api",
     ) -> repo.Exchange:
         rows = [
-            repo.NewMessage(
+            NewMessage(
                 role=m.role,
                 content=m.content,
                 external_id=f"{call.message_id}:in:{n}",
@@ -321,7 +326,7 @@ class RequestHandler:
     def new_exchange(
         self,
         call: Call,
-        rows: list[repo.NewMessage],
+        rows: list[NewMessage],
         conversation_id: int | None,
         project_id: int | None,
         title: str | None,
@@ -388,7 +393,7 @@ class RequestHandler:
         history: tuple[ChatMessage, ...] | list[ChatMessage],
         model: str | None,
         project_id: int,
-        conv: repo.Conversation | None,
+        conv: Conversation | None,
         job: ChatCall | None = None,
     ) -> Completion:
         """The model's answer — or, for a redelivered request, the one already stored."""
@@ -396,6 +401,7 @@ class RequestHandler:
         if call.replay:
             row = await self.stored_answer(call, project_id, conv)
             if row is not None:
+                await self.store.barrier()  # its first delivery may not have flushed it
                 if stream:
                     await call.chunk(row["content"])
                 return Completion(
@@ -406,22 +412,28 @@ class RequestHandler:
         return await self._complete(call, history, job, conv, model)
 
     async def stored_answer(
-        self, call: Call, project_id: int, conv: repo.Conversation | None
+        self, call: Call, project_id: int, conv: Conversation | None
     ) -> asyncpg.Record | None:
         async with self.pool.acquire() as conn:
             conversation_id = conv.id if conv is not None else None
             if conversation_id is None:
-                conversation_id = await repo.find_created_by(conn, project_id, call.message_id)
-            if conversation_id is None:
-                return None
-            return await repo.stored_answer(conn, conversation_id, f"{call.message_id}:answer")
+                # The conversation a delivery of this request created, whatever its source.
+                created = await conversations.find_by_external(
+                    conn, project_id, None, call.message_id
+                )
+                if created is None:
+                    return None
+                conversation_id = created.id
+            return await conversations.stored_message(
+                conn, conversation_id, f"{call.message_id}:answer"
+            )
 
     async def _complete(
         self,
         call: Call,
         history: tuple[ChatMessage, ...] | list[ChatMessage],
         job: ChatCall | None,
-        conv: repo.Conversation | None,
+        conv: Conversation | None,
         model: str | None = None,
     ) -> Completion:
         settings = self.settings
@@ -443,7 +455,7 @@ class RequestHandler:
         model: str,
         usage: Usage,
         latency_ms: int,
-        conv: repo.Conversation | None = None,
+        conv: Conversation | None = None,
     ) -> None:
         """The call as a metrics event of the built-in GPT (confirmed on the broker)."""
         if conv is not None and conv.metrics_session_id is not None:
@@ -453,7 +465,7 @@ class RequestHandler:
             started = datetime.now(UTC)
             if conv is not None:  # a conversation stored by someone else (import, webhook)
                 async with self.pool.acquire() as conn:
-                    await repo.set_session(conn, conv.id, session_id)
+                    await conversations.set_session(conn, conv.id, session_id)
         await self.usage.record(
             session_id=session_id,
             session_started=started,
@@ -484,9 +496,9 @@ def usage_from_row(row: asyncpg.Record) -> Usage:
 
 def assistant_row(
     call: Call, content: str, model: str, usage: Usage, latency_ms: int
-) -> repo.NewMessage:
+) -> NewMessage:
     """The answer's row: usage (with details) and model on it, for the cost of the call."""
-    return repo.NewMessage(
+    return NewMessage(
         role="assistant",
         content=content,
         external_id=f"{call.message_id}:answer",

@@ -19,13 +19,13 @@ import time
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto import topology
 from chatbeto.consumer import attempt_of
-from chatbeto.importer import jobs
 from chatbeto.importer.export import ExportError
 from chatbeto.importer.run import Summary, import_file
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import ImportJob, parse
 from chatbeto.service import Service, WorkerRuntime
 from chatbeto.settings import WorkerSettings
+from chatbeto.store import jobs
 
 log = get_logger(__name__)
 ACCEPTED_VERSIONS = frozenset({1})
@@ -63,21 +63,21 @@ class ImportWorker(Service):
     async def give_up(self, job: ImportJob, exc: Exception) -> None:
         reason = f"gave up after {self.max_tries} tries: {type(exc).__name__}: {exc}"[:500]
         try:
-            await jobs.progress(
+            await jobs.report(
                 self.pool,
                 job.job_id,
                 total=0,
                 done=0,
                 failed=0,
                 errors=[{"title": "", "id": "", "reason": reason}],
-                state="failed",
+                state=jobs.FAILED,
             )
         except Exception as db_exc:  # the database may be what is failing
             log.warning("could not mark import job failed", error=type(db_exc).__name__)
 
     async def run_job(self, job: ImportJob) -> None:
         pool = self.pool
-        if not await jobs.start(pool, job.job_id):
+        if not await jobs.start(pool, job.job_id, jobs.IMPORT, restart=True):
             log.info("import job already finished or gone", job_id=str(job.job_id))
             return
         started = time.monotonic()
@@ -88,7 +88,7 @@ class ImportWorker(Service):
             if time.monotonic() - last_write < PROGRESS_EVERY_SECONDS:
                 return
             last_write = time.monotonic()
-            await jobs.progress(
+            await jobs.report(
                 pool,
                 job.job_id,
                 total=summary.seen,
@@ -105,26 +105,26 @@ class ImportWorker(Service):
                     self.settings.database_url, spool.name, job.project_id, progress
                 )
             except ExportError as exc:
-                await jobs.progress(
+                await jobs.report(
                     pool,
                     job.job_id,
                     total=0,
                     done=0,
                     failed=0,
                     errors=[{"title": "", "id": "", "reason": str(exc)}],
-                    state="failed",
+                    state=jobs.FAILED,
                 )
                 await jobs.delete_upload(pool, job.job_id)
                 log.warning("import job failed: not an importable export", job_id=str(job.job_id))
                 return
-        await jobs.progress(
+        await jobs.report(
             pool,
             job.job_id,
             total=summary.seen,
             done=summary.seen - summary.failed,
             failed=summary.failed,
             errors=failures_of(summary),
-            state="done",
+            state=jobs.DONE,
         )
         await jobs.delete_upload(pool, job.job_id)
         log.info(

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import orjson
 from chatbeto.messages import ProxyCall, Usage
+from chatbeto.store.conversations import NewMessage
 
 from chatbeto_openai_worker import exchange, replay, repo, upstream
 from chatbeto_openai_worker.exchange import Outcome, Turn
@@ -44,6 +45,7 @@ class ProxyHandler:
         if call.replay and job.project_id is not None:
             row = await self.handler.stored_answer(call, job.project_id, None)
             if row is not None:
+                await self.handler.store.barrier()  # its first delivery may not have flushed it
                 await call.result(body=replay.body(job, row, model), replayed=True)
                 return
         if call.replay and job.stream:
@@ -173,8 +175,8 @@ def _row(
     model: str | None = None,
     usage: Usage | None = None,
     latency_ms: int | None = None,
-) -> repo.NewMessage:
-    return repo.NewMessage(
+) -> NewMessage:
+    return NewMessage(
         role=turn.role,
         content=turn.content,
         external_id=external_id,

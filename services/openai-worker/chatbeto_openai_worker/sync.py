@@ -14,9 +14,8 @@ import openai
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import SyncJob, parse
+from chatbeto.store import conversations, jobs
 from openai import AsyncOpenAI
-
-from chatbeto_openai_worker import repo
 
 log = get_logger(__name__)
 ACCEPTED_VERSIONS = frozenset({1})
@@ -35,10 +34,11 @@ class SyncHandler:
         REQUEST_ID.set(env.request_id)
         job = env.data
         async with self.pool.acquire() as conn:
-            if not await repo.start_job(conn, job.job_id, job.project_id):
+            total = await conversations.count_unsynced(conn, job.project_id)
+            if not await jobs.start(conn, job.job_id, jobs.SYNC, total=total):
                 log.info("sync job unknown or finished; skipped", job_id=str(job.job_id))
                 return
-            ids = await repo.unsynced_ids(conn, job.project_id)
+            ids = await conversations.unsynced_ids(conn, job.project_id)
         if self.client is None:
             await self._fail_job(job, "OPENAI_API_KEY is not set")
             return
@@ -50,7 +50,7 @@ class SyncHandler:
                 return
             except openai.APIError as exc:
                 async with self.pool.acquire() as conn:
-                    await repo.job_progress(
+                    await jobs.advance(
                         conn,
                         job.job_id,
                         failed=1,
@@ -58,26 +58,25 @@ class SyncHandler:
                     )
                 continue
             async with self.pool.acquire() as conn:
-                await repo.job_progress(conn, job.job_id, done=1)
+                await jobs.advance(conn, job.job_id, done=1)
         async with self.pool.acquire() as conn:
-            await repo.finish_job(conn, job.job_id, "done")
+            await jobs.finish(conn, job.job_id, jobs.DONE)
         log.info("sync job done", job_id=str(job.job_id), conversations=len(ids))
 
     async def _fail_job(self, job: SyncJob, reason: str) -> None:
         async with self.pool.acquire() as conn:
-            await repo.job_progress(conn, job.job_id, error=reason)
-            await repo.finish_job(conn, job.job_id, "failed")
+            await jobs.finish(conn, job.job_id, jobs.FAILED, error=reason)
         log.warning("sync job failed", job_id=str(job.job_id), reason=reason)
 
     async def _sync_one(self, conversation_id: int) -> None:
         assert self.client is not None
         async with self.pool.acquire() as conn, conn.transaction():
-            row = await repo.claim_unsynced(conn, conversation_id)
+            row = await conversations.claim_unsynced(conn, conversation_id)
             if row is None:  # synced meanwhile, or another job holds it
                 return
             items: list[Any] = [
                 {"type": "message", "role": m.role, "content": m.content}
-                for m in await repo.history(conn, conversation_id)
+                for m in await conversations.history(conn, conversation_id)
                 if m.role in SYNCED_ROLES
             ]
             remote = await self.client.conversations.create(
@@ -92,4 +91,4 @@ class SyncHandler:
                 await self.client.conversations.items.create(
                     remote.id, items=items[start : start + ITEMS_PER_CALL]
                 )
-            await repo.set_remote_id(conn, conversation_id, remote.id)
+            await conversations.set_remote_id(conn, conversation_id, remote.id)

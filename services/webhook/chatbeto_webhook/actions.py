@@ -12,9 +12,10 @@ from typing import Any
 
 from chatbeto.db import Conn
 from chatbeto.messages import WebhookDelivery
+from chatbeto.store import conversations, projects
+from chatbeto.store.conversations import NewConversation, NewMessage
 from pydantic import ValidationError
 
-from chatbeto_webhook import repo
 from chatbeto_webhook.events import (
     ConversationCreated,
     MessageCreated,
@@ -56,13 +57,14 @@ def needs_fetch(delivery: WebhookDelivery) -> str | None:
     return None
 
 
-def _new(message: MessageIn) -> repo.NewMessage:
-    return repo.NewMessage(
+def _new(message: MessageIn, request_id: str | None) -> NewMessage:
+    return NewMessage(
         role=message.role,
         content=message.content,
         external_id=message.id,
         model=message.model,
         created_at=message.createdAt,
+        request_id=request_id,
     )
 
 
@@ -70,20 +72,19 @@ async def conversation_created(
     conn: Conn, delivery: WebhookDelivery, request_id: str | None
 ) -> Result:
     body: ConversationCreated = validate(ConversationCreated, event_data(delivery.payload))
-    if not await repo.project_exists(conn, body.projectId):
+    if not await projects.exists(conn, body.projectId):
         raise EventFailed(f"project {body.projectId} not found")
     # Without a sender id the delivery itself names the conversation (a resend is deduplicated
     # by its delivery key anyway).
     external = str(body.id) if body.id is not None else delivery.delivery_key
-    conversation_id, created = await repo.create_conversation(
-        conn, body.projectId, external, body.title, body.model
+    new = NewConversation(
+        external_id=external, source=conversations.WEBHOOK, title=body.title, model=body.model
     )
+    conv, created = await conversations.create(conn, body.projectId, new)
     if created:
-        await repo.lock_conversation(conn, conversation_id)
-        await repo.append_messages(
-            conn, conversation_id, [_new(m) for m in body.messages], request_id
-        )
-    return Result("processed", body.projectId, conversation_id)
+        await conversations.lock(conn, conv.id)
+        await conversations.append(conn, conv.id, [_new(m, request_id) for m in body.messages])
+    return Result("processed", body.projectId, conv.id)
 
 
 async def message_created(conn: Conn, delivery: WebhookDelivery, request_id: str | None) -> Result:
@@ -91,21 +92,23 @@ async def message_created(conn: Conn, delivery: WebhookDelivery, request_id: str
     conversation_id: int | None
     if isinstance(body.conversationId, str):
         assert body.projectId is not None  # the model requires it with a string id
-        conversation_id = await repo.conversation_by_external(
-            conn, body.projectId, body.conversationId
+        named = await conversations.find_by_external(
+            conn, body.projectId, conversations.WEBHOOK, body.conversationId
         )
+        conversation_id = None if named is None else named.id
     else:
         conversation_id = body.conversationId
-    project_id = (
-        await repo.lock_conversation(conn, conversation_id) if conversation_id is not None else None
+    locked = (
+        await conversations.lock(conn, conversation_id) if conversation_id is not None else None
     )
+    project_id = None if locked is None else locked.project_id
     if (
         conversation_id is None
         or project_id is None
         or (body.projectId is not None and body.projectId != project_id)
     ):
         raise EventFailed(f"conversation {body.conversationId!s} not found")
-    await repo.append_messages(conn, conversation_id, [_new(body.message)], request_id)
+    await conversations.append(conn, conversation_id, [_new(body.message, request_id)])
     return Result("processed", project_id, conversation_id)
 
 
@@ -114,21 +117,23 @@ async def response_completed(
 ) -> Result:
     conversation_id = fetched.conversation_id
     if conversation_id is None and fetched.remote_conversation_id is not None:
-        conversation_id = await repo.conversation_by_remote(conn, fetched.remote_conversation_id)
-    project_id = (
-        await repo.lock_conversation(conn, conversation_id) if conversation_id is not None else None
+        conversation_id = await conversations.find_by_remote(conn, fetched.remote_conversation_id)
+    locked = (
+        await conversations.lock(conn, conversation_id) if conversation_id is not None else None
     )
+    project_id = None if locked is None else locked.project_id
     if conversation_id is None or project_id is None:
         raise EventFailed(f"no stored conversation for response {fetched.id}")
-    answer = repo.NewMessage(
+    answer = NewMessage(
         role="assistant",
         content=fetched.text,
         external_id=fetched.id,
         model=fetched.model,
         prompt_tokens=fetched.input_tokens,
         completion_tokens=fetched.output_tokens,
+        request_id=request_id,
     )
-    await repo.append_messages(conn, conversation_id, [answer], request_id)
+    await conversations.append(conn, conversation_id, [answer])
     return Result("processed", project_id, conversation_id)
 
 

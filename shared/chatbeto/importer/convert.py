@@ -15,13 +15,13 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from pydantic import TypeAdapter, ValidationError
 
 from chatbeto.storable import Timestamp
+from chatbeto.store.conversations import ImportedConversation, NewMessage
 
 ROLES = frozenset({"user", "assistant", "tool", "system"})
 # Context ChatGPT injects but never shows: custom instructions and memory.
@@ -35,28 +35,6 @@ _STORABLE_TIME: TypeAdapter[datetime] = TypeAdapter(Timestamp)
 
 class MalformedConversation(ValueError):
     """This conversation can't be imported; the others still can."""
-
-
-@dataclass(frozen=True)
-class Message:
-    external_id: str
-    role: str
-    content: str
-    model: str | None
-    created_at: datetime | None
-    metadata: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class Conversation:
-    external_id: str
-    title: str
-    created_at: datetime
-    updated_at: datetime
-    model: str | None
-    gizmo_id: str | None
-    metadata: dict[str, Any]
-    messages: list[Message] = field(default_factory=list)
 
 
 def label(raw: Any, index: int) -> tuple[str, str]:
@@ -230,7 +208,7 @@ def render(content: Any) -> str:
     return f"[{kind or 'unknown content'}]"
 
 
-def _message(node: dict[str, Any]) -> Message | None:
+def _message(node: dict[str, Any]) -> NewMessage | None:
     raw = node.get("message")
     if raw is None:
         return None  # the empty root
@@ -257,7 +235,7 @@ def _message(node: dict[str, Any]) -> Message | None:
     recipient = raw.get("recipient")
     if recipient and recipient != "all":
         extra["recipient"] = recipient
-    return Message(
+    return NewMessage(
         external_id=clean(str(raw.get("id") or node.get("id"))),
         role=role,
         content=text,
@@ -267,7 +245,7 @@ def _message(node: dict[str, Any]) -> Message | None:
     )
 
 
-def default_title(messages: list[Message]) -> str:
+def default_title(messages: list[NewMessage]) -> str:
     for m in messages:
         if m.role == "user":
             words = " ".join(PLACEHOLDER_RE.sub(" ", m.content).split()[:TITLE_WORDS])
@@ -276,7 +254,7 @@ def default_title(messages: list[Message]) -> str:
     return DEFAULT_TITLE
 
 
-def convert(raw: Any) -> Conversation:
+def convert(raw: Any) -> ImportedConversation:
     """The branch the user saw, or `MalformedConversation` saying why not."""
     if not isinstance(raw, dict):
         raise MalformedConversation("not a JSON object")
@@ -287,11 +265,12 @@ def convert(raw: Any) -> Conversation:
     mapping = raw.get("mapping")
     if not isinstance(mapping, dict) or not mapping:
         raise MalformedConversation("mapping is missing or empty")
-    messages: list[Message] = []
+    messages: list[NewMessage] = []
     seen: set[str] = set()
     for node in branch(mapping, raw.get("current_node")):
         message = _message(node)
-        if message is not None and message.external_id not in seen:
+        # (`_message` always names its message: the node's id)
+        if message is not None and message.external_id and message.external_id not in seen:
             seen.add(message.external_id)
             messages.append(message)
     created = timestamp(raw.get("create_time"))
@@ -308,7 +287,7 @@ def convert(raw: Any) -> Conversation:
     for key, name in (("is_archived", "isArchived"), ("conversation_template_id", "templateId")):
         if raw.get(key):
             metadata[name] = raw[key]
-    return Conversation(
+    return ImportedConversation(
         external_id=external_id,
         title=title or default_title(messages),
         created_at=created,

@@ -16,10 +16,11 @@ from typing import Any
 import asyncpg
 
 from chatbeto.db import connect
-from chatbeto.importer import repo
-from chatbeto.importer.convert import Conversation, MalformedConversation, convert, label
+from chatbeto.importer.convert import MalformedConversation, convert, label
 from chatbeto.importer.export import ExportError, Source, open_export
 from chatbeto.logging import get_logger
+from chatbeto.store import conversations, projects
+from chatbeto.store.conversations import ImportedConversation
 
 log = get_logger(__name__)
 BATCH_MESSAGES = 5000
@@ -59,7 +60,7 @@ Progress = Callable[[Summary, float], Awaitable[None]]
 
 @dataclass
 class Batch:
-    conversations: list[Conversation] = field(default_factory=list)
+    conversations: list[ImportedConversation] = field(default_factory=list)
     failures: list[Failure] = field(default_factory=list)
     done: bool = False
 
@@ -98,7 +99,7 @@ async def import_file(
     summary = Summary()
     conn = await connect(dsn)
     try:
-        if not await conn.fetchval("SELECT 1 FROM projects WHERE id = $1", project_id):
+        if not await projects.exists(conn, project_id):
             raise ExportError(f"project {project_id} does not exist")
         with open_export(path) as source:
             batches = _batches(source)
@@ -124,13 +125,13 @@ async def import_file(
 
 
 async def _store(
-    conn: asyncpg.Connection, project_id: int, batch: list[Conversation], summary: Summary
+    conn: asyncpg.Connection, project_id: int, batch: list[ImportedConversation], summary: Summary
 ) -> None:
     if not batch:
         return
     try:
         async with conn.transaction():
-            results = await repo.store(conn, project_id, batch)
+            results = await conversations.import_batch(conn, project_id, batch)
     except asyncpg.PostgresError as exc:
         if len(batch) == 1:
             summary.fail(Failure(batch[0].title, batch[0].external_id, _reason(exc)))
