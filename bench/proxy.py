@@ -236,6 +236,10 @@ async def run(quick: bool) -> list[Row]:
                 "chatbeto": (f"{base}/v1/chat/completions", key),
                 "litellm": (f"{lite}/v1/chat/completions", LITELLM_KEY),
             }
+            one, five, _ = os.getloadavg()
+            rows.append(
+                Row(SECTION, "machine load at start", f"{one:.1f} / {five:.1f}", "quiet for final")
+            )
             rows += await _one_client(targets, samples)
             before = await conn.fetchval("SELECT count(*) FROM conversations")
             rows += _load(targets, seconds)

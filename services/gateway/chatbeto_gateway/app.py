@@ -19,6 +19,7 @@ from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope
 from chatbeto.settings import GatewaySettings
 
 from chatbeto_gateway.access.auth import KeyCache
+from chatbeto_gateway.access.guard import guard
 from chatbeto_gateway.access.ratelimit import Limiter, add_headers
 from chatbeto_gateway.admin import costs, keys, projects
 from chatbeto_gateway.conversations import chat
@@ -120,7 +121,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe, guard])
     app[SETTINGS] = settings
     app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(database_ctx)

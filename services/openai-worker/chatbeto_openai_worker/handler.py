@@ -1,6 +1,6 @@
 """Answers one `OpenAIRequest`: call the model, store the exchange (committed before anyone is
-answered), reply to the waiting gateway, record the call as a metrics event — then the consumer
-acks.
+answered, flushed to disk before the ack: `store.py`), reply to the waiting gateway, record the
+call as a metrics event — then the consumer acks.
 
 Upstream failures are answers too (an error reply, then ack): the gateway is waiting for one.
 A database or broker failure raises, so the request takes the retry ladder; stored rows carry
@@ -129,6 +129,7 @@ class RequestHandler:
         replies: Replies,
         usage: UsageEvents,
         session_key: bytes,
+        fast_pool: asyncpg.Pool | None = None,
     ) -> None:
         from chatbeto_openai_worker.proxy import ProxyHandler  # it builds on this module
 
@@ -139,7 +140,7 @@ class RequestHandler:
         self.usage = usage
         self.session_key = session_key
         self.prices = settings.price_table()
-        self.store = ExchangeStore(pool)
+        self.store = ExchangeStore(pool, fast_pool)
         self.proxy = ProxyHandler(self)
 
     async def handle(self, message: AbstractIncomingMessage) -> None:
@@ -185,6 +186,8 @@ class RequestHandler:
         outcome = "ok"
         try:
             await self._dispatch(call, req)
+            # Answered before the flush; acked (on return) only after it.
+            await self.store.durable()
         except UpstreamRejected as exc:
             outcome = exc.code
             await call.error(exc.status, exc.code, str(exc), exc.body)
@@ -398,6 +401,7 @@ class RequestHandler:
         if call.replay:
             row = await self.stored_answer(call, project_id, conv)
             if row is not None:
+                await self.store.barrier()  # its first delivery may not have flushed it
                 if stream:
                     await call.chunk(row["content"])
                 return Completion(

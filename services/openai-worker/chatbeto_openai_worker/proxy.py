@@ -45,6 +45,7 @@ class ProxyHandler:
         if call.replay and job.project_id is not None:
             row = await self.handler.stored_answer(call, job.project_id, None)
             if row is not None:
+                await self.handler.store.barrier()  # its first delivery may not have flushed it
                 await call.result(body=replay.body(job, row, model), replayed=True)
                 return
         if call.replay and job.stream:

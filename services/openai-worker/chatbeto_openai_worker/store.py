@@ -1,17 +1,34 @@
-"""Where exchanges are committed: group commit of the exchanges that finish together.
+"""Where exchanges are committed: group commit of the exchanges that finish together, answered
+before the disk flush, acknowledged after it.
 
-Each caller waits for the commit of the transaction that carries its exchange, so "stored"
-still means "committed" before anyone is answered, but requests that finish together share one
-transaction. If a shared transaction fails, each exchange is retried in its own, so one
-unstorable exchange (a value Postgres refuses) fails alone and never takes the others with it.
+`store` returns once the exchange is committed — visible to every reader and every worker, so
+a redelivery of its request finds it and replays it instead of calling the model again — but
+without waiting for the WAL flush: the commits run on connections of their own with
+`synchronous_commit = off` (`open_fast_pool`), so the answer waits for no fsync. `durable` is
+the barrier the request's ack waits for: one synchronous transaction on the runtime's pool
+(`SELECT txid_current()` assigns an id, so its commit waits until the WAL is flushed up to its
+own commit record, hence past every commit before it), shared by every exchange committed
+before it started, and started at commit time so it overlaps the reply and the metrics event.
+If the barrier fails (Postgres restarted: an unflushed commit may be lost), every exchange it
+covered is stored again, synchronously, from memory — the same rows and ids, so nothing is
+stored twice. A 200 therefore still means "stored exactly once": a killed worker leaves a
+committed exchange and an unacked request (its redelivery replays the stored answer); a
+Postgres crash leaves a worker that stores again what it answered; only both at once, within
+the milliseconds before the flush, could lose an answered exchange.
+
+Requests that finish together share one transaction. If a shared transaction fails, each
+exchange is retried in its own, so one unstorable exchange (a value Postgres refuses) fails
+alone and never takes the others with it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections import deque
 
 import asyncpg
+import orjson
 from chatbeto.logging import get_logger
 from chatbeto.store.conversations import Conversation
 
@@ -20,21 +37,87 @@ from chatbeto_openai_worker import repo
 log = get_logger(__name__)
 MAX_GROUP = 64
 MAX_IN_FLIGHT = 4
+FAST_POOL_SIZE = 6
+
+
+async def _codecs(conn: asyncpg.Connection) -> None:
+    for typename in ("json", "jsonb"):
+        await conn.set_type_codec(
+            typename,
+            encoder=lambda v: orjson.dumps(v).decode(),
+            decoder=orjson.loads,
+            schema="pg_catalog",
+        )
+
+
+async def open_fast_pool(dsn: str) -> asyncpg.Pool:
+    """Connections whose commits do not wait for the WAL flush (a startup setting: it
+    survives the pool's `RESET ALL`)."""
+    pool = await asyncpg.create_pool(
+        dsn,
+        min_size=1,
+        max_size=FAST_POOL_SIZE,
+        init=_codecs,
+        command_timeout=30,
+        server_settings={"synchronous_commit": "off"},
+    )
+    assert pool is not None
+    return pool
 
 
 class ExchangeStore:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, fast: asyncpg.Pool | None = None) -> None:
+        """`pool` commits synchronously (barriers, stores again); `fast` does not (None: every
+        store is synchronous and `durable` has nothing to wait for)."""
         self._pool = pool
+        self._fast = fast or pool
         self._pending: deque[tuple[repo.Exchange, asyncio.Future[Conversation]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
+        # Committed without a flush, in commit order: (sequence number, exchange).
+        self._unflushed: deque[tuple[int, repo.Exchange]] = deque()
+        self._seq = 0
+        self._barrier: asyncio.Task[None] | None = None
 
     async def store(self, exchange: repo.Exchange) -> Conversation:
-        """Returns once the exchange is committed; raises what storing it alone raised."""
+        """Returns once the exchange is committed (not yet flushed: see `durable`); raises what
+        storing it alone raised."""
         future: asyncio.Future[Conversation] = asyncio.get_running_loop().create_future()
         self._pending.append((exchange, future))
         self._kick()
         return await future
+
+    async def durable(self) -> None:
+        """Returns once everything stored so far is flushed to disk (stored again,
+        synchronously, if Postgres lost it); raises if it could not be."""
+        target = self._seq
+        while self._unflushed and self._unflushed[0][0] <= target:
+            self._start_barrier()
+            assert self._barrier is not None
+            await asyncio.shield(self._barrier)
+
+    async def barrier(self) -> None:
+        """Flush what another process committed (a redelivery replaying the answer its first,
+        killed, worker stored): nothing of it is in memory here to store again."""
+        await self._pool.fetchval("SELECT txid_current()")
+
+    def _start_barrier(self) -> None:
+        if self._barrier is None or self._barrier.done():
+            self._barrier = asyncio.create_task(self._flush_wal())
+            self._barrier.add_done_callback(_retrieved)
+
+    async def _flush_wal(self) -> None:
+        upto = self._seq  # every commit counted here finished before the barrier's
+        try:
+            await self.barrier()
+        except Exception as exc:
+            log.warning("WAL flush barrier failed; storing again", error=type(exc).__name__)
+            for seq, exchange in [item for item in self._unflushed if item[0] <= upto]:
+                await self._commit([exchange], self._pool)
+                self._unflushed = deque(item for item in self._unflushed if item[0] != seq)
+            return
+        while self._unflushed and self._unflushed[0][0] <= upto:
+            self._unflushed.popleft()
 
     def _kick(self) -> None:
         while self._pending and self._in_flight < MAX_IN_FLIGHT:
@@ -48,7 +131,7 @@ class ExchangeStore:
         try:
             if len(group) > 1:
                 try:
-                    convs = await self._commit([exchange for exchange, _ in group])
+                    convs = await self._commit([exchange for exchange, _ in group], self._fast)
                 except Exception as exc:
                     log.warning("group store failed, storing one by one", error=type(exc).__name__)
                 else:
@@ -58,7 +141,7 @@ class ExchangeStore:
                     return
             for exchange, future in group:
                 try:
-                    (conv,) = await self._commit([exchange])
+                    (conv,) = await self._commit([exchange], self._fast)
                 except BaseException as exc:
                     if not future.done():
                         future.set_exception(exc)
@@ -71,15 +154,31 @@ class ExchangeStore:
             self._in_flight -= 1
             self._kick()
 
-    async def _commit(self, exchanges: list[repo.Exchange]) -> list[Conversation]:
-        async with self._pool.acquire() as conn:
+    async def _commit(
+        self, exchanges: list[repo.Exchange], pool: asyncpg.Pool
+    ) -> list[Conversation]:
+        async with pool.acquire() as conn:
             one = exchanges[0]
             if len(exchanges) == 1 and one.conversation_id is None and one.charge is None:
                 # One statement, atomic by itself: no BEGIN/COMMIT round trips.
-                return [await repo.store_exchange(conn, exchanges[0])]
-            async with conn.transaction():
-                return [await repo.store_exchange(conn, exchange) for exchange in exchanges]
+                convs = [await repo.store_exchange(conn, exchanges[0])]
+            else:
+                async with conn.transaction():
+                    convs = [await repo.store_exchange(conn, exchange) for exchange in exchanges]
+        if pool is not self._pool:
+            for exchange in exchanges:
+                self._seq += 1
+                self._unflushed.append((self._seq, exchange))
+            self._start_barrier()  # the flush overlaps the reply and the metrics event
+        return convs
 
     async def close(self) -> None:
         while self._tasks:
             await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        with contextlib.suppress(Exception):
+            await self.durable()
+
+
+def _retrieved(task: asyncio.Task[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # seen by the waiters; never "exception was never retrieved"

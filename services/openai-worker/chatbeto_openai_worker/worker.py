@@ -13,7 +13,7 @@ from chatbeto.settings import OpenAIWorkerSettings
 from chatbeto.store import gpts
 from openai import AsyncOpenAI
 
-from chatbeto_openai_worker import upstream
+from chatbeto_openai_worker import store, upstream
 from chatbeto_openai_worker.handler import RequestHandler
 from chatbeto_openai_worker.replies import Replies
 from chatbeto_openai_worker.sync import SyncHandler
@@ -54,8 +54,11 @@ class OpenAIWorker(Service):
         runtime.on_close(self.replies.close)
         self.usage = UsageEvents(runtime.publisher, int(gpt_pk))
         runtime.on_close(self.usage.close)
+        # The exchanges' own connections: committed before the answer, flushed before the ack.
+        fast_pool = await store.open_fast_pool(settings.database_url)
+        runtime.on_close(fast_pool.close)
         handler = self.handler = RequestHandler(
-            settings, runtime.pool, self.client, self.replies, self.usage, session_key
+            settings, runtime.pool, self.client, self.replies, self.usage, session_key, fast_pool
         )
         runtime.consume_each(
             topology.OPENAI_REQUESTS,

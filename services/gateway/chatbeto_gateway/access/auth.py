@@ -16,12 +16,11 @@ from chatbeto import api_keys
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
 
-from chatbeto_gateway.http.errors import not_found, unauthorized
-
 log = get_logger(__name__)
 TTL_SECONDS = 2.0
 TOUCH_INTERVAL_SECONDS = 5.0
 MAX_CACHED_KEYS = 100_000
+MAX_KEY_CHARS = 256
 
 
 @dataclass(frozen=True)
@@ -110,27 +109,23 @@ def presented_key(request: web.Request) -> str | None:
     return None
 
 
-async def optional_principal(request: web.Request, cache: KeyCache) -> Principal | None:
-    """None when no key was sent; 401 when one was sent and is not valid."""
-    plain = presented_key(request)
-    if plain is None:
+async def resolve_key(cache: KeyCache, plain: str) -> KeyRecord | None:
+    """The key's record; None for a key that is not valid (unknown, revoked, or too long to
+    be one)."""
+    if len(plain) > MAX_KEY_CHARS:
         return None
-    if len(plain) > 256:
-        raise unauthorized()
-    record = await cache.resolve(plain)
-    if record is None:
-        raise unauthorized()
-    return Principal(record)
+    return await cache.resolve(plain)
 
 
-async def require_principal(request: web.Request, cache: KeyCache) -> Principal:
-    principal = await optional_principal(request, cache)
-    if principal is None:
-        raise unauthorized()
-    return principal
+# Set by `access.guard` on every request that presented a valid key.
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
-def require_admin(principal: Principal) -> None:
-    if not principal.is_admin:
-        # Admin routes do not exist for project keys.
-        raise not_found()
+def principal_of(request: web.Request) -> Principal:
+    """The caller of a route declared `auth="key"` or `auth="admin"` (the guard let it in)."""
+    return request[PRINCIPAL]
+
+
+def optional_principal_of(request: web.Request) -> Principal | None:
+    """The caller of an `auth="optional"` route: None when no key was sent."""
+    return request.get(PRINCIPAL)

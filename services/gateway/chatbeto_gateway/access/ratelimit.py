@@ -26,10 +26,10 @@ from typing import Literal
 import asyncpg
 from aiohttp import web
 from chatbeto import spend
+from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
 from chatbeto.settings import GatewaySettings, RateLimit
 
-from chatbeto_gateway.access.auth import KeyCache, presented_key
 from chatbeto_gateway.access.budgets import SpendGuard, is_model_route
 from chatbeto_gateway.http.errors import ApiError
 
@@ -38,7 +38,6 @@ Scope = Literal["api", "ingest"]
 # A block is this fraction of the limit: at most 1% of a window is stranded per replica.
 BLOCK_DIVISOR = 100
 MAX_BLOCK = 1000
-MAX_KEY_CHARS = 256
 # Counters are bigint; a larger limit is no limit at all.
 MAX_LIMIT = 1 << 60
 MAX_LOCAL_BUCKETS = 100_000
@@ -242,19 +241,14 @@ def settle(request: web.Request, status: int) -> None:
 
 
 async def charge_key(
-    request: web.Request, limiter: Limiter, keys: KeyCache, settings: GatewaySettings
+    request: web.Request,
+    limiter: Limiter,
+    record: KeyRecord,
+    scope: Scope,
+    settings: GatewaySettings,
 ) -> None:
-    """Count a keyed request against its key; unkeyed and invalid keys are left to the handler
-    (401, or a keyless ingest counted per GPT by `charge_gpt`)."""
-    scope = scope_of(request.path)
-    if scope is None:
-        return
-    plain = presented_key(request)
-    if plain is None or len(plain) > MAX_KEY_CHARS:
-        return
-    record = await keys.resolve(plain)
-    if record is None:
-        return
+    """Count a request with a valid key against that key (`access.guard`, once per request);
+    a keyless ingest is counted per GPT by `charge_gpt`."""
     # The key's own limit (`--rate-limit`) replaces the default of either scope.
     rate = (_parse(record.rate_limit) if record.rate_limit else None) or _default(settings, scope)
     await _spend(request, limiter, f"{scope}:key:{record.id}", rate)

@@ -14,12 +14,11 @@ from aiohttp import web
 from chatbeto import spend
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
-from chatbeto_gateway.access.auth import require_admin, require_principal
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ValidationFailed
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.http.parse import POSITIVE_ID, parse_query, query_choice, query_time
-from chatbeto_gateway.state import KEYS, POOL
+from chatbeto_gateway.state import POOL
 
 routes = web.RouteTableDef()
 BUCKETS = ("day", "week", "month")
@@ -54,7 +53,6 @@ def _totals(row: asyncpg.Record) -> dict[str, Any]:
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def costs(request: web.Request) -> web.Response:
-    require_admin(await require_principal(request, request.app[KEYS]))
     query = parse_query(request, CostsQuery)
     bucket = query.bucket
     end = query.end or datetime.now(UTC)

@@ -24,13 +24,12 @@ from pydantic import (
     model_validator,
 )
 
-from chatbeto_gateway.access.auth import require_admin, require_principal
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import not_found
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.http.parse import POSITIVE_ID, parse_body, parse_query
 from chatbeto_gateway.metrics.schemas import Input
-from chatbeto_gateway.state import KEYS, POOL
+from chatbeto_gateway.state import POOL
 
 routes = web.RouteTableDef()
 PREFIX_RE = re.compile(r"^[0-9a-f]{8}$")
@@ -124,7 +123,6 @@ def key_out(key: KeyRecord, window: spend.Window | None = None) -> dict[str, Any
     responses={201: "", 400: "", 401: "", 404: "", 422: ""},
 )
 async def create_key(request: web.Request) -> web.Response:
-    require_admin(await require_principal(request, request.app[KEYS]))
     body = await parse_body(request, KeyIn)
     pool = request.app[POOL]
     if body.projectId is not None and not await projects.exists(pool, body.projectId):
@@ -154,7 +152,6 @@ async def create_key(request: web.Request) -> web.Response:
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def list_keys(request: web.Request) -> web.Response:
-    require_admin(await require_principal(request, request.app[KEYS]))
     query = parse_query(request, KeysQuery)
     pool = request.app[POOL]
     keys = await api_keys.list_keys(pool, query.projectId)
@@ -170,7 +167,6 @@ async def list_keys(request: web.Request) -> web.Response:
     responses={200: "", 401: "", 404: ""},
 )
 async def revoke_key(request: web.Request) -> web.Response:
-    require_admin(await require_principal(request, request.app[KEYS]))
     # Only the public prefix: a whole key in a URL would end up in proxies' access logs.
     prefix = request.match_info["prefix"]
     if not PREFIX_RE.match(prefix) or not await api_keys.revoke(request.app[POOL], prefix):

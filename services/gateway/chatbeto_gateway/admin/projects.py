@@ -9,12 +9,12 @@ from aiohttp import web
 from chatbeto.store import projects
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from chatbeto_gateway.access.auth import require_admin, require_principal
+from chatbeto_gateway.access.auth import principal_of
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.http.parse import parse_body
-from chatbeto_gateway.state import KEYS, POOL
+from chatbeto_gateway.state import POOL
 
 routes = web.RouteTableDef()
 
@@ -49,8 +49,6 @@ def project_out(row: asyncpg.Record) -> dict[str, Any]:
     },
 )
 async def create_project(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
-    require_admin(principal)
     body = await parse_body(request, ProjectIn)
     async with request.app[POOL].acquire() as conn:
         try:
@@ -68,7 +66,7 @@ async def create_project(request: web.Request) -> web.Response:
 @routes.get("/api/v1/projects")
 @doc(summary="Projects this key may see", tags=("projects",), responses={200: "", 401: ""})
 async def list_projects(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     async with request.app[POOL].acquire() as conn:
         rows = await projects.list_all(conn, principal.project_id)
     return responses.envelope({"projects": [project_out(r) for r in rows]})

@@ -11,7 +11,7 @@ from chatbeto.messages import ChatCall, ChatMessage, ReplyChunk, ReplyResult
 from chatbeto.storable import BIGINT_MAX, Bool, Text
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbeto_gateway.access.auth import require_principal
+from chatbeto_gateway.access.auth import principal_of
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError
 from chatbeto_gateway.http.openapi import doc
@@ -23,7 +23,6 @@ from chatbeto_gateway.proxy.calls import (
     stream,
     visible_project,
 )
-from chatbeto_gateway.state import KEYS
 
 routes = web.RouteTableDef()
 MAX_MESSAGES = 1000
@@ -86,7 +85,7 @@ def _event(data: Any) -> bytes:
     responses={200: "", 400: "", 401: "", 404: "", 422: "", 502: "", 503: "", 504: ""},
 )
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     body = await parse_body(request, ChatIn)
     project_id = None
     if body.projectId is not None:

@@ -24,7 +24,7 @@ from chatbeto.messages import (
 from chatbeto.storable import BIGINT_MAX, Text
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
-from chatbeto_gateway.access.auth import require_principal
+from chatbeto_gateway.access.auth import principal_of
 from chatbeto_gateway.conversations import repo
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError, not_found
@@ -38,7 +38,7 @@ from chatbeto_gateway.proxy.calls import (
     visible_conversation,
     visible_project,
 )
-from chatbeto_gateway.state import BROKER, KEYS, POOL, PUBLISHER, UPSTREAM
+from chatbeto_gateway.state import BROKER, POOL, PUBLISHER, UPSTREAM
 
 routes = web.RouteTableDef()
 DEFAULT_PAGE = 20
@@ -92,7 +92,6 @@ class SyncIn(BaseModel):
 @routes.get("/api/v1/openai/status")
 @doc(summary="OpenAI, database and broker status", tags=("conversations",))
 async def status(request: web.Request) -> web.Response:
-    await require_principal(request, request.app[KEYS])
     db_ok = await health.postgres_check(lambda: request.app[POOL])()
     broker_ok = await health.broker_check(lambda: request.app[BROKER])()
     upstream = request.app[UPSTREAM]
@@ -114,7 +113,7 @@ async def status(request: web.Request) -> web.Response:
     responses={201: "", 400: "", 401: "", 404: "", 422: "", 502: "", 503: "", 504: ""},
 )
 async def create_conversation(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     body = await parse_body(request, ConversationIn)
     project_id = await visible_project(request, principal, body.projectId)
     message = ChatMessage(role="user", content=body.initialMessage) if body.initialMessage else None
@@ -139,7 +138,7 @@ async def create_conversation(request: web.Request) -> web.Response:
     | {422: "", 502: "", 503: "", 504: ""},
 )
 async def add_message(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     conversation_id = await visible_conversation(request, principal, request.match_info["id"])
     body = await parse_body(request, MessageIn)
     job = ConversationMessage(
@@ -165,7 +164,7 @@ async def add_message(request: web.Request) -> web.Response:
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def list_conversations(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     query = parse_query(request, ConversationsQuery)
     project_id = principal.project_id
     if query.projectId is not None:
@@ -189,7 +188,7 @@ async def list_conversations(request: web.Request) -> web.Response:
 @routes.get("/api/v1/openai/conversations/{id}")
 @doc(summary="A conversation and its messages, in order", tags=("conversations",))
 async def get_conversation(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     conversation_id = await visible_conversation(request, principal, request.match_info["id"])
     async with request.app[POOL].acquire() as conn:
         found = await repo.get_conversation(conn, conversation_id)
@@ -212,7 +211,7 @@ async def get_conversation(request: web.Request) -> web.Response:
     responses={202: "", 400: "", 401: "", 404: "", 422: "", 503: ""},
 )
 async def start_sync(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     body = await parse_body(request, SyncIn) if request.can_read_body else SyncIn()
     project_id = principal.project_id
     if body.projectId is not None:
@@ -236,7 +235,7 @@ async def start_sync(request: web.Request) -> web.Response:
     summary="Progress of a sync job", tags=("conversations",), responses={200: "", 401: "", 404: ""}
 )
 async def sync_status(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     try:
         job_id = uuid.UUID(request.match_info["jobId"])
     except ValueError:

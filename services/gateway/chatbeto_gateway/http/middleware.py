@@ -1,4 +1,5 @@
-"""One middleware: request id, timing, Prometheus counts, and the error shape per surface."""
+"""The outer middleware: request id, timing, Prometheus counts, and the error shape per surface
+(access is `access.guard`, the next one in)."""
 
 from __future__ import annotations
 
@@ -24,7 +25,7 @@ from chatbeto_gateway.http.errors import (
     is_database_outage,
     unstorable,
 )
-from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
+from chatbeto_gateway.state import SETTINGS
 
 log = get_logger("chatbeto.gateway.access")
 REQUEST_ID_RE = re.compile(r"^[A-Za-z0-9._:/+=-]{1,128}$")
@@ -104,12 +105,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
     try:
         try:
-            limiter = request.app.get(LIMITER)
-            if limiter is not None:
-                await ratelimit.charge_key(
-                    request, limiter, request.app[KEYS], request.app[SETTINGS]
-                )
-            response = await handler(request)
+            response = await handler(request)  # `access.guard` first: key, limits, auth
         except ApiError as exc:
             response = error_response(request, exc)
         except BrokerUnavailable:

@@ -19,13 +19,13 @@ from chatbeto.messages import ImportJob, envelope, to_amqp
 from chatbeto.store import jobs, projects
 from pydantic import BaseModel, Field
 
-from chatbeto_gateway.access.auth import Principal, require_principal
+from chatbeto_gateway.access.auth import Principal, principal_of
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError, ValidationFailed, not_found
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.imports import upload as upload_io
 from chatbeto_gateway.imports.upload import Bundle, Kind
-from chatbeto_gateway.state import KEYS, POOL, PUBLISHER
+from chatbeto_gateway.state import POOL, PUBLISHER
 
 routes = web.RouteTableDef()
 log = get_logger(__name__)
@@ -197,7 +197,7 @@ async def read_form(request: web.Request, principal: Principal, upload: Upload) 
     },
 )
 async def create_import(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     if request.content_type != "multipart/form-data":
         raise ApiError(415, "unsupported_media_type", "send multipart/form-data with a file field")
     if (request.content_length or 0) > MAX_UPLOAD_BYTES + CHUNK_BYTES:
@@ -234,7 +234,7 @@ async def create_import(request: web.Request) -> web.Response:
     },
 )
 async def get_import(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     try:
         job_id = uuid.UUID(request.match_info["jobId"])
     except ValueError as exc:

@@ -21,10 +21,10 @@ from aiohttp import web
 from chatbeto.logging import get_logger
 from chatbeto.messages import InvalidMessage, LiveEvent, LiveEvents, parse
 
-from chatbeto_gateway.access.auth import require_principal
+from chatbeto_gateway.access.auth import principal_of
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.metrics.routes import visible_gpt
-from chatbeto_gateway.state import BROKER, KEYS, SETTINGS
+from chatbeto_gateway.state import BROKER, SETTINGS
 
 log = get_logger(__name__)
 routes = web.RouteTableDef()
@@ -181,7 +181,7 @@ def event_out(event: LiveEvent) -> dict[str, Any]:
     content_type="text/event-stream",
 )
 async def live_events(request: web.Request) -> web.StreamResponse:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     gpt = await visible_gpt(request, principal, request.match_info["gpt_id"])
     project = principal.project_id if gpt.builtin else None
     response = web.StreamResponse(

@@ -15,7 +15,7 @@ from chatbeto.store import projects
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from chatbeto_gateway.access import ratelimit
-from chatbeto_gateway.access.auth import Principal, optional_principal, require_principal
+from chatbeto_gateway.access.auth import Principal, optional_principal_of, principal_of
 from chatbeto_gateway.access.ratelimit import RateLimited
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError, ValidationFailed, not_found, unauthorized
@@ -41,7 +41,6 @@ from chatbeto_gateway.metrics.schemas import (
 )
 from chatbeto_gateway.state import (
     GPTS,
-    KEYS,
     LIMITER,
     METRICS_PUBLISHER,
     POOL,
@@ -96,7 +95,7 @@ async def visible_gpt(request: web.Request, principal: Principal, gpt_id: str) -
     responses={201: "", 401: "", 404: "", 409: "", 422: ""},
 )
 async def create_gpt(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     body = await parse_body(request, GptIn)
     project_id = body.projectId
     if not principal.is_admin:
@@ -119,7 +118,7 @@ async def create_gpt(request: web.Request) -> web.Response:
 @routes.get("/api/gpts")
 @doc(summary="GPTs the key may see", tags=("metrics",), responses={200: "", 401: ""})
 async def list_gpts(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     rows = await repo.list_gpts(request.app[POOL], principal.project_id)
     out = []
     for r in rows:
@@ -141,7 +140,7 @@ async def list_gpts(request: web.Request) -> web.Response:
     responses={201: "", 400: "", 401: "", 404: "", 413: "", 422: "", 503: ""},
 )
 async def create_session(request: web.Request) -> web.Response:
-    principal = await optional_principal(request, request.app[KEYS])
+    principal = optional_principal_of(request)
     body = await parse_body(request, SessionIn)
     gpt = await request.app[GPTS].by_id(body.gpt_id)
     if gpt is None or (principal is not None and not may_ingest(principal, gpt)):
@@ -206,7 +205,7 @@ async def _event_record(
     responses={202: "", 400: "", 401: "", 404: "", 413: "", 422: "", 503: ""},
 )
 async def create_event(request: web.Request) -> web.Response:
-    principal = await optional_principal(request, request.app[KEYS])
+    principal = optional_principal_of(request)
     event = await parse_body(request, EventIn)
     record = await _event_record(request, principal, event, datetime.now(UTC))
     await request.app[METRICS_PUBLISHER].submit((record,))
@@ -223,7 +222,7 @@ async def create_event(request: web.Request) -> web.Response:
     responses={207: "", 400: "", 401: "", 413: "", 422: "", 503: ""},
 )
 async def create_events_batch(request: web.Request) -> web.Response:
-    principal = await optional_principal(request, request.app[KEYS])
+    principal = optional_principal_of(request)
     body = await read_json(request)
     items = body.get("events") if isinstance(body, dict) else None
     if not isinstance(items, list):
@@ -263,7 +262,7 @@ async def create_events_batch(request: web.Request) -> web.Response:
 @routes.get("/api/sessions/{session_id}")
 @doc(summary="A session and its events", tags=("metrics",), responses={200: "", 401: "", 404: ""})
 async def get_session(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     try:
         session_id = uuid.UUID(request.match_info["session_id"])
     except ValueError as exc:
@@ -313,7 +312,7 @@ class StatsQuery(BaseModel):
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def gpt_stats(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     gpt = await visible_gpt(request, principal, request.match_info["gpt_id"])
     query = parse_query(request, StatsQuery)
     bucket = query.bucket

@@ -17,13 +17,13 @@ from aiohttp import web
 from chatbeto.messages import ProxyCall, ProxyEndpoint, ReplyChunk, ReplyResult
 from pydantic import BaseModel, ConfigDict, Field
 
-from chatbeto_gateway.access.auth import Principal, require_principal
+from chatbeto_gateway.access.auth import Principal, principal_of
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError, ValidationFailed
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.proxy.calls import ask, stream, visible_project
 from chatbeto_gateway.proxy.rpc import CallFailed
-from chatbeto_gateway.state import KEYS, SETTINGS, UPSTREAM
+from chatbeto_gateway.state import SETTINGS, UPSTREAM
 
 routes = web.RouteTableDef()
 MAX_MESSAGES = 1000
@@ -182,7 +182,7 @@ async def _proxy(
     responses=ERRORS,
 )
 async def chat_completions(request: web.Request) -> web.StreamResponse:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     body = await _read(request, stored=True)
     _check_messages(body)
     return await _proxy(request, principal, "chat.completions", body)
@@ -196,7 +196,7 @@ async def chat_completions(request: web.Request) -> web.StreamResponse:
     responses=ERRORS,
 )
 async def create_response(request: web.Request) -> web.StreamResponse:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     body = await _read(request, stored=True)
     if "input" in body and not isinstance(body["input"], str | list):
         raise ValidationFailed.of("input", "a string or a list of input items")
@@ -211,7 +211,7 @@ async def create_response(request: web.Request) -> web.StreamResponse:
     responses=ERRORS,
 )
 async def embeddings(request: web.Request) -> web.StreamResponse:
-    principal = await require_principal(request, request.app[KEYS])
+    principal = principal_of(request)
     body = await _read(request, stored=False)
     if not isinstance(body.get("input"), str | list):
         raise ValidationFailed.of("input", "a string or a list")
@@ -221,7 +221,6 @@ async def embeddings(request: web.Request) -> web.StreamResponse:
 @routes.get("/v1/models")
 @doc(summary="OpenAI-compatible model list", tags=("openai-compatible",))
 async def models(request: web.Request) -> web.Response:
-    await require_principal(request, request.app[KEYS])
     return responses.json({"object": "list", "data": await request.app[UPSTREAM].models()})
 
 

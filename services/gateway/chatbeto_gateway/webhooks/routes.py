@@ -20,12 +20,11 @@ from chatbeto.logging import get_logger
 from chatbeto.messages import WebhookDelivery, envelope, to_amqp
 from pydantic import BaseModel, ConfigDict, PlainValidator, SecretStr
 
-from chatbeto_gateway.access.auth import require_admin, require_principal
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ApiError, ValidationFailed
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.http.parse import parse_query, query_int
-from chatbeto_gateway.state import KEYS, POOL, PUBLISHER, SETTINGS
+from chatbeto_gateway.state import POOL, PUBLISHER, SETTINGS
 
 routes = web.RouteTableDef()
 log = get_logger(__name__)
@@ -180,8 +179,6 @@ class DeliveriesQuery(BaseModel):
     responses={200: "", 401: "", 404: "", 422: ""},
 )
 async def list_deliveries(request: web.Request) -> web.Response:
-    principal = await require_principal(request, request.app[KEYS])
-    require_admin(principal)
     query = parse_query(request, DeliveriesQuery)
     rows = await request.app[POOL].fetch(
         """SELECT id, source, webhook_id, event_type, received_at, processed_at, outcome, error,

@@ -1,0 +1,51 @@
+"""Access, enforced once per request from what the route declares.
+
+A route's `@doc(auth=...)` (the declaration /openapi.json is built from) says what it needs:
+`"key"` a valid key, `"admin"` an admin key (404 for a project key: admin routes do not exist
+for it), `"optional"` a valid key or none at all (keyless ingest, decided by the handler per
+GPT), `"none"` and `"signature"` no key. The guard resolves the presented key once, counts the
+request against the key's rate limit, budget and token cap, and stores the principal on the
+request (`auth.principal_of`); handlers never look at the key again.
+"""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+from chatbeto.api_keys import KeyRecord
+
+from chatbeto_gateway.access import ratelimit
+from chatbeto_gateway.access.auth import PRINCIPAL, Principal, presented_key, resolve_key
+from chatbeto_gateway.http.errors import not_found, unauthorized
+from chatbeto_gateway.http.openapi import Auth, route_doc
+from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
+
+KEYED: frozenset[Auth] = frozenset({"key", "admin", "optional"})
+
+
+@web.middleware
+async def guard(request: web.Request, handler: Handler) -> web.StreamResponse:
+    rdoc = route_doc(request.match_info.route)
+    # Every route is documented (a test checks it) except the `/v1` catch-all and aiohttp's
+    # own 404 / 405: those answer without a key.
+    need: Auth = rdoc.auth if rdoc is not None else "none"
+    scope = ratelimit.scope_of(request.path)
+    plain = presented_key(request)
+    record: KeyRecord | None = None
+    if plain is not None and (need in KEYED or scope is not None):
+        record = await resolve_key(request.app[KEYS], plain)
+        if record is None and need in KEYED:
+            raise unauthorized()  # a key that was sent must be valid, keyless ingest too
+    limiter = request.app.get(LIMITER)
+    if record is not None and scope is not None and limiter is not None:
+        # A keyed request counts against its key wherever it goes (a 429 before anything
+        # else); a keyless ingest is counted per GPT by its handler.
+        await ratelimit.charge_key(request, limiter, record, scope, request.app[SETTINGS])
+    if record is None:
+        if need in ("key", "admin"):
+            raise unauthorized()
+    else:
+        if need == "admin" and not record.is_admin:
+            raise not_found()
+        request[PRINCIPAL] = Principal(record)
+    return await handler(request)
