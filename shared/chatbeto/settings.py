@@ -120,6 +120,9 @@ class GatewaySettings(OpenAISettings):
     ingest_rate_limit: str = "6000/1m"
     webhook_secret: SecretStr | None = None
     openai_webhook_secret: SecretStr | None = None
+    # How long past OPENAI_TIMEOUT a call waits for the worker to store the answer and reply,
+    # before it answers 504.
+    reply_grace_seconds: float = Field(default=5.0, ge=0, le=300)
 
     @field_validator("rate_limit", "ingest_rate_limit")
     @classmethod

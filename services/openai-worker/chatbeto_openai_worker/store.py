@@ -28,7 +28,7 @@ import contextlib
 from collections import deque
 
 import asyncpg
-import orjson
+from chatbeto.db import create_pool
 from chatbeto.logging import get_logger
 from chatbeto.store.conversations import Conversation
 
@@ -40,29 +40,11 @@ MAX_IN_FLIGHT = 4
 FAST_POOL_SIZE = 6
 
 
-async def _codecs(conn: asyncpg.Connection) -> None:
-    for typename in ("json", "jsonb"):
-        await conn.set_type_codec(
-            typename,
-            encoder=lambda v: orjson.dumps(v).decode(),
-            decoder=orjson.loads,
-            schema="pg_catalog",
-        )
-
-
 async def open_fast_pool(dsn: str) -> asyncpg.Pool:
-    """Connections whose commits do not wait for the WAL flush (a startup setting: it
-    survives the pool's `RESET ALL`)."""
-    pool = await asyncpg.create_pool(
-        dsn,
-        min_size=1,
-        max_size=FAST_POOL_SIZE,
-        init=_codecs,
-        command_timeout=30,
-        server_settings={"synchronous_commit": "off"},
+    """Connections whose commits do not wait for the WAL flush."""
+    return await create_pool(
+        dsn, max_size=FAST_POOL_SIZE, server_settings={"synchronous_commit": "off"}
     )
-    assert pool is not None
-    return pool
 
 
 class ExchangeStore:

@@ -142,7 +142,13 @@ async def stream(
 async def openai_ctx(app: web.Application) -> AsyncIterator[None]:
     """This process's reply queue (request/reply) and the gateway's own OpenAI probe."""
     settings = app[SETTINGS]
-    rpc = Rpc(app[BROKER], app[PUBLISHER], settings.topology, settings.openai_timeout)
+    rpc = Rpc(
+        app[BROKER],
+        app[PUBLISHER],
+        settings.topology,
+        settings.openai_timeout,
+        settings.reply_grace_seconds,
+    )
     await rpc.start()
     app[RPC] = rpc
     app[UPSTREAM] = Upstream(settings)

@@ -38,9 +38,6 @@ from chatbeto_gateway.http.errors import ApiError
 
 log = get_logger(__name__)
 ACCEPTED_VERSIONS = frozenset({2})
-# Beyond OPENAI_TIMEOUT the worker needs a little time to store the answer and reply; past
-# that the gateway stops waiting (504).
-REPLY_GRACE_SECONDS = 5.0
 
 
 def gateway_timeout() -> ApiError:
@@ -111,11 +108,15 @@ class Rpc:
         publisher: Publisher,
         topo: Topology,
         timeout_seconds: float,
+        grace_seconds: float,
     ) -> None:
         self._connection = connection
         self._publisher = publisher
         self._topology = topo
         self._timeout_seconds = timeout_seconds
+        # Beyond the timeout the worker needs a little time to store the answer and reply
+        # (REPLY_GRACE_SECONDS); past that the gateway stops waiting (504).
+        self._grace_seconds = grace_seconds
         self._process_id = uuid.uuid4().hex[:16]
         self.queue_name = topo.reply_queue_name(self._process_id)
         self._waiting: dict[str, Pending] = {}
@@ -149,7 +150,7 @@ class Rpc:
         deadline_at = datetime.now(UTC) + timedelta(seconds=self._timeout_seconds)
         request = OpenAIRequest(call=job, caller=caller, deadline=deadline_at)
         correlation_id = uuid.uuid4().hex
-        pending = Pending(time.monotonic() + self._timeout_seconds + REPLY_GRACE_SECONDS)
+        pending = Pending(time.monotonic() + self._timeout_seconds + self._grace_seconds)
         self._waiting[correlation_id] = pending
         try:
             # Transient (a classic queue, no fsync): the caller is waiting, and what must last
