@@ -196,9 +196,9 @@ async def stats(
     EXACT_PERCENTILE_MAX_EVENTS events, above that interpolated from the latency histogram.
     """
     cut = tiers(start, end, daily=bucket != "hour")
-    args = (gpt_pk, *cut.args(), project_id)
+    args = (gpt_pk, *cut.args(), project_id, bucket)
     events_q = pool.fetch(
-        f"""SELECT date_trunc('{bucket}', t, 'UTC') AS b, tipo, bin, sum(n)::bigint AS n,
+        f"""SELECT date_trunc($13, t, 'UTC') AS b, tipo, bin, sum(n)::bigint AS n,
                    sum(lat)::bigint AS lat, sum(tin)::bigint AS tin, sum(tout)::bigint AS tout
             FROM (
                 SELECT day AS t, tipo, bin, events AS n, latency_sum AS lat,
@@ -221,7 +221,7 @@ async def stats(
     )
     # Sessions: an hourly rollup row per hour is few enough for any period.
     sessions_q = pool.fetch(
-        f"""SELECT date_trunc('{bucket}', t, 'UTC') AS b, sum(n)::bigint AS n
+        f"""SELECT date_trunc($13, t, 'UTC') AS b, sum(n)::bigint AS n
             FROM (
                 SELECT hour AS t, sessions AS n FROM session_rollups
                 WHERE gpt_pk = $1
@@ -270,7 +270,7 @@ async def stats(
         _no_rows()
         if not priced
         else pool.fetch(
-            f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b, sum(cost_usd) AS usd FROM events
+            """SELECT date_trunc($5, ts, 'UTC') AS b, sum(cost_usd) AS usd FROM events
             WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3 AND cost_usd IS NOT NULL
               AND ($4::bigint IS NULL OR project_id = $4)
             GROUP BY 1""",
@@ -278,6 +278,7 @@ async def stats(
             start,
             end,
             project_id,
+            bucket,
         )
     )
     event_rows, session_rows, users, cost_rows = await asyncio.gather(
@@ -295,7 +296,7 @@ async def stats(
         exact = {
             r["b"]: (r["p50"], r["p95"])
             for r in await pool.fetch(
-                f"""SELECT date_trunc('{bucket}', ts, 'UTC') AS b, count(*) AS n,
+                """SELECT date_trunc($5, ts, 'UTC') AS b, count(*) AS n,
                            percentile_cont(0.5) WITHIN GROUP (ORDER BY latency_ms) AS p50,
                            percentile_cont(0.95) WITHIN GROUP (ORDER BY latency_ms) AS p95
                     FROM events
@@ -306,6 +307,7 @@ async def stats(
                 start,
                 end,
                 project_id,
+                bucket,
             )
             if r["n"] == counted[r["b"]]
         }
