@@ -51,17 +51,20 @@ async def list_all(conn: Conn) -> list[Gpt]:
     return [Gpt(**dict(r)) for r in rows]
 
 
-async def add(conn: Conn, gpt_id: str, name: str, project_id: int, keyless: bool) -> bool:
-    """Register a new GPT; False when the id is taken (nothing changed)."""
-    done = await conn.fetchval(
+async def add(
+    conn: Conn | asyncpg.Pool, gpt_id: str, name: str, project_id: int | None, keyless: bool
+) -> int | None:
+    """Register a new GPT (the CLI and `POST /api/gpts`); its key, or None when the id is taken
+    (nothing changed)."""
+    pk: int | None = await conn.fetchval(
         """INSERT INTO gpts (gpt_id, name, project_id, keyless_ingest) VALUES ($1, $2, $3, $4)
-           ON CONFLICT (gpt_id) DO NOTHING RETURNING true""",
+           ON CONFLICT (gpt_id) DO NOTHING RETURNING pk""",
         gpt_id,
         name,
         project_id,
         keyless,
     )
-    return bool(done)
+    return pk
 
 
 async def update(conn: Conn, gpt_id: str, name: str, keyless: bool) -> None:

@@ -1,4 +1,4 @@
-"""SQL the gateway runs for the metrics API: GPT registration and the read side."""
+"""SQL the gateway runs for the metrics API: the read side (GPTs are registered by the store)."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from typing import Any, Literal
 
 import asyncpg
 
-from chatbeto_gateway.metrics.gpt_cache import COLUMNS, Gpt
+from chatbeto_gateway.metrics.gpt_cache import COLUMNS
 
 # "hour" is an addition to the contract's day/week/month, for the dashboard's one-day view.
 Bucket = Literal["hour", "day", "week", "month"]
@@ -24,28 +24,6 @@ LATENCY_BIN_LOWER_MS = (
 # (an index-only scan); above it, from the rollups' histogram.
 EXACT_PERCENTILE_MAX_EVENTS = 20_000
 MAX_FILLED_BUCKETS = 2_000
-
-
-class GptExists(Exception):
-    pass
-
-
-async def create_gpt(
-    pool: asyncpg.Pool, gpt_id: str, name: str, project_id: int | None, keyless: bool
-) -> Gpt:
-    try:
-        row = await pool.fetchrow(
-            f"""INSERT INTO gpts (gpt_id, name, project_id, keyless_ingest)
-                VALUES ($1, $2, $3, $4) RETURNING {COLUMNS}""",
-            gpt_id,
-            name,
-            project_id,
-            keyless,
-        )
-    except asyncpg.UniqueViolationError as exc:
-        raise GptExists(gpt_id) from exc
-    assert row is not None
-    return Gpt(**dict(row))
 
 
 async def list_gpts(pool: asyncpg.Pool, project_id: int | None) -> list[asyncpg.Record]:

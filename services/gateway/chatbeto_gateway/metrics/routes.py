@@ -11,7 +11,7 @@ from aiohttp import web
 from chatbeto import session_ids
 from chatbeto.logging import REQUEST_ID
 from chatbeto.messages import EventRecord, SessionRecord
-from chatbeto.store import projects
+from chatbeto.store import gpts, projects
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
 from chatbeto_gateway.access import ratelimit
@@ -105,12 +105,10 @@ async def create_gpt(request: web.Request) -> web.Response:
     pool = request.app[POOL]
     if project_id is not None and not await projects.exists(pool, project_id):
         raise not_found("project_not_found", "project not found")
-    try:
-        gpt = await repo.create_gpt(pool, body.id, body.name, project_id, body.keylessIngest)
-    except repo.GptExists as exc:
-        raise ApiError(
-            409, "gpt_exists", f"a GPT with id {body.id!r} is already registered"
-        ) from exc
+    pk = await gpts.add(pool, body.id, body.name, project_id, body.keylessIngest)
+    if pk is None:
+        raise ApiError(409, "gpt_exists", f"a GPT with id {body.id!r} is already registered")
+    gpt = Gpt(pk, body.id, body.name, project_id, body.keylessIngest, builtin=False)
     request.app[GPTS].remember(gpt)
     return responses.json(gpt_out(gpt, datetime.now(UTC)), status=201)
 
