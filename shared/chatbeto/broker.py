@@ -14,7 +14,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from chatbeto import topology
 from chatbeto.logging import get_logger
@@ -66,22 +66,17 @@ class Publisher:
         self._connection = connection
         self._topology = topo
         self._channel: AbstractChannel | None = None
-        self._exchange: AbstractExchange | None = None
         self._lock = asyncio.Lock()
 
-    async def _ensure(self) -> AbstractExchange:
-        if self._exchange is not None and self._channel is not None and not self._channel.is_closed:
-            return self._exchange
-        async with self._lock:
-            if self._channel is None or self._channel.is_closed:
-                self._channel = await self._connection.channel(
-                    publisher_confirms=True, on_return_raises=True
-                )
-                self._exchange = await self._channel.get_exchange(
-                    self._topology.exchange, ensure=False
-                )
-        assert self._exchange is not None
-        return self._exchange
+    async def _ensure(self) -> aiormq.abc.AbstractChannel:
+        """The open channel's underlying aiormq channel (the robust one reopens it)."""
+        if self._channel is None or self._channel.is_closed:
+            async with self._lock:
+                if self._channel is None or self._channel.is_closed:
+                    self._channel = await self._connection.channel(
+                        publisher_confirms=True, on_return_raises=True
+                    )
+        return await self._channel.get_underlay_channel()
 
     async def publish(
         self,
@@ -95,17 +90,21 @@ class Publisher:
             # Fail fast while the robust connection is reconnecting: the caller answers 503.
             raise BrokerUnavailable("not connected to the broker")
         try:
-            # One deadline for the whole publish: channel, exchange and confirm.
+            # One deadline for the whole publish: channel and confirm.
             async with asyncio.timeout(timeout_seconds):
-                target = await self._ensure()
-                if exchange is not None:
-                    assert self._channel is not None
-                    target = (
-                        self._channel.default_exchange
-                        if exchange == ""
-                        else await self._channel.get_exchange(exchange, ensure=False)
-                    )
-                await target.publish(message, routing_key=routing_key, mandatory=True)
+                channel = await self._ensure()
+                # The aiormq channel's own publish (aio-pika's adds nothing here), `wait=False`:
+                # the frames are queued in order and the confirm is awaited, without first
+                # waiting for the writer task to flush them (a task switch per publish). A
+                # nack or a return (mandatory, unroutable) raises, as through aio-pika.
+                await channel.basic_publish(  # type: ignore[call-arg]  # aiormq.abc lacks `wait`
+                    message.body,
+                    exchange=self._topology.exchange if exchange is None else exchange,
+                    routing_key=routing_key,
+                    properties=message.properties,
+                    mandatory=True,
+                    wait=False,
+                )
         except asyncio.CancelledError:
             raise
         except Exception as exc:

@@ -8,10 +8,12 @@ the versions still in flight.
 from __future__ import annotations
 
 import functools
+import os
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Generic, Literal, TypeVar, cast
+from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, cast
 
 import aio_pika
 import orjson
@@ -20,9 +22,80 @@ from pydantic import BaseModel, ConfigDict, Field
 from chatbeto.logging import REQUEST_ID
 from chatbeto.storable import BigInt, NonNegInt32, Text, Timestamp
 
+# Random (version 4) UUIDs from the OS's CSPRNG, read 256 at a time and built without
+# `UUID.__init__`'s checks: `uuid.uuid4()` and `str()` of one were 4 % of the ingest hot path.
+_UUIDS_PER_READ = 256
+_VERSION_4_MASK = ~((0xF000 << 64) | (0xC000 << 48))
+_VERSION_4_BITS = (0x4000 << 64) | (0x8000 << 48)
+
+
+def _uuid4s() -> Iterator[uuid.UUID]:
+    new, set_ = object.__new__, object.__setattr__
+    unknown = uuid.SafeUUID.unknown
+    while True:
+        block = os.urandom(16 * _UUIDS_PER_READ)
+        for start in range(0, len(block), 16):
+            value = new(uuid.UUID)
+            set_(
+                value,
+                "int",
+                int.from_bytes(block[start : start + 16]) & _VERSION_4_MASK | _VERSION_4_BITS,
+            )
+            set_(value, "is_safe", unknown)
+            yield value
+
+
+_uuids = _uuid4s()
+
+
+def _reseed() -> None:
+    global _uuids
+    _uuids = _uuid4s()  # a forked child must not hand out its parent's ids
+
+
+os.register_at_fork(after_in_child=_reseed)
+
+
+def new_uuid4() -> uuid.UUID:
+    """What `uuid.uuid4()` returns, at a fifth of its cost."""
+    return next(_uuids)
+
 
 class Frozen(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    @classmethod
+    def trusted(cls, **values: Any) -> Self:
+        """An instance of values validated already, by field name (as `model_construct`, at a
+        third of its cost: 9 us a record on the ingest hot path). A field with a plain default
+        may be left out; every other must be given."""
+        defaults = _defaults_of(cls)
+        missing = defaults.keys() - values.keys()
+        for name in missing:
+            values[name] = defaults[name]
+        if len(values) != len(cls.model_fields):
+            unknown = values.keys() ^ cls.model_fields.keys()
+            raise TypeError(f"{cls.__name__}.trusted: missing or unknown {sorted(unknown)}")
+        model = cls.__new__(cls)
+        _set(model, "__dict__", values)
+        _set(model, "__pydantic_fields_set__", set(values) - missing)
+        _set(model, "__pydantic_extra__", None)
+        _set(model, "__pydantic_private__", None)
+        return model
+
+
+_set = object.__setattr__
+
+
+@functools.cache
+def _defaults_of(cls: type[Frozen]) -> dict[str, Any]:
+    """The plain defaults of a model's optional fields (a field with a default factory must be
+    given to `trusted`)."""
+    return {
+        name: field.default
+        for name, field in cls.model_fields.items()
+        if not field.is_required() and field.default_factory is None
+    }
 
 
 # Metrics records use the storable types: a worker that parses a record Postgres could not
@@ -301,11 +374,14 @@ def _envelope_of(payload_type: type[Frozen]) -> Any:
 def envelope(payload: P, request_id: str | None = None) -> Envelope[P]:
     # Parametrised with the payload's own class so it serialises with all its fields.
     model = _envelope_of(type(payload))
+    # Not validated again: every value is typed here (validating cost 10 us a message).
     return cast(
         Envelope[P],
-        model(
+        model.trusted(
             type=payload.TYPE,  # type: ignore[attr-defined]
             version=payload.VERSION,  # type: ignore[attr-defined]
+            message_id=new_uuid4(),
+            occurred_at=datetime.now(UTC),
             request_id=request_id if request_id is not None else REQUEST_ID.get(),
             data=payload,
         ),
@@ -346,6 +422,6 @@ def parse(body: bytes, model: type[P], type_: str, versions: frozenset[int]) -> 
     if raw.get("version") not in versions:
         raise InvalidMessage(f"unsupported version {raw.get('version')!r}")
     try:
-        return Envelope[model].model_validate(raw)  # type: ignore[valid-type]
+        return cast(Envelope[P], _envelope_of(model).model_validate(raw))
     except ValueError as exc:
         raise InvalidMessage(str(exc)) from exc

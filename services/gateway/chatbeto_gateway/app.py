@@ -19,7 +19,6 @@ from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope
 from chatbeto.settings import GatewaySettings
 
 from chatbeto_gateway.access.auth import KeyCache
-from chatbeto_gateway.access.guard import guard
 from chatbeto_gateway.access.ratelimit import Limiter, add_headers
 from chatbeto_gateway.admin import costs, keys, projects
 from chatbeto_gateway.conversations import chat
@@ -80,7 +79,7 @@ def build_metrics_message(items: Sequence[Any]) -> Any:
     events = tuple(i for i in items if isinstance(i, EventRecord))
     return to_amqp(
         envelope(
-            MetricsBatch.model_construct(sessions=sessions, events=events),
+            MetricsBatch.trusted(sessions=sessions, events=events),
             request_id=items[0].request_id if len(items) == 1 else None,
         )
     )
@@ -121,7 +120,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe, guard])
+    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe])
     app[SETTINGS] = settings
     app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(database_ctx)

@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import lru_cache
-from typing import Literal
+from typing import Literal, NamedTuple
 
 import asyncpg
 from aiohttp import web
@@ -29,6 +29,7 @@ from chatbeto import spend
 from chatbeto.api_keys import KeyRecord
 from chatbeto.logging import get_logger
 from chatbeto.settings import GatewaySettings, RateLimit
+from multidict import CIMultiDict
 
 from chatbeto_gateway.access.budgets import SpendGuard, is_model_route
 from chatbeto_gateway.http.errors import ApiError
@@ -67,8 +68,8 @@ class RateLimited(ApiError):
         )
 
 
-@dataclass(frozen=True)
-class Decision:
+class Decision(NamedTuple):
+    # Tuples, not frozen dataclasses: one (and a `_Taken`) per limited request.
     allowed: bool
     limit: int
     remaining: int
@@ -87,12 +88,16 @@ class Decision:
             "RateLimit-Reset": str(self.reset_seconds),
         }
 
+    def add_to(self, headers: CIMultiDict[str]) -> None:
+        headers["RateLimit-Limit"] = str(self.limit)
+        headers["RateLimit-Remaining"] = str(max(0, self.remaining))
+        headers["RateLimit-Reset"] = str(self.reset_seconds)
+
 
 DECISION = web.RequestKey("ratelimit_decision", Decision)
 
 
-@dataclass(frozen=True)
-class _Taken:
+class _Taken(NamedTuple):
     limiter: Limiter
     bucket: str
     window_start: int
@@ -122,6 +127,24 @@ class Limiter:
         self._buckets: dict[str, _Bucket] = {}
         self._task: asyncio.Task[None] | None = None
         self.spend = SpendGuard(pool)
+
+    def take_leased(self, bucket: str, rate: RateLimit) -> Decision | None:
+        """`take` without a coroutine while this replica holds leased tokens (or knows the
+        window is spent); None when a lease must be asked for."""
+        now = time.time()
+        window = rate.window_seconds
+        start = int(now // window) * window
+        state = self._buckets.get(bucket)
+        if state is None or state.window_start != start or state.limit != rate.limit:
+            return None
+        if state.tokens:
+            state.tokens -= 1
+            return Decision(
+                True, rate.limit, rate.limit - state.used + state.tokens, start + window
+            )
+        if state.exhausted:
+            return Decision(False, rate.limit, 0, start + window)
+        return None
 
     async def take(self, bucket: str, rate: RateLimit) -> Decision:
         """Spend one token of `bucket`; a denied decision means 429."""
@@ -211,9 +234,10 @@ def scope_of(path: str) -> Scope | None:
 @lru_cache(maxsize=1024)
 def _parse(text: str) -> RateLimit | None:
     try:
-        return RateLimit.parse(text)
+        rate = RateLimit.parse(text)
     except ValueError:
         return None
+    return RateLimit(MAX_LIMIT, rate.window_seconds) if rate.limit > MAX_LIMIT else rate
 
 
 def _default(settings: GatewaySettings, scope: Scope) -> RateLimit:
@@ -224,7 +248,7 @@ def _default(settings: GatewaySettings, scope: Scope) -> RateLimit:
 
 
 async def _spend(request: web.Request, limiter: Limiter, bucket: str, rate: RateLimit) -> None:
-    decision = await limiter.take(bucket, rate)
+    decision = limiter.take_leased(bucket, rate) or await limiter.take(bucket, rate)
     request[DECISION] = decision
     if not decision.allowed:
         raise RateLimited(decision)
@@ -252,7 +276,9 @@ async def charge_key(
     # The key's own limit (`--rate-limit`) replaces the default of either scope.
     rate = (_parse(record.rate_limit) if record.rate_limit else None) or _default(settings, scope)
     await _spend(request, limiter, f"{scope}:key:{record.id}", rate)
-    if is_model_route(request.method, request.path):
+    if (record.budget is not None or record.tpm is not None) and is_model_route(
+        request.method, request.path
+    ):
         await limiter.spend.check(record, request)
 
 
@@ -270,4 +296,4 @@ async def add_headers(request: web.Request, response: web.StreamResponse) -> Non
     included, which send their headers before the handler returns)."""
     decision = request.get(DECISION)
     if decision is not None:
-        response.headers.update(decision.headers())
+        decision.add_to(response.headers)

@@ -1,5 +1,5 @@
-"""The outer middleware: request id, timing, Prometheus counts, and the error shape per surface
-(access is `access.guard`, the next one in)."""
+"""The one middleware: request id, timing, Prometheus counts, access (`access.guard`), and the
+error shape per surface."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
 
 from chatbeto_gateway.access import ratelimit
+from chatbeto_gateway.access.guard import admit
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import (
     ApiError,
@@ -105,7 +106,8 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     status = 500
     try:
         try:
-            response = await handler(request)  # `access.guard` first: key, limits, auth
+            await admit(request)  # key, limits, auth
+            response = await handler(request)
         except ApiError as exc:
             response = error_response(request, exc)
         except BrokerUnavailable:

@@ -38,6 +38,11 @@ class GptCache:
         self._by_id[gpt.gpt_id] = (expires, gpt)
         return gpt
 
+    def cached_pk(self, pk: int) -> Gpt | None:
+        """The GPT while its entry is fresh, without a coroutine; None means ask `by_pk`."""
+        hit = self._by_pk.get(pk)
+        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+
     async def by_pk(self, pk: int) -> Gpt | None:
         hit = self._by_pk.get(pk)
         if hit is not None and hit[0] > time.monotonic():

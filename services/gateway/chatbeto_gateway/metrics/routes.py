@@ -10,7 +10,7 @@ from typing import Annotated, Any, get_args
 from aiohttp import web
 from chatbeto import session_ids
 from chatbeto.logging import REQUEST_ID
-from chatbeto.messages import EventRecord, SessionRecord
+from chatbeto.messages import EventRecord, SessionRecord, new_uuid4
 from chatbeto.store import gpts, projects
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, ValidationError
 
@@ -171,7 +171,10 @@ async def _event_record(
 ) -> EventRecord:
     """Check the session the event names and build the record; raises 401/404."""
     gpt_pk = session_gpt(request.app[SESSION_KEY], event.sesion_id)
-    gpt = await request.app[GPTS].by_pk(gpt_pk) if gpt_pk is not None else None
+    gpt = None
+    if gpt_pk is not None:
+        gpts = request.app[GPTS]
+        gpt = gpts.cached_pk(gpt_pk) or await gpts.by_pk(gpt_pk)
     if gpt is None or (principal is not None and not may_ingest(principal, gpt)):
         raise not_found("session_not_found", "session not found")
     if not may_ingest(principal, gpt):
@@ -180,8 +183,8 @@ async def _event_record(
         await keyless_charge(request, gpt)
     # Not validated again: EventIn checked every field (the storable types' Python validators
     # made a second pass cost as much as the first).
-    return EventRecord.model_construct(
-        id=event.id or uuid.uuid4(),
+    return EventRecord.trusted(
+        id=event.id or new_uuid4(),
         sesion_id=event.sesion_id,
         tipo=event.tipo,
         contenido=event.contenido,
@@ -207,7 +210,7 @@ async def create_event(request: web.Request) -> web.Response:
     event = await parse_body(request, EventIn)
     record = await _event_record(request, principal, event, datetime.now(UTC))
     await request.app[METRICS_PUBLISHER].submit((record,))
-    return responses.json({"id": str(record.id)}, status=202)
+    return responses.json({"id": record.id}, status=202)  # orjson writes a UUID itself
 
 
 @routes.post("/api/events/batch")
