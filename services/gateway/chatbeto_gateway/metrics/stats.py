@@ -67,6 +67,17 @@ def tiers(start: datetime, end: datetime, *, daily: bool = True) -> Tiers:
     return Tiers(raw, ((h0, d0), (d1, h1)), (d0, d1))
 
 
+def weeks(daily: Range) -> tuple[tuple[Range, Range], Range]:
+    """Whole days [d0, d1) cut into the whole ISO weeks inside (the users' weekly rollups,
+    0014_user_rollups_weekly.sql) and the days before and after them (the daily ones)."""
+    d0, d1 = daily
+    w0 = d0 + timedelta(days=-d0.weekday() % 7)
+    w1 = d1 - timedelta(days=d1.weekday())
+    if w0 >= w1:
+        return ((d0, d1), (d1, d1)), (d1, d1)
+    return ((d0, w0), (w1, d1)), (w0, w1)
+
+
 # WHERE clauses over the tier arguments ($2..$11; $1 is the GPT, $12 the project or NULL).
 RAW = "(({c} >= $2 AND {c} < $3) OR ({c} >= $4 AND {c} < $5))"
 HOURLY = "((hour >= $6 AND hour < $7) OR (hour >= $8 AND hour < $9))"
@@ -169,29 +180,37 @@ async def stats(
             GROUP BY 1 ORDER BY 1""",
         *args,
     )
+    # The user table has no time axis: it always reads whole days from the rollups, whole
+    # weeks from the weekly ones.
+    user_cut = tiers(start, end)
+    user_days, user_weeks = weeks(user_cut.daily)
     users_q = pool.fetch(
         f"""SELECT usuario_id, sum(sessions)::bigint AS sessions, sum(events)::bigint AS events,
                    max(last_seen) AS last_seen
             FROM (
+                SELECT usuario_id, sessions, events, last_seen FROM user_rollups_weekly
+                WHERE gpt_pk = $1 AND week >= $14 AND week < $15
+                  AND ($16::bigint IS NULL OR project_key = $16)
+                UNION ALL
                 SELECT usuario_id, sessions, events, last_seen FROM user_rollups
-                WHERE gpt_pk = $1 AND {DAILY} AND ($12::bigint IS NULL OR project_key = $12)
+                WHERE gpt_pk = $1 AND ((day >= $10 AND day < $11) OR (day >= $12 AND day < $13))
+                  AND ($16::bigint IS NULL OR project_key = $16)
                 UNION ALL
                 SELECT usuario_id, sessions, events, last_seen FROM user_rollups_hourly
-                WHERE gpt_pk = $1 AND {HOURLY} AND ($12::bigint IS NULL OR project_key = $12)
+                WHERE gpt_pk = $1 AND {HOURLY} AND ($16::bigint IS NULL OR project_key = $16)
                 UNION ALL
                 SELECT usuario_id, 1, 0, timestamp_inicio FROM sessions
                 WHERE gpt_pk = $1 AND {RAW.format(c="timestamp_inicio")}
-                  AND ($12::bigint IS NULL OR project_id = $12)
+                  AND ($16::bigint IS NULL OR project_id = $16)
                 UNION ALL
                 SELECT usuario_id, 0, 1, ts FROM events
                 WHERE gpt_pk = $1 AND {RAW.format(c="ts")}
-                  AND ($12::bigint IS NULL OR project_id = $12)
+                  AND ($16::bigint IS NULL OR project_id = $16)
             ) AS x
             GROUP BY usuario_id
             ORDER BY events DESC, sessions DESC, usuario_id LIMIT 500""",
-        # The user table has no time axis: it always reads whole days from the daily rollups.
         gpt_pk,
-        *tiers(start, end).args(),
+        *[t for r in (*user_cut.raw, *user_cut.hourly, *user_days, user_weeks) for t in r],
         project_id,
     )
     # Three independent reads on three pooled connections: the answer takes the slowest, not
