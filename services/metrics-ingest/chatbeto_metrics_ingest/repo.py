@@ -31,6 +31,15 @@ SESSION_ROLLUPS = """
         ON CONFLICT (gpt_pk, day, project_key, usuario_id, shard)
         DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
+    s_users_weekly AS (
+        INSERT INTO user_rollups_weekly AS r (gpt_pk, project_key, week, usuario_id, sessions,
+                                              events, last_seen, shard)
+        SELECT gpt_pk, project_key, date_trunc('week', timestamp_inicio, 'UTC'), usuario_id,
+               count(*), 0, max(timestamp_inicio), $7::smallint
+        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        ON CONFLICT (gpt_pk, week, project_key, usuario_id, shard)
+        DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
+                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
     s_users_hourly AS (
         INSERT INTO user_rollups_hourly AS r (gpt_pk, project_key, hour, usuario_id, sessions,
                                               events, last_seen, shard)
@@ -42,7 +51,8 @@ SESSION_ROLLUPS = """
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
 
 # The events' rollups: the inserted rows are aggregated once per hour (`e_agg`, `u_agg`, a
-# handful of rows), and the daily rollups are summed from those, not from the rows again.
+# handful of rows), and the daily (and the users' weekly) rollups are summed from those, not
+# from the rows again.
 EVENT_ROLLUPS = """
     e_agg AS (
         SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, tipo,
@@ -91,6 +101,15 @@ EVENT_ROLLUPS = """
                max(last_seen), $14::smallint
         FROM u_agg GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
         ON CONFLICT (gpt_pk, day, project_key, usuario_id, shard)
+        DO UPDATE SET events = r.events + EXCLUDED.events,
+                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
+    e_users_weekly AS (
+        INSERT INTO user_rollups_weekly AS r (gpt_pk, project_key, week, usuario_id, sessions,
+                                              events, last_seen, shard)
+        SELECT gpt_pk, project_key, date_trunc('week', hour, 'UTC'), usuario_id, 0,
+               sum(events), max(last_seen), $14::smallint
+        FROM u_agg GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
+        ON CONFLICT (gpt_pk, week, project_key, usuario_id, shard)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
 
