@@ -67,7 +67,7 @@ class ExchangeStore:
         synchronous and `durable` has nothing to wait for). Barriers run on `fast`."""
         self._pool = pool
         self._fast = fast or pool
-        self._keys = spend.KeyLimits()
+        self.keys = spend.KeyLimits()  # every key's limits, read once (docs/COSTS.md)
         self._pending: deque[tuple[repo.Exchange, asyncio.Future[Conversation]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -157,7 +157,7 @@ class ExchangeStore:
         self, exchanges: list[repo.Exchange], pool: asyncpg.Pool
     ) -> list[Conversation]:
         async with pool.acquire() as conn:
-            convs = await repo.store_exchanges(conn, exchanges, self._keys)
+            convs = await repo.store_exchanges(conn, exchanges, self.keys)
         if pool is not self._pool:
             for exchange in exchanges:
                 self._seq += 1
