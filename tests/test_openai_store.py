@@ -14,6 +14,7 @@ import asyncpg
 import pytest
 from chatbeto import api_keys, spend
 from chatbeto.db import connect, create_pool
+from chatbeto.store import conversations
 from chatbeto.store.conversations import NewMessage
 from chatbeto_openai_worker import repo
 from chatbeto_openai_worker.store import BARRIER_SQL, ExchangeStore, open_fast_pool
@@ -309,4 +310,28 @@ async def assert_windows_match_the_ledger(
             ledger["calls"],
             ledger["usd"],
             ledger["tokens"],
+        )
+
+
+async def test_a_group_writes_its_keys_in_key_order(
+    database: str, db: asyncpg.Connection, factory: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every group locks its keys' window rows in the same order: two groups never deadlock.
+    project = await factory.project()
+    low, high = await budget_key(db, project), await budget_key(db, project)
+    seen: list[int | None] = []
+    create_many = conversations.create_many_with_messages
+
+    async def spy(conn: Any, items: Any) -> Any:
+        seen.extend(charge.charge.key_id if charge else None for _, _, charge in items)
+        return await create_many(conn, items)
+
+    monkeypatch.setattr(conversations, "create_many_with_messages", spy)
+    batch = [exchange(project, high), exchange(project), exchange(project, low)]
+    convs = await repo.store_exchanges(db, batch, spend.KeyLimits())
+    assert seen == [None, low, high]
+    # ... and each result is still its own exchange's.
+    for e, conv in zip(batch, convs, strict=True):
+        assert conv.id == await db.fetchval(
+            "SELECT id FROM conversations WHERE external_id = $1", e.external_id
         )

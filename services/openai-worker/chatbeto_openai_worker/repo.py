@@ -59,9 +59,16 @@ async def store_exchanges(
     raises); the others (a redelivery finds its conversation, an append to an existing one)
     each take a transaction of their own."""
     out: list[Conversation | None] = [None] * len(exchanges)
-    fresh = [
-        n for n, e in enumerate(exchanges) if e.conversation_id is None and e.project_id is not None
-    ]
+    # In key order: a group locks its keys' window rows in the order every group does, so two
+    # groups sharing keys never wait for each other in a cycle (a deadlock, and its 1 s).
+    fresh = sorted(
+        (
+            n
+            for n, e in enumerate(exchanges)
+            if e.conversation_id is None and e.project_id is not None
+        ),
+        key=lambda n: _key_order(exchanges[n]),
+    )
     if fresh:
         items = []
         for n in fresh:
@@ -84,6 +91,11 @@ async def store_exchanges(
                 conv = await store_exchange(conn, exchange, keys)
         stored.append(conv)
     return stored
+
+
+def _key_order(exchange: Exchange) -> int:
+    charge = exchange.charge
+    return -1 if charge is None or charge.key_id is None else charge.key_id
 
 
 async def store_exchange(
