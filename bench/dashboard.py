@@ -5,7 +5,8 @@ one INSERT ... SELECT generate_series statement per UTC day (quick: 200 thousand
 90 days, 20 GPTs, straight into the daily partitions metrics-ingest would have made
 (0009_events_partitioned.sql). The same statement writes the day's sessions, the event-id keys
 (`event_ids`) and every rollup row of the day, aggregated from the rows it just inserted (its
-RETURNING), so the rollups hold exactly what the raw rows say, as metrics-ingest keeps them.
+RETURNING), so the rollups hold exactly what the raw rows say, as metrics-ingest keeps them; the
+users' weekly tier is summed from the daily one after the last day.
 Two connections load days side by side; the loaded tables are UNLOGGED (a scratch database: no
 WAL for data that is dropped afterwards; reads are the same) and without secondary indexes, which
 are built after the load: each partition's right after its day (a bulk sort of a day that is still
@@ -51,7 +52,22 @@ LOADERS = 2
 # sessions and rollups): the free-disk check before generating.
 BYTES_PER_EVENT = 400
 ROLLUPS = ("event_rollups", "event_rollups_daily", "session_rollups", "user_rollups",
-           "user_rollups_hourly")  # fmt: skip
+           "user_rollups_hourly", "user_rollups_weekly")  # fmt: skip
+
+# The users' weekly tier (0014_user_rollups_weekly.sql), summed from the daily one once every day
+# is loaded (the days of a week are loaded side by side: upserting the week's rows from each
+# day's statement would make the loaders wait for each other). The same rows metrics-ingest
+# keeps; inserted in an order that spreads a GPT's rows of a week over the week's pages, as
+# metrics-ingest's interleaved upserts leave them, not packed together.
+WEEKLY_SQL = """
+INSERT INTO user_rollups_weekly (gpt_pk, project_key, week, usuario_id, sessions, events,
+                                 last_seen, shard)
+SELECT gpt_pk, project_key, date_trunc('week', day, 'UTC') AS week, usuario_id, sum(sessions),
+       sum(events), max(last_seen), shard
+FROM user_rollups
+GROUP BY gpt_pk, project_key, week, usuario_id, shard
+ORDER BY week, hashtext(usuario_id), gpt_pk
+"""
 
 # One day: sessions, their events, the event-id keys and the day's rollup rows, aggregated from
 # what was inserted. $1 GPT pks, $2 the day's start, $3 first session number, $4 sessions.
@@ -235,7 +251,7 @@ async def _load_days(dsn: str, pks: list[int], days: list[date], sessions: int, 
 
 async def _build_keys(dsn: str, load: Load) -> None:
     """What the load left out, on two connections: the event-id keys (the largest build) on one,
-    everything else on the other."""
+    the users' weekly tier and everything else on the other."""
 
     async def event_ids() -> None:
         conn = await _session(dsn)
@@ -249,6 +265,7 @@ async def _build_keys(dsn: str, load: Load) -> None:
     async def the_rest() -> None:
         conn = await _session(dsn)
         try:
+            await conn.execute(WEEKLY_SQL)
             # Every partition has its indexes already: these attach them (and index the empty
             # default partition).
             await conn.execute("CREATE INDEX events_session ON events (session_id, ts)")
@@ -387,9 +404,30 @@ async def read_side(
             tomorrow,
         )
         assert rolled is not None
+        # The weekly users' tier over the whole weeks the stats read from it, against the raw
+        # rows of those weeks.
+        w0 = month_start + timedelta(days=-month_start.weekday() % 7)
+        w1 = max(w0, tomorrow - timedelta(days=tomorrow.weekday()))
+        weekly = await conn.fetchrow(
+            """SELECT (SELECT coalesce(sum(events), 0) FROM user_rollups_weekly
+                       WHERE gpt_pk = $1 AND week >= $2 AND week < $3) AS events,
+                      (SELECT coalesce(sum(sessions), 0) FROM user_rollups_weekly
+                       WHERE gpt_pk = $1 AND week >= $2 AND week < $3) AS sessions,
+                      (SELECT count(*) FROM events
+                       WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3) AS raw_events,
+                      (SELECT count(*) FROM sessions
+                       WHERE gpt_pk = $1 AND timestamp_inicio >= $2 AND timestamp_inicio < $3)
+                          AS raw_sessions""",
+            main,
+            w0,
+            w1,
+        )
+        assert weekly is not None
         consistent = (
             rolled["events"] == rolled["user_events"] == in_month
             and rolled["sessions"] == rolled["raw_sessions"]
+            and weekly["events"] == weekly["raw_events"]
+            and weekly["sessions"] == weekly["raw_sessions"]
         )
         raw_started = time.perf_counter()
         await conn.fetchrow(
@@ -445,8 +483,11 @@ async def read_side(
         Row(SECTION, "events of the GPT in the month", f"{in_month:,}"),
         Row(
             SECTION,
-            "rollups = raw rows there (events, user events, sessions)",
-            "yes" if consistent else f"NO: {dict(rolled)} vs {in_month:,} events",
+            "rollups = raw rows there (events, user events, sessions; weekly users)",
+            "yes"
+            if consistent
+            else f"NO: {dict(rolled)}, weekly {dict(weekly)} vs {in_month:,} events",
+            f"{(w1 - w0).days // 7} whole weeks in the month",
         ),
         Row(
             SECTION,

@@ -10,7 +10,7 @@ from typing import Any
 
 import asyncpg
 import pytest
-from chatbeto_gateway.metrics import repo as metrics_repo
+from chatbeto_gateway.metrics import stats as metrics_stats
 
 from tests.conftest import Client, Factory, make_event, wait_for
 
@@ -184,14 +184,14 @@ async def test_histogram_percentiles_when_the_period_is_large(
     exact = await (
         await gateway.get(f"/api/gpts/{gpt}/stats", params=params, headers=h(key))
     ).json()
-    monkeypatch.setattr(metrics_repo, "EXACT_PERCENTILE_MAX_EVENTS", 0)
+    monkeypatch.setattr(metrics_stats, "EXACT_PERCENTILE_MAX_EVENTS", 0)
     approx = await (
         await gateway.get(f"/api/gpts/{gpt}/stats", params=params, headers=h(key))
     ).json()
     assert exact["latency"]["percentiles"] == "exact"
     assert approx["latency"]["percentiles"] == "histogram"
     assert approx["latency"]["avg"] == exact["latency"]["avg"]  # sums are exact either way
-    bins = metrics_repo.LATENCY_BIN_LOWER_MS
+    bins = metrics_stats.LATENCY_BIN_LOWER_MS
     for q in ("p50", "p95"):
         # The estimate lies in the bin that holds the exact value, or a neighbour.
         real, est = exact["latency"][q], approx["latency"][q]
@@ -200,15 +200,15 @@ async def test_histogram_percentiles_when_the_period_is_large(
 
 
 async def test_latency_bins_agree_with_the_database(db: asyncpg.Connection) -> None:
-    for n, low in enumerate(metrics_repo.LATENCY_BIN_LOWER_MS, start=1):
+    for n, low in enumerate(metrics_stats.LATENCY_BIN_LOWER_MS, start=1):
         assert await db.fetchval("SELECT latency_bin($1)", low) == n
         assert await db.fetchval("SELECT latency_bin($1)", low + 1) == n
 
 
 def test_percentile_from_histogram() -> None:
-    assert metrics_repo.percentile_from_histogram({}, 0.5) is None
+    assert metrics_stats.percentile_from_histogram({}, 0.5) is None
     # 100 events in [100, 150): the median interpolates to the middle of the bin.
-    assert metrics_repo.percentile_from_histogram({6: 100}, 0.5) == 125
+    assert metrics_stats.percentile_from_histogram({6: 100}, 0.5) == 125
 
 
 async def test_builtin_gpt_stats_only_show_the_readers_project(
@@ -274,7 +274,7 @@ async def test_dashboard_page_and_static_files(gateway: Client) -> None:
 
 def test_tiers_cut_a_period_into_days_hours_and_raw_edges() -> None:
     t = datetime(2026, 3, 2, 9, 30, tzinfo=UTC)
-    cut = metrics_repo.tiers(t, t + timedelta(days=3))
+    cut = metrics_stats.tiers(t, t + timedelta(days=3))
     h = timedelta(hours=1)
     assert cut.raw == ((t, t + h / 2), (t + timedelta(days=3) - h / 2, t + timedelta(days=3)))
     assert cut.daily == (datetime(2026, 3, 3, tzinfo=UTC), datetime(2026, 3, 5, tzinfo=UTC))
@@ -284,10 +284,10 @@ def test_tiers_cut_a_period_into_days_hours_and_raw_edges() -> None:
     )
     # Whole days only: nothing raw, nothing hourly (empty ranges sit at the end).
     day = datetime(2026, 3, 1, tzinfo=UTC)
-    cut = metrics_repo.tiers(day, day + timedelta(days=30))
+    cut = metrics_stats.tiers(day, day + timedelta(days=30))
     end = day + timedelta(days=30)
     assert cut.daily == (day, end)
     assert all(a == b for a, b in (*cut.raw, *cut.hourly))
     # Inside one hour: all raw. Hourly buckets: no daily tier.
-    assert metrics_repo.tiers(t, t + h / 4).raw[0] == (t, t + h / 4)
-    assert metrics_repo.tiers(day, end, daily=False).daily == (end, end)
+    assert metrics_stats.tiers(t, t + h / 4).raw[0] == (t, t + h / 4)
+    assert metrics_stats.tiers(day, end, daily=False).daily == (end, end)

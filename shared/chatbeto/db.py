@@ -76,14 +76,22 @@ async def connect(dsn: str) -> asyncpg.Connection:
     return conn
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """No reset on release (asyncpg still rolls back a transaction left open)."""
+
+
 async def create_pool(
     dsn: str,
     min_size: int = 1,
     max_size: int = 10,
     server_settings: dict[str, str] | None = None,
+    *,
+    reset_session: bool = True,
 ) -> asyncpg.Pool:
     """`server_settings` are session settings at connect time (they survive the pool's
-    `RESET ALL` between borrowers)."""
+    `RESET ALL` between borrowers). `reset_session=False` skips that reset (advisory locks,
+    LISTEN, cursors, SETs) and its round trip on every release: only for a pool whose users
+    leave no session state behind."""
     pool = await _retrying(
         dsn,
         lambda: asyncpg.create_pool(
@@ -93,6 +101,7 @@ async def create_pool(
             init=_init_connection,
             command_timeout=30,
             server_settings=server_settings,
+            reset=None if reset_session else _keep_session,
         ),
     )
     assert pool is not None

@@ -1,15 +1,19 @@
 """Spend: the priced record of every model call, and each key's spend in its budget window.
 
-The openai-worker calls `record` inside the transaction that stores the exchange, so spend is
+The openai-worker writes a call's spend with the exchange it stores, atomically, so spend is
 exactly what was stored: a restart loses none, and a redelivered request (same broker message
-id, the ledger's primary key) adds nothing. The same transaction adds the call to the key's
+id, the ledger's primary key) adds nothing. The same statement adds the call to the key's
 current budget window and, for a key with a token cap, its current minute
-(`key_spend_windows`); a gateway checks a budget by reading that one row. See docs/COSTS.md.
+(`key_spend_windows`); a gateway checks a budget by reading that one row. A new conversation's
+exchange is one statement with its spend (`ledger_sql` inside
+`chatbeto.store.conversations.create_with_messages`); `record` is the same write alone. See
+docs/COSTS.md.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal, InvalidOperation
@@ -112,54 +116,131 @@ class Charge:
         return self.input_tokens + self.output_tokens
 
 
-WINDOW_UPSERT_SQL = """
-INSERT INTO key_spend_windows AS w (key_id, kind, window_start, window_end, usd, tokens, calls)
-SELECT $1, u.kind, u.ws, u.we, $2, $3, 1
-FROM unnest($4::text[], $5::timestamptz[], $6::timestamptz[]) AS u(kind, ws, we)
-ON CONFLICT (key_id, kind, window_start) DO UPDATE
-    SET usd = w.usd + EXCLUDED.usd, tokens = w.tokens + EXCLUDED.tokens, calls = w.calls + 1
-"""
+@dataclass(frozen=True)
+class Limits:
+    """What decides a key's windows. Both are set when the key is created and never change
+    (`api_keys.create`), so a process may remember them (`KeyLimits`)."""
+
+    budget: str | None
+    tpm: int | None
+
+    def windows(self, at: datetime) -> list[tuple[str, datetime, datetime]]:
+        """(kind, start, end) of each window a call at `at` adds to."""
+        out = [("budget", *_period(self.budget).window(at))]
+        if self.tpm is not None:
+            out.append(("tpm", *TPM_PERIOD.window(at)))
+        return out
 
 
-async def record(conn: Conn, charge: Charge, at: datetime | None = None) -> bool:
-    """Add one call (in the caller's transaction). False if it was recorded before."""
+async def limits_of(conn: Executor, key_id: int) -> Limits | None:
+    row = await conn.fetchrow("SELECT budget, tpm FROM api_keys WHERE id = $1", key_id)
+    return None if row is None else Limits(row["budget"], row["tpm"])
+
+
+class KeyLimits:
+    """A process's memory of its keys' limits: each key is read once, so a call's windows are
+    known before its statement and the charge takes no round trip of its own."""
+
+    MAX_KEYS = 100_000  # a bound on memory, far above the keys of one deployment
+
+    def __init__(self) -> None:
+        self._known: dict[int, Limits] = {}
+
+    async def get(self, conn: Executor, key_id: int) -> Limits | None:
+        known = self._known.get(key_id)
+        if known is None:
+            known = await limits_of(conn, key_id)
+            if known is not None:  # a key missing now stays unknown: nothing to remember
+                if len(self._known) >= self.MAX_KEYS:
+                    self._known.clear()
+                self._known[key_id] = known
+        return known
+
+
+@dataclass(frozen=True)
+class Entry:
+    """A charge ready to be written in one statement: its time and the key windows it adds to
+    (none without a key)."""
+
+    charge: Charge
+    at: datetime
+    windows: Sequence[tuple[str, datetime, datetime]] = ()
+
+
+async def entry(
+    conn: Executor, charge: Charge, keys: KeyLimits | None = None, at: datetime | None = None
+) -> Entry:
+    """The charge's entry; its key's limits from `keys` (None: read now)."""
     at = at or datetime.now(UTC)
-    inserted = await conn.fetchval(
-        """INSERT INTO spend (external_id, key_id, project_id, model, input_tokens,
-                              cached_input_tokens, output_tokens, cost_usd, at)
-           VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)
-           ON CONFLICT (external_id) DO NOTHING
-           RETURNING true""",
-        charge.external_id,
-        charge.key_id,
-        charge.project_id,
-        charge.model,
-        charge.input_tokens,
-        charge.cached_input_tokens,
-        charge.output_tokens,
-        charge.cost_usd,
-        at,
-    )
-    if not inserted:
-        return False
     if charge.key_id is None:
-        return True
-    key = await conn.fetchrow("SELECT budget, tpm FROM api_keys WHERE id = $1", charge.key_id)
-    if key is None:
-        return True
-    windows = {"budget": _period(key["budget"]).window(at)}
-    if key["tpm"] is not None:
-        windows["tpm"] = TPM_PERIOD.window(at)
-    await conn.execute(
-        WINDOW_UPSERT_SQL,
-        charge.key_id,
-        charge.cost_usd or Decimal(0),
-        charge.tokens,
-        list(windows),
-        [start for start, _ in windows.values()],
-        [end for _, end in windows.values()],
-    )
-    return True
+        return Entry(charge, at)
+    limits = await (keys or KeyLimits()).get(conn, charge.key_id)
+    return Entry(charge, at, limits.windows(at) if limits is not None else ())
+
+
+LEDGER_PARAMS = 12
+
+
+def ledger_sql(first: int, source: str) -> str:
+    """Two CTEs (`ledger`, `windows`; no WITH) that write an entry whose `ledger_args` are the
+    parameters $first…: its ledger row, once per row of the FROM item `source` (a CTE: only if
+    it returned a row), and — only if that row is new (the ledger's key is the call's broker
+    message id: a redelivery adds nothing) — its key's windows. No entry (NULL id): nothing."""
+    p = [f"${first + n}" for n in range(LEDGER_PARAMS)]
+    return f"""ledger AS (
+        INSERT INTO spend (external_id, key_id, project_id, model, input_tokens,
+                           cached_input_tokens, output_tokens, cost_usd, at)
+        SELECT {p[0]}::text, {p[1]}::bigint, {p[2]}::bigint, {p[3]}::text, {p[4]}::bigint,
+               {p[5]}::bigint, {p[6]}::bigint, {p[7]}::numeric, {p[8]}::timestamptz
+        FROM {source} WHERE {p[0]}::text IS NOT NULL
+        ON CONFLICT (external_id) DO NOTHING
+        RETURNING key_id, cost_usd, input_tokens + output_tokens AS tokens),
+    windows AS (
+        INSERT INTO key_spend_windows AS w
+            (key_id, kind, window_start, window_end, usd, tokens, calls)
+        SELECT l.key_id, u.kind, u.ws, u.we, coalesce(l.cost_usd, 0), l.tokens, 1
+        FROM ledger AS l,
+             unnest({p[9]}::text[], {p[10]}::timestamptz[], {p[11]}::timestamptz[])
+                 AS u(kind, ws, we)
+        WHERE l.key_id IS NOT NULL
+        ON CONFLICT (key_id, kind, window_start) DO UPDATE
+            SET usd = w.usd + EXCLUDED.usd, tokens = w.tokens + EXCLUDED.tokens,
+                calls = w.calls + 1
+        RETURNING 1)"""
+
+
+def ledger_args(posted: Entry | None) -> list[Any]:
+    """The `LEDGER_PARAMS` parameters of `ledger_sql` (all NULL: no entry)."""
+    if posted is None:
+        return [None] * LEDGER_PARAMS
+    c = posted.charge
+    return [
+        c.external_id,
+        c.key_id,
+        c.project_id,
+        c.model,
+        c.input_tokens,
+        c.cached_input_tokens,
+        c.output_tokens,
+        c.cost_usd,
+        posted.at,
+        [kind for kind, _, _ in posted.windows],
+        [start for _, start, _ in posted.windows],
+        [end for _, _, end in posted.windows],
+    ]
+
+
+_RECORD_SQL = f"WITH {ledger_sql(1, '(VALUES (1)) AS one')} SELECT count(*) FROM ledger"
+
+
+async def record(
+    conn: Conn, charge: Charge, at: datetime | None = None, keys: KeyLimits | None = None
+) -> bool:
+    """Add one call: one statement, atomic by itself (or in the caller's transaction), after
+    reading its key's limits unless `keys` knows them. False if it was recorded before."""
+    posted = await entry(conn, charge, keys, at)
+    added = await conn.fetchval(_RECORD_SQL, *ledger_args(posted))
+    return bool(added)
 
 
 def _period(budget: str | None) -> Period:

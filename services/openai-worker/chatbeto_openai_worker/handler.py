@@ -382,10 +382,11 @@ class RequestHandler:
         )
 
     async def charge_alone(self, call: Call, model: str, usage: Usage) -> None:
-        """The spend of a call whose exchange is not stored (no project; embeddings), in its
-        own transaction, before the answer goes out: the next call of the key sees it."""
-        async with self.pool.acquire() as conn, conn.transaction():
-            await spend.record(conn, self.charge_of(call, model, usage))
+        """The spend of a call whose exchange is not stored (no project; embeddings): one
+        statement (atomic by itself, committed and flushed), before the answer goes out: the
+        next call of the key sees it."""
+        async with self.pool.acquire() as conn:
+            await spend.record(conn, self.charge_of(call, model, usage), keys=self.store.keys)
 
     async def _answer(
         self,

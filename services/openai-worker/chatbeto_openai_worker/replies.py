@@ -3,6 +3,8 @@ the one gateway process waiting for them (its exclusive queue), matched by `corr
 
 from __future__ import annotations
 
+import asyncio
+
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from chatbeto.messages import OpenAIReply, envelope, to_amqp
 from chatbeto.topology import Topology
@@ -33,6 +35,10 @@ class Replies:
             properties=message.properties,
             wait=False,  # type: ignore[call-arg]  # aiormq.abc lacks it; the channel has it
         )
+        # One loop turn: the connection's writer task (woken by the frames) writes them now,
+        # before this caller goes on to its next step (the metrics event, a few hundred µs of
+        # CPU): the answer leaves first.
+        await asyncio.sleep(0)
 
     async def close(self) -> None:
         if self._channel is not None and not self._channel.is_closed:

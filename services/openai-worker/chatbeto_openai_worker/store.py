@@ -5,10 +5,11 @@ before the disk flush, acknowledged after it.
 a redelivery of its request finds it and replays it instead of calling the model again — but
 without waiting for the WAL flush: the commits run on connections of their own with
 `synchronous_commit = off` (`open_fast_pool`), so the answer waits for no fsync. `durable` is
-the barrier the request's ack waits for: one synchronous transaction on the runtime's pool
-(`SELECT txid_current()` assigns an id, so its commit waits until the WAL is flushed up to its
-own commit record, hence past every commit before it), shared by every exchange committed
-before it started, and started at commit time so it overlaps the reply and the metrics event.
+the barrier the request's ack waits for: one statement that commits synchronously
+(`BARRIER_SQL`: `txid_current()` assigns an id, so its commit waits until the WAL is flushed
+up to its own commit record, hence past every commit before it), shared by every exchange
+committed before it started, and started as soon as the committed exchanges' callers have
+sent their answers, so it overlaps the reply and the metrics event.
 If the barrier fails (Postgres restarted: an unflushed commit may be lost), every exchange it
 covered is stored again, synchronously, from memory — the same rows and ids, so nothing is
 stored twice. A 200 therefore still means "stored exactly once": a killed worker leaves a
@@ -16,9 +17,15 @@ committed exchange and an unacked request (its redelivery replays the stored ans
 Postgres crash leaves a worker that stores again what it answered; only both at once, within
 the milliseconds before the flush, could lose an answered exchange.
 
-Requests that finish together share one transaction. If a shared transaction fails, each
-exchange is retried in its own, so one unstorable exchange (a value Postgres refuses) fails
-alone and never takes the others with it.
+A new conversation's exchange is one statement (its messages and spend included:
+`repo.store_exchanges`), so it needs no BEGIN/COMMIT. Requests that finish together are stored
+in one round trip (their statements pipelined, atomic together). If a shared store fails, each
+exchange is retried alone, so one unstorable exchange (a value Postgres refuses) fails alone
+and never takes the others with it.
+
+The fast connections keep no session state between borrowers (no LISTEN, advisory locks or
+SETs: only these statements), so the pool does not reset them on release — a round trip less
+per store (`chatbeto.db.create_pool(reset_session=False)`).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ import contextlib
 from collections import deque
 
 import asyncpg
+from chatbeto import spend
 from chatbeto.db import create_pool
 from chatbeto.logging import get_logger
 from chatbeto.store.conversations import Conversation
@@ -38,21 +46,28 @@ log = get_logger(__name__)
 MAX_GROUP = 64
 MAX_IN_FLIGHT = 4
 FAST_POOL_SIZE = 6
+# One statement, so one round trip; `set_config(..., true)` holds for its own transaction,
+# whose commit therefore waits for the flush even on a `synchronous_commit = off` connection.
+BARRIER_SQL = "SELECT set_config('synchronous_commit', 'on', true), txid_current()"
 
 
 async def open_fast_pool(dsn: str) -> asyncpg.Pool:
     """Connections whose commits do not wait for the WAL flush."""
     return await create_pool(
-        dsn, max_size=FAST_POOL_SIZE, server_settings={"synchronous_commit": "off"}
+        dsn,
+        max_size=FAST_POOL_SIZE,
+        server_settings={"synchronous_commit": "off"},
+        reset_session=False,
     )
 
 
 class ExchangeStore:
     def __init__(self, pool: asyncpg.Pool, fast: asyncpg.Pool | None = None) -> None:
-        """`pool` commits synchronously (barriers, stores again); `fast` does not (None: every
-        store is synchronous and `durable` has nothing to wait for)."""
+        """`pool` commits synchronously (stores again); `fast` does not (None: every store is
+        synchronous and `durable` has nothing to wait for). Barriers run on `fast`."""
         self._pool = pool
         self._fast = fast or pool
+        self.keys = spend.KeyLimits()  # every key's limits, read once (docs/COSTS.md)
         self._pending: deque[tuple[repo.Exchange, asyncio.Future[Conversation]]] = deque()
         self._in_flight = 0
         self._tasks: set[asyncio.Task[None]] = set()
@@ -81,7 +96,7 @@ class ExchangeStore:
     async def barrier(self) -> None:
         """Flush what another process committed (a redelivery replaying the answer its first,
         killed, worker stored): nothing of it is in memory here to store again."""
-        await self._pool.fetchval("SELECT txid_current()")
+        await self._fast.fetchval(BARRIER_SQL)
 
     def _start_barrier(self) -> None:
         if self._barrier is None or self._barrier.done():
@@ -120,6 +135,7 @@ class ExchangeStore:
                     for (_, future), conv in zip(group, convs, strict=True):
                         if not future.done():
                             future.set_result(conv)
+                    self._barrier_soon()
                     return
             for exchange, future in group:
                 try:
@@ -132,6 +148,7 @@ class ExchangeStore:
                 else:
                     if not future.done():
                         future.set_result(conv)
+            self._barrier_soon()
         finally:
             self._in_flight -= 1
             self._kick()
@@ -140,19 +157,18 @@ class ExchangeStore:
         self, exchanges: list[repo.Exchange], pool: asyncpg.Pool
     ) -> list[Conversation]:
         async with pool.acquire() as conn:
-            one = exchanges[0]
-            if len(exchanges) == 1 and one.conversation_id is None and one.charge is None:
-                # One statement, atomic by itself: no BEGIN/COMMIT round trips.
-                convs = [await repo.store_exchange(conn, exchanges[0])]
-            else:
-                async with conn.transaction():
-                    convs = [await repo.store_exchange(conn, exchange) for exchange in exchanges]
+            convs = await repo.store_exchanges(conn, exchanges, self.keys)
         if pool is not self._pool:
             for exchange in exchanges:
                 self._seq += 1
                 self._unflushed.append((self._seq, exchange))
-            self._start_barrier()  # the flush overlaps the reply and the metrics event
         return convs
+
+    def _barrier_soon(self) -> None:
+        """Start the flush once the callers just woken have run: their answers leave first,
+        and the flush overlaps them and the metrics events."""
+        if self._unflushed:
+            asyncio.get_running_loop().call_soon(self._start_barrier)
 
     async def close(self) -> None:
         while self._tasks:

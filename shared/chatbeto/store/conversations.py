@@ -1,7 +1,8 @@
 """Conversations and their messages: every write of them, for every service and the CLI.
 
 The one idiom (chatbeto.store): a conversation is named by (project, source, external id) and
-created with `INSERT … ON CONFLICT DO NOTHING` (a redelivery finds the row it made); appending
+created with `INSERT … ON CONFLICT DO NOTHING` (a redelivery finds the row it made) — a new one
+with its messages and its call's spend in one statement (`create_with_messages`); appending
 takes the conversation's row lock for the transaction (`lock`, which also marks it updated) and
 writes after its last position only the messages whose external id it does not hold yet. The
 bulk import (`import_batch`) is the same idiom per batch: its upsert takes the row locks.
@@ -19,6 +20,7 @@ from typing import Any
 import asyncpg
 import orjson
 
+from chatbeto import spend
 from chatbeto.db import Conn
 from chatbeto.messages import ChatMessage, StoredConversation
 
@@ -262,37 +264,59 @@ async def append(conn: Conn, conversation_id: int, messages: Sequence[NewMessage
     return int(status.rsplit(" ", 1)[-1])
 
 
-async def create_with_messages(
-    conn: Conn, project_id: int, new: NewConversation
-) -> Conversation | None:
-    """A new conversation and its messages in one statement (one round trip: the hot path of
-    every stored `/v1` call); None if it exists already (then `create` finds it, and `append`
-    adds what is missing)."""
-    messages = _once(new.messages)
-    row = await conn.fetchrow(
-        f"""WITH conv AS (
-                INSERT INTO conversations (project_id, title, model, source, external_id,
-                                           metrics_session_id, request_id)
-                VALUES ($1, coalesce($18, '{DEFAULT_TITLE}'), $19, $20, $21, $22, $23)
-                ON CONFLICT (project_id, source, external_id) WHERE external_id IS NOT NULL
-                DO NOTHING
-                RETURNING {_CONV_COLUMNS}),
-            added AS (
-                INSERT INTO messages ({_MESSAGE_COLUMNS})
-                SELECT conv.id, u.ord - 1, {_MESSAGE_VALUES}
-                FROM conv, {_UNNEST}
-                RETURNING 1)
-            SELECT *, (SELECT count(*) FROM added) AS added FROM conv""",
+_CREATE_SQL = f"""WITH conv AS (
+        INSERT INTO conversations (project_id, title, model, source, external_id,
+                                   metrics_session_id, request_id)
+        VALUES ($1, coalesce($18, '{DEFAULT_TITLE}'), $19, $20, $21, $22, $23)
+        ON CONFLICT (project_id, source, external_id) WHERE external_id IS NOT NULL
+        DO NOTHING
+        RETURNING {_CONV_COLUMNS}),
+    added AS (
+        INSERT INTO messages ({_MESSAGE_COLUMNS})
+        SELECT conv.id, u.ord - 1, {_MESSAGE_VALUES}
+        FROM conv, {_UNNEST}
+        RETURNING 1),
+    {spend.ledger_sql(24, "conv")}
+    SELECT conv.* FROM (VALUES (1)) AS one LEFT JOIN conv ON true"""
+
+
+def _create_args(project_id: int, new: NewConversation, charge: spend.Entry | None) -> list[Any]:
+    return [
         project_id,
-        *_message_arrays(messages),
+        *_message_arrays(_once(new.messages)),
         new.title,
         new.model,
         new.source,
         new.external_id,
         new.session_id,
         new.request_id,
-    )
-    return None if row is None else _conversation(row)
+        *spend.ledger_args(charge),
+    ]
+
+
+def _created(row: asyncpg.Record) -> Conversation | None:
+    return None if row["id"] is None else _conversation(row)
+
+
+async def create_with_messages(
+    conn: Conn, project_id: int, new: NewConversation, charge: spend.Entry | None = None
+) -> Conversation | None:
+    """A new conversation, its messages and the call's spend (`charge`, its ledger row and key
+    windows) in one statement: one round trip, atomic by itself (the hot path of every stored
+    `/v1` call). None if the conversation exists already — then nothing was written (`create`
+    finds it, `append` adds what is missing, `spend.record` the charge if it is new)."""
+    row = await conn.fetchrow(_CREATE_SQL, *_create_args(project_id, new, charge))
+    assert row is not None  # one row always: NULLs when the conversation existed
+    return _created(row)
+
+
+async def create_many_with_messages(
+    conn: Conn, items: Sequence[tuple[int, NewConversation, spend.Entry | None]]
+) -> list[Conversation | None]:
+    """`create_with_messages` for each (project id, conversation, charge), pipelined: one round
+    trip for all, atomic (all or none: any failure writes nothing and raises)."""
+    rows = await conn.fetchmany(_CREATE_SQL, [_create_args(*item) for item in items])
+    return [_created(row) for row in rows]
 
 
 async def history(conn: Conn, conversation_id: int) -> list[ChatMessage]:

@@ -111,12 +111,6 @@ def message_out(row: asyncpg.Record) -> dict[str, Any]:
 # --- conversations (the store's reads, paged with this module's cursors) -------------------
 
 
-async def get_conversation(
-    conn: Conn, conversation_id: int
-) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
-    return await conversations.get_shown(conn, conversation_id)
-
-
 async def list_conversations(
     conn: Conn,
     *,
@@ -150,11 +144,3 @@ async def create_sync_job(
         queued = await conversations.count_unsynced(conn, project_id)
         await jobs.create(conn, job_id, jobs.SYNC, project_id, request_id, total=queued)
     return job_id, queued
-
-
-async def fail_job(conn: Conn, job_id: uuid.UUID, reason: str) -> None:
-    await jobs.finish(conn, job_id, jobs.FAILED, error=reason)
-
-
-async def get_job(conn: Conn, job_id: uuid.UUID, kind: str) -> jobs.Job | None:
-    return await jobs.get(conn, job_id, kind)

@@ -22,6 +22,7 @@ from chatbeto.messages import (
     to_amqp,
 )
 from chatbeto.storable import BIGINT_MAX, Text
+from chatbeto.store import conversations, jobs
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator
 
 from chatbeto_gateway.access.auth import principal_of
@@ -191,7 +192,7 @@ async def get_conversation(request: web.Request) -> web.Response:
     principal = principal_of(request)
     conversation_id = await visible_conversation(request, principal, request.match_info["id"])
     async with request.app[POOL].acquire() as conn:
-        found = await repo.get_conversation(conn, conversation_id)
+        found = await conversations.get_shown(conn, conversation_id)
     if found is None:
         raise not_found("conversation_not_found", "conversation not found")
     row, messages = found
@@ -225,7 +226,7 @@ async def start_sync(request: web.Request) -> web.Response:
     except BrokerUnavailable:
         # Not queued: the job must not look pending forever (the 503 is the middleware's).
         async with request.app[POOL].acquire() as conn:
-            await repo.fail_job(conn, job_id, "broker unavailable")
+            await jobs.finish(conn, job_id, jobs.FAILED, error="broker unavailable")
         raise
     return responses.envelope({"jobId": str(job_id), "queued": queued}, status=202)
 
@@ -241,7 +242,7 @@ async def sync_status(request: web.Request) -> web.Response:
     except ValueError:
         raise not_found("job_not_found", "job not found") from None
     async with request.app[POOL].acquire() as conn:
-        row = await repo.get_job(conn, job_id, "sync")
+        row = await jobs.get(conn, job_id, jobs.SYNC)
     if row is None or not (principal.is_admin or row.project_id == principal.project_id):
         raise not_found("job_not_found", "job not found")
     return responses.envelope(

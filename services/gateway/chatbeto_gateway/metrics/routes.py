@@ -27,7 +27,7 @@ from chatbeto_gateway.http.parse import (
     query_time,
     read_json,
 )
-from chatbeto_gateway.metrics import repo
+from chatbeto_gateway.metrics import repo, stats
 from chatbeto_gateway.metrics.gpt_cache import Gpt
 from chatbeto_gateway.metrics.schemas import (
     MAX_BATCH_EVENTS,
@@ -301,7 +301,8 @@ class StatsQuery(BaseModel):
     start: Annotated[datetime | None, PlainValidator(query_time)] = Field(None, alias="from")
     end: Annotated[datetime | None, PlainValidator(query_time)] = Field(None, alias="to")
     bucket: Annotated[
-        repo.Bucket, PlainValidator(query_choice("one of day, week, month", get_args(repo.Bucket)))
+        stats.Bucket,
+        PlainValidator(query_choice("one of day, week, month", get_args(stats.Bucket))),
     ] = "day"
 
 
@@ -322,7 +323,7 @@ async def gpt_stats(request: web.Request) -> web.Response:
     if start >= end:
         raise ValidationFailed.of("from", "must be before to")
     project = principal.project_id if gpt.builtin else None
-    data = await repo.stats(
+    data = await stats.stats(
         request.app[POOL],
         gpt.pk,
         start,
