@@ -58,7 +58,7 @@ async def visible_conversation(request: web.Request, principal: Principal, raw_i
 def caller_of(principal: Principal) -> Caller:
     """Who asks, as the worker records it: the key's id and public prefix, never the key."""
     key = principal.key
-    return Caller(key_id=key.id, key_prefix=key.prefix, project_id=principal.project_id)
+    return Caller.trusted(key_id=key.id, key_prefix=key.prefix, project_id=principal.project_id)
 
 
 async def ask(request: web.Request, job: RequestCall, principal: Principal) -> ReplyResult:
