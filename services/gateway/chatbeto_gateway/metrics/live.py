@@ -23,6 +23,7 @@ from aiohttp import web
 from chatbeto.logging import get_logger
 from chatbeto.messages import InvalidMessage, LiveEvent, LiveEvents, parse
 
+from chatbeto_gateway.access import ratelimit
 from chatbeto_gateway.access.auth import principal_of
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.metrics.routes import visible_gpt
@@ -243,6 +244,7 @@ async def live_events(request: web.Request) -> web.StreamResponse:
     hub = request.app[LIVE]
     with hub.subscribe(gpt.pk, project) as subscriber:
         await hub.flowing()  # `ready` means: events stored from now on are sent
+        ratelimit.add_headers(request, response)
         await response.prepare(request)
         try:
             await response.write(

@@ -18,6 +18,7 @@ from chatbeto.messages import (
 )
 from chatbeto.store import conversations, projects
 
+from chatbeto_gateway.access import ratelimit
 from chatbeto_gateway.access.auth import Principal
 from chatbeto_gateway.http.errors import ApiError, not_found
 from chatbeto_gateway.proxy.rpc import Rpc
@@ -125,6 +126,7 @@ async def stream(
                 "X-Request-Id": REQUEST_ID.get() or "",
             }
         )
+        ratelimit.add_headers(request, response)
         await response.prepare(request)
         try:
             while isinstance(part, ReplyChunk):
