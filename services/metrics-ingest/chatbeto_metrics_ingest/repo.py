@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 from chatbeto.db import Conn
@@ -213,12 +212,11 @@ async def store_events(
     events: Sequence[EventRecord],
     sessions: dict[uuid.UUID, SessionInfo],
     shard: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[EventRecord]:
     """Insert events not stored yet for their GPT (and count them in `shard` of the rollups).
 
     Every event's session must be in `sessions` (see `sessions_of`): the GPT, user and project
-    come from it. Returns the inserted events, as the live feed shows them (a `LiveEvent`'s
-    fields).
+    come from it. Returns the events inserted now (not those stored before).
     """
     # One row per (GPT, id): a batch may carry a retry beside its original.
     unique: dict[tuple[int, uuid.UUID], EventRecord] = {}
@@ -272,18 +270,4 @@ async def store_events(
     )
     for r in rows:
         del unique[(r["gpt_pk"], r["id"])]
-    return [
-        {
-            "id": e.id,
-            "sesion_id": e.sesion_id,
-            "gpt_pk": (s := sessions[e.sesion_id]).gpt_pk,
-            "project_id": s.project_id,
-            "usuario_id": s.usuario_id,
-            "tipo": e.tipo,
-            "latency_ms": e.latency_ms,
-            "tokens_entrada": e.tokens_entrada,
-            "tokens_salida": e.tokens_salida,
-            "timestamp": e.timestamp,
-        }
-        for e in unique.values()
-    ]
+    return list(unique.values())
