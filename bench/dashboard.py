@@ -81,27 +81,35 @@ WITH s AS (
     RETURNING id, gpt_pk, usuario_id, timestamp_inicio
 ), e AS (
     INSERT INTO {part} (id, session_id, gpt_pk, usuario_id, tipo, contenido, latency_ms,
-                        tokens_entrada, tokens_salida, ts)
-    SELECT gen_random_uuid(), s.id, s.gpt_pk, s.usuario_id,
-           (ARRAY['query', 'feedback', 'click', 'view', 'error'])[1 + (k * 7 + h) % 5],
+                        tokens_entrada, tokens_salida, ts, cost_usd)
+    SELECT gen_random_uuid(), s.id, s.gpt_pk, s.usuario_id, tipo,
            '', 20 + (h % 1500) + (h % 7) * (h % 300), h % 400, (h / 7) % 900,
-           s.timestamp_inicio + make_interval(secs => k * {step})
+           s.timestamp_inicio + make_interval(secs => k * {step}),
+           -- The model calls ('query', a fifth of the events) priced as a model's would be
+           -- (USD 2.5 / 10 per 1M input / output tokens), the others unpriced (NULL).
+           CASE WHEN tipo = 'query' THEN ((h % 400) * 2.5 + ((h / 7) % 900) * 10) / 1e6 END
     FROM s, generate_series(0, {per_session} - 1) AS k,
-         LATERAL (SELECT hashint8(uuid_hash(s.id)::bigint * 16 + k) & 65535 AS h) AS x
-    RETURNING id, gpt_pk, usuario_id, tipo, latency_ms, tokens_entrada, tokens_salida, ts
+         LATERAL (SELECT hashint8(uuid_hash(s.id)::bigint * 16 + k) & 65535 AS h) AS x,
+         LATERAL (SELECT (ARRAY['query', 'feedback', 'click', 'view', 'error'])[1 + (k * 7 + h) % 5]
+                         AS tipo) AS t
+    RETURNING id, gpt_pk, usuario_id, tipo, latency_ms, tokens_entrada, tokens_salida, ts,
+              cost_usd
 ), ids AS (
     INSERT INTO event_ids (gpt_pk, id, ts) SELECT gpt_pk, id, ts FROM e
 ), er AS (
     SELECT gpt_pk, date_trunc('hour', ts, 'UTC') AS hour, tipo, latency_bin(latency_ms) AS bin,
            count(*) AS n, sum(latency_ms) AS lat, sum(tokens_entrada) AS tin,
-           sum(tokens_salida) AS tout
+           sum(tokens_salida) AS tout, sum(cost_usd) AS usd
     FROM e GROUP BY 1, 2, 3, 4
 ), er_hourly AS (
-    INSERT INTO event_rollups SELECT gpt_pk, 0, hour, tipo, bin, n, lat, tin, tout FROM er
+    INSERT INTO event_rollups (gpt_pk, project_key, hour, tipo, bin, events, latency_sum,
+                               tokens_entrada, tokens_salida, cost_usd)
+    SELECT gpt_pk, 0, hour, tipo, bin, n, lat, tin, tout, usd FROM er
 ), er_daily AS (
-    INSERT INTO event_rollups_daily
+    INSERT INTO event_rollups_daily (gpt_pk, project_key, day, tipo, bin, events, latency_sum,
+                                     tokens_entrada, tokens_salida, cost_usd)
     SELECT gpt_pk, 0, date_trunc('day', hour, 'UTC'), tipo, bin, sum(n), sum(lat), sum(tin),
-           sum(tout)
+           sum(tout), sum(usd)
     FROM er GROUP BY 1, 3, 4, 5
 ), sr AS (
     INSERT INTO session_rollups
@@ -382,16 +390,21 @@ async def read_side(
         tomorrow = datetime.now(UTC).replace(hour=0, minute=0, second=0, microsecond=0)
         tomorrow += timedelta(days=1)
         month_start = tomorrow - timedelta(days=30)
-        in_month = await conn.fetchval(
-            "SELECT count(*) FROM events WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3",
+        raw_month = await conn.fetchrow(
+            """SELECT count(*) AS events, sum(cost_usd) AS usd FROM events
+               WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3""",
             main,
             month_start,
             tomorrow,
         )
+        assert raw_month is not None
+        in_month = raw_month["events"]
         # The rollups hold what the raw rows say (the month of the measured GPT).
         rolled = await conn.fetchrow(
             """SELECT (SELECT sum(events) FROM event_rollups_daily
                        WHERE gpt_pk = $1 AND day >= $2 AND day < $3) AS events,
+                      (SELECT sum(cost_usd) FROM event_rollups_daily
+                       WHERE gpt_pk = $1 AND day >= $2 AND day < $3) AS usd,
                       (SELECT sum(events) FROM user_rollups
                        WHERE gpt_pk = $1 AND day >= $2 AND day < $3) AS user_events,
                       (SELECT sum(sessions) FROM session_rollups
@@ -425,6 +438,7 @@ async def read_side(
         assert weekly is not None
         consistent = (
             rolled["events"] == rolled["user_events"] == in_month
+            and rolled["usd"] == raw_month["usd"]
             and rolled["sessions"] == rolled["raw_sessions"]
             and weekly["events"] == weekly["raw_events"]
             and weekly["sessions"] == weekly["raw_sessions"]
@@ -483,10 +497,10 @@ async def read_side(
         Row(SECTION, "events of the GPT in the month", f"{in_month:,}"),
         Row(
             SECTION,
-            "rollups = raw rows there (events, user events, sessions; weekly users)",
+            "rollups = raw rows there (events, cost, user events, sessions; weekly users)",
             "yes"
             if consistent
-            else f"NO: {dict(rolled)}, weekly {dict(weekly)} vs {in_month:,} events",
+            else f"NO: {dict(rolled)}, weekly {dict(weekly)} vs {dict(raw_month)}",
             f"{(w1 - w0).days // 7} whole weeks in the month",
         ),
         Row(

@@ -117,6 +117,40 @@ def live_queues(namespace: str) -> list[tuple[str, int]]:
     return [(n, int(c)) for n, c in rows if n.startswith(f"{namespace}chatbeto.live.")]
 
 
+def live_bindings(namespace: str) -> list[str]:
+    """The queues bound to this namespace's live exchange."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_bindings", "source_name", "destination_name"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout
+    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    return [dest for source, dest in rows if source == f"{namespace}chatbeto.live"]
+
+
+async def test_the_live_queue_is_bound_only_while_a_stream_is_open(
+    gateway: Client, tenant: dict[str, Any], namespace: str
+) -> None:
+    hub = gateway.app[LIVE]
+    assert await asyncio.to_thread(live_bindings, namespace) == []  # nobody watches: no copies
+    stream = await open_stream(gateway, tenant["gpt"], tenant["key"])
+    assert await asyncio.to_thread(live_bindings, namespace) == [hub.queue_name]
+    stream.close()
+
+    async def unbound() -> bool:
+        return await asyncio.to_thread(live_bindings, namespace) == []
+
+    await wait_for(unbound)
+    again = await open_stream(gateway, tenant["gpt"], tenant["key"])  # and bound again
+    session = await new_session(gateway, tenant["gpt"], tenant["key"])
+    await gateway.post("/api/events", json=make_event(session), headers=h(tenant["key"]))
+    event, data = await next_sse(again)
+    assert event == "events" and len(data["events"]) == 1
+    again.close()
+
+
 async def test_one_broker_subscription_however_many_streams(
     gateway: Client, tenant: dict[str, Any], namespace: str
 ) -> None:

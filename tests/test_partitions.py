@@ -4,7 +4,7 @@ event id stays unique per GPT across partitions, restarts and the migration of a
 from __future__ import annotations
 
 import uuid
-from datetime import UTC, date, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
@@ -302,3 +302,34 @@ def test_partition_names_sort_by_day() -> None:
     from chatbeto_metrics_ingest.partitions import partition_name
 
     assert partition_name(date(2026, 1, 2)) == "events_p20260102"
+
+
+async def test_a_batch_inside_the_known_days_needs_no_check_and_a_late_one_gets_its_day(
+    database: str, db: asyncpg.Connection
+) -> None:
+    from chatbeto_metrics_ingest.partitions import Partitions, partition_name
+
+    pool = await asyncpg.create_pool(database, min_size=1, max_size=2)
+    try:
+        parts = Partitions(None)
+        await parts.maintain(pool)
+        now = datetime.now(UTC)
+        before = await partitions(db)
+        # Inside the run of known days (an offset too): nothing made, the run is remembered.
+        await parts.ensure_for(pool, [now, now.astimezone(timezone(timedelta(hours=-11)))])
+        assert await partitions(db) == before
+        assert parts._covered is not None and parts._covered[0] <= now < parts._covered[1]
+        # A late event's day is not in the run: made, and the run asked for again.
+        late = now - timedelta(days=20)
+        await parts.ensure_for(pool, [now, late])
+        assert partition_name(late.date()) in await partitions(db)
+        assert parts._covered is None
+        # The day before it, in a batch whose other times all lie in the known run.
+        await parts.ensure_for(pool, [now, late - timedelta(days=1), now])
+        assert partition_name(late.date() - timedelta(days=1)) in await partitions(db)
+        assert parts.known >= {late.date(), late.date() - timedelta(days=1)}
+        # The longest run is still today's.
+        await parts.ensure_for(pool, [now])
+        assert parts._covered is not None and parts._covered[0] <= now < parts._covered[1]
+    finally:
+        await pool.close()

@@ -19,7 +19,7 @@ from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope
 from chatbeto.settings import GatewaySettings
 
 from chatbeto_gateway.access.auth import KeyCache
-from chatbeto_gateway.access.ratelimit import Limiter, add_headers
+from chatbeto_gateway.access.ratelimit import Limiter
 from chatbeto_gateway.admin import costs, keys, projects
 from chatbeto_gateway.conversations import chat
 from chatbeto_gateway.conversations import routes as conversation_routes
@@ -122,7 +122,6 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe])
     app[SETTINGS] = settings
-    app.on_response_prepare.append(add_headers)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(broker_ctx)
     for ctx in EXTRA_CONTEXTS:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto import topology
@@ -134,7 +133,7 @@ class MetricsIngest(Service):
         events = [e for d in group for e in d.events]
         waiting: list[EventRecord] = []
         # DDL outside the storing transaction: a late event's day gets its partition first.
-        await self.partitions.ensure_for(self.pool, (e.timestamp for e in events))
+        await self.partitions.ensure_for(self.pool, [e.timestamp for e in events])
         async with self.pool.acquire() as conn, conn.transaction():
             # Rollup rows of this transaction's own: replicas never wait for each other's.
             shard = await repo.rollup_shard(conn)
@@ -156,7 +155,7 @@ class MetricsIngest(Service):
                 else:
                     waiting.append(e)
 
-            async def store(c: Conn, rows: Sequence[EventRecord]) -> list[dict[str, Any]]:
+            async def store(c: Conn, rows: Sequence[EventRecord]) -> list[EventRecord]:
                 return await repo.store_events(c, rows, known, shard)
 
             stored, bad_events = await store_isolating(conn, ready, store)
@@ -167,7 +166,7 @@ class MetricsIngest(Service):
         # then no-ops and whose bad ones are dead-lettered again (same dead-letter ids).
         await self._dead_letter(bad)
         if stored:
-            await self.live.publish(stored)
+            await self.live.publish(stored, known)
         if waiting:
             ids = {id(e) for e in waiting}
             for d in group:

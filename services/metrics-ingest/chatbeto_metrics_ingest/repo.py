@@ -6,7 +6,6 @@ from __future__ import annotations
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import asyncpg
 from chatbeto.db import Conn
@@ -54,36 +53,44 @@ SESSION_ROLLUPS = """
 
 # The events' rollups: the inserted rows are aggregated once per hour (`e_agg`, `u_agg`, a
 # handful of rows), and the daily (and the users' weekly) rollups are summed from those, not
-# from the rows again.
+# from the rows again. A cost is NULL where no row was priced (0015_rollup_costs.sql): sum()
+# says so, and the upserts add a NULL as nothing (coalesce), staying NULL while both are.
 EVENT_ROLLUPS = """
     e_agg AS (
         SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, tipo,
                latency_bin(latency_ms) AS bin, count(*) AS events,
                sum(latency_ms) AS latency_sum, sum(tokens_entrada) AS tokens_entrada,
-               sum(tokens_salida) AS tokens_salida
+               sum(tokens_salida) AS tokens_salida, sum(cost_usd) AS cost_usd
         FROM ins GROUP BY 1, 2, 3, 4, 5),
     e_hourly AS (
         INSERT INTO event_rollups AS r (gpt_pk, project_key, hour, tipo, bin, events,
-                                        latency_sum, tokens_entrada, tokens_salida, shard)
+                                        latency_sum, tokens_entrada, tokens_salida, cost_usd,
+                                        shard)
         SELECT gpt_pk, project_key, hour, tipo, bin, events, latency_sum, tokens_entrada,
-               tokens_salida, $1::smallint
+               tokens_salida, cost_usd, $1::smallint
         FROM e_agg ORDER BY 1, 3, 2, 4, 5
         ON CONFLICT (gpt_pk, hour, project_key, tipo, bin, shard)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       latency_sum = r.latency_sum + EXCLUDED.latency_sum,
                       tokens_entrada = r.tokens_entrada + EXCLUDED.tokens_entrada,
-                      tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida),
+                      tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida,
+                      cost_usd = coalesce(r.cost_usd + EXCLUDED.cost_usd, r.cost_usd,
+                                          EXCLUDED.cost_usd)),
     e_daily AS (
         INSERT INTO event_rollups_daily AS r (gpt_pk, project_key, day, tipo, bin, events,
-                                              latency_sum, tokens_entrada, tokens_salida, shard)
+                                              latency_sum, tokens_entrada, tokens_salida,
+                                              cost_usd, shard)
         SELECT gpt_pk, project_key, date_trunc('day', hour, 'UTC'), tipo, bin, sum(events),
-               sum(latency_sum), sum(tokens_entrada), sum(tokens_salida), $1::smallint
+               sum(latency_sum), sum(tokens_entrada), sum(tokens_salida), sum(cost_usd),
+               $1::smallint
         FROM e_agg GROUP BY 1, 2, 3, 4, 5 ORDER BY 1, 3, 2, 4, 5
         ON CONFLICT (gpt_pk, day, project_key, tipo, bin, shard)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       latency_sum = r.latency_sum + EXCLUDED.latency_sum,
                       tokens_entrada = r.tokens_entrada + EXCLUDED.tokens_entrada,
-                      tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida),
+                      tokens_salida = r.tokens_salida + EXCLUDED.tokens_salida,
+                      cost_usd = coalesce(r.cost_usd + EXCLUDED.cost_usd, r.cost_usd,
+                                          EXCLUDED.cost_usd)),
     u_agg AS (
         SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, usuario_id,
                count(*) AS events, max(ts) AS last_seen
@@ -205,12 +212,11 @@ async def store_events(
     events: Sequence[EventRecord],
     sessions: dict[uuid.UUID, SessionInfo],
     shard: int = 0,
-) -> list[dict[str, Any]]:
+) -> list[EventRecord]:
     """Insert events not stored yet for their GPT (and count them in `shard` of the rollups).
 
     Every event's session must be in `sessions` (see `sessions_of`): the GPT, user and project
-    come from it. Returns the inserted events, as the live feed shows them (a `LiveEvent`'s
-    fields).
+    come from it. Returns the events inserted now (not those stored before).
     """
     # One row per (GPT, id): a batch may carry a retry beside its original.
     unique: dict[tuple[int, uuid.UUID], EventRecord] = {}
@@ -255,7 +261,7 @@ async def store_events(
                                    request_id, cost_usd)
                SELECT u.* FROM u JOIN k USING (gpt_pk, id)  -- u is unique per key
                RETURNING id, gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id, tipo,
-                         latency_ms, tokens_entrada, tokens_salida, ts),
+                         latency_ms, tokens_entrada, tokens_salida, ts, cost_usd),
            {EVENT_ROLLUPS}
            -- The keys stored before (usually none): fewer rows back than the new ones.
            SELECT gpt_pk, id FROM u WHERE NOT EXISTS (
@@ -264,18 +270,4 @@ async def store_events(
     )
     for r in rows:
         del unique[(r["gpt_pk"], r["id"])]
-    return [
-        {
-            "id": e.id,
-            "sesion_id": e.sesion_id,
-            "gpt_pk": (s := sessions[e.sesion_id]).gpt_pk,
-            "project_id": s.project_id,
-            "usuario_id": s.usuario_id,
-            "tipo": e.tipo,
-            "latency_ms": e.latency_ms,
-            "tokens_entrada": e.tokens_entrada,
-            "tokens_salida": e.tokens_salida,
-            "timestamp": e.timestamp,
-        }
-        for e in unique.values()
-    ]
+    return list(unique.values())

@@ -291,9 +291,10 @@ async def charge_gpt(
     await _spend(request, limiter, f"ingest:gpt:{gpt_pk}", _default(settings, "ingest"))
 
 
-async def add_headers(request: web.Request, response: web.StreamResponse) -> None:
-    """`on_response_prepare`: every limited response carries the RateLimit-* headers (streams
-    included, which send their headers before the handler returns)."""
+def add_headers(request: web.Request, response: web.StreamResponse) -> None:
+    """Every limited response carries the RateLimit-* headers: the middleware adds them to what
+    a handler returns, a streaming handler before it prepares its response. (Not an
+    `on_response_prepare` signal: sending it cost a coroutine per request.)"""
     decision = request.get(DECISION)
     if decision is not None:
         decision.add_to(response.headers)

@@ -142,7 +142,9 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
                 )
         status = response.status
         ratelimit.settle(request, status)  # a 5xx is not charged against the caller's limit
-        response.headers["X-Request-Id"] = request_id
+        if not response.prepared:  # a stream sent its headers already (with these)
+            ratelimit.add_headers(request, response)
+            response.headers["X-Request-Id"] = request_id
         return response
     finally:
         elapsed = time.perf_counter() - started

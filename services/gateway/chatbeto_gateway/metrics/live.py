@@ -3,7 +3,9 @@
 Cost does not grow with open dashboards: each gateway process holds ONE broker subscription (an
 exclusive queue bound to the live fan-out exchange that metrics-ingest publishes to after each
 commit) and fans each message out in memory to the streams watching that GPT. A slow browser
-loses live events (its bounded buffer drops them), never the gateway's memory.
+loses live events (its bounded buffer drops them), never the gateway's memory. Nor does it cost
+anything while nobody watches: the queue is bound only while a stream is open (every stored batch
+was otherwise a delivery to every gateway process, which threw it away).
 """
 
 from __future__ import annotations
@@ -12,15 +14,16 @@ import asyncio
 import uuid
 from collections import defaultdict
 from collections.abc import AsyncIterator, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 import orjson
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 from aiohttp import web
 from chatbeto.logging import get_logger
 from chatbeto.messages import InvalidMessage, LiveEvent, LiveEvents, parse
 
+from chatbeto_gateway.access import ratelimit
 from chatbeto_gateway.access.auth import principal_of
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.metrics.routes import visible_gpt
@@ -33,6 +36,9 @@ SUBSCRIBER_BUFFER_MESSAGES = 256
 HEARTBEAT_SECONDS = 15.0
 # The browser waits this long before reconnecting after the stream ends (EventSource semantics).
 RETRY_MS = 1000
+# How long a new stream waits for the queue's binding before it says `ready` anyway (a broker
+# that is away must not hold the stream; it gets events once the binding is back).
+BIND_TIMEOUT_SECONDS = 5.0
 
 
 class Subscriber:
@@ -72,8 +78,13 @@ class LiveHub:
     def __init__(self) -> None:
         self._subscribers: dict[int, set[Subscriber]] = defaultdict(set)
         self._channel: AbstractChannel | None = None
+        self._queue: AbstractQueue | None = None
+        self._exchange = ""
         self.queue_name = ""
         self.closed = False
+        self._bound = False  # the queue's binding as the broker has it
+        self._binding: asyncio.Task[None] | None = None
+        self._events_flow = asyncio.Event()  # bound, for the streams open now
 
     @property
     def subscriber_count(self) -> int:
@@ -82,12 +93,15 @@ class LiveHub:
     async def start(self, app: web.Application) -> None:
         channel = await app[BROKER].channel()
         await channel.set_qos(prefetch_count=64)
-        queue = await app[SETTINGS].topology.declare_live_queue(channel, uuid.uuid4().hex[:12])
+        topology = app[SETTINGS].topology
+        queue = await topology.declare_live_queue(channel, uuid.uuid4().hex[:12])
+        # Unbound until a stream opens (`_rebind`).
+        await queue.unbind(topology.live_exchange)
         self.queue_name = queue.name
-        # The robust channel re-declares the queue, its binding and this consumer after a
-        # broker reconnect.
+        # The robust channel re-declares the queue, its binding (while bound) and this consumer
+        # after a broker reconnect.
         await queue.consume(self._on_message, no_ack=True)
-        self._channel = channel
+        self._channel, self._queue, self._exchange = channel, queue, topology.live_exchange
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
         if not self._subscribers:
@@ -116,6 +130,7 @@ class LiveHub:
         if self.closed:
             subscriber.close()
         self._subscribers[gpt_pk].add(subscriber)
+        self._reconcile()
         try:
             yield subscriber
         finally:
@@ -124,6 +139,38 @@ class LiveHub:
                 group.discard(subscriber)
                 if not group:
                     del self._subscribers[gpt_pk]
+            self._reconcile()
+
+    async def flowing(self) -> None:
+        """Until stored events reach this process (the queue is bound), for at most
+        `BIND_TIMEOUT_SECONDS`."""
+        if self._queue is None:
+            return
+        with suppress(TimeoutError):
+            async with asyncio.timeout(BIND_TIMEOUT_SECONDS):
+                await self._events_flow.wait()
+
+    def _reconcile(self) -> None:
+        """Bind the queue while anyone watches, unbind it when nobody does (one task at a time,
+        so the broker sees the changes in order)."""
+        if self._queue is None or (self._binding is not None and not self._binding.done()):
+            return
+        if bool(self._subscribers) != self._bound:
+            self._binding = asyncio.create_task(self._rebind(self._queue))
+
+    async def _rebind(self, queue: AbstractQueue) -> None:
+        try:
+            while bool(self._subscribers) != self._bound and not self.closed:
+                if self._subscribers:
+                    await queue.bind(self._exchange)
+                    self._bound = True
+                    self._events_flow.set()
+                else:
+                    self._events_flow.clear()
+                    await queue.unbind(self._exchange)
+                    self._bound = False
+        except Exception as exc:  # the broker is away: the next stream to open tries again
+            log.warning("live binding not changed", error=type(exc).__name__)
 
     def end_streams(self) -> None:
         """Graceful shutdown: end every stream (the browsers reconnect to another gateway)."""
@@ -134,6 +181,8 @@ class LiveHub:
 
     async def close(self) -> None:
         self.end_streams()
+        if self._binding is not None:
+            await asyncio.gather(self._binding, return_exceptions=True)
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 
@@ -192,7 +241,10 @@ async def live_events(request: web.Request) -> web.StreamResponse:
             "X-Accel-Buffering": "no",
         }
     )
-    with request.app[LIVE].subscribe(gpt.pk, project) as subscriber:
+    hub = request.app[LIVE]
+    with hub.subscribe(gpt.pk, project) as subscriber:
+        await hub.flowing()  # `ready` means: events stored from now on are sent
+        ratelimit.add_headers(request, response)
         await response.prepare(request)
         try:
             await response.write(

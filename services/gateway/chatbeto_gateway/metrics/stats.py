@@ -7,6 +7,7 @@ import asyncio
 from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from decimal import Decimal
 from typing import Any, Literal
 
 import asyncpg
@@ -131,31 +132,34 @@ async def stats(
     *,
     priced: bool = True,
 ) -> dict[str, Any]:
-    """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows;
-    `priced` says whether its events may carry a cost (only the built-in GPT's do).
+    """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows.
+    `priced` (whether the GPT's events may carry a cost) no longer changes the reads: the cost
+    is a rollup column (0015_rollup_costs.sql), read with the counts for any GPT.
 
     Whole days and hours come from the rollups metrics-ingest maintains (0006_rollups.sql), the
     partial hours at the ends of the period from the raw rows (see `tiers`), so the answer is
-    exact for counts, sums and averages whatever the period. Percentiles are exact up to
+    exact for counts, sums (the cost too) and averages whatever the period. Percentiles are exact up to
     EXACT_PERCENTILE_MAX_EVENTS events, above that interpolated from the latency histogram.
     """
     cut = tiers(start, end, daily=bucket != "hour")
     args = (gpt_pk, *cut.args(), project_id, bucket)
     events_q = pool.fetch(
         f"""SELECT date_trunc($13, t, 'UTC') AS b, tipo, bin, sum(n)::bigint AS n,
-                   sum(lat)::bigint AS lat, sum(tin)::bigint AS tin, sum(tout)::bigint AS tout
+                   sum(lat)::bigint AS lat, sum(tin)::bigint AS tin, sum(tout)::bigint AS tout,
+                   sum(usd) AS usd
             FROM (
                 SELECT day AS t, tipo, bin, events AS n, latency_sum AS lat,
-                       tokens_entrada AS tin, tokens_salida AS tout
+                       tokens_entrada AS tin, tokens_salida AS tout, cost_usd AS usd
                 FROM event_rollups_daily
                 WHERE gpt_pk = $1 AND {DAILY} AND ($12::bigint IS NULL OR project_key = $12)
                 UNION ALL
-                SELECT hour, tipo, bin, events, latency_sum, tokens_entrada, tokens_salida
+                SELECT hour, tipo, bin, events, latency_sum, tokens_entrada, tokens_salida,
+                       cost_usd
                 FROM event_rollups
                 WHERE gpt_pk = $1 AND {HOURLY} AND ($12::bigint IS NULL OR project_key = $12)
                 UNION ALL
                 SELECT ts, tipo, latency_bin(latency_ms), 1, latency_ms, tokens_entrada,
-                       tokens_salida
+                       tokens_salida, cost_usd
                 FROM events
                 WHERE gpt_pk = $1 AND {RAW.format(c="ts")}
                   AND ($12::bigint IS NULL OR project_id = $12)
@@ -215,27 +219,7 @@ async def stats(
     )
     # Three independent reads on three pooled connections: the answer takes the slowest, not
     # the sum.
-    # What the period's model calls cost. Only the openai-worker's events (the built-in GPT's)
-    # carry a cost, and this reads raw rows (no rollup holds cost): for any other GPT, whose
-    # month may be millions of rows, there is nothing to sum and no reason to scan them.
-    cost_q = (
-        _no_rows()
-        if not priced
-        else pool.fetch(
-            """SELECT date_trunc($5, ts, 'UTC') AS b, sum(cost_usd) AS usd FROM events
-            WHERE gpt_pk = $1 AND ts >= $2 AND ts < $3 AND cost_usd IS NOT NULL
-              AND ($4::bigint IS NULL OR project_id = $4)
-            GROUP BY 1""",
-            gpt_pk,
-            start,
-            end,
-            project_id,
-            bucket,
-        )
-    )
-    event_rows, session_rows, users, cost_rows = await asyncio.gather(
-        events_q, sessions_q, users_q, cost_q
-    )
+    event_rows, session_rows, users = await asyncio.gather(events_q, sessions_q, users_q)
     total_events = sum(r["n"] for r in event_rows)
     exact: dict[datetime | None, tuple[float, float]] = {}
     if 0 < total_events <= EXACT_PERCENTILE_MAX_EVENTS:
@@ -263,17 +247,20 @@ async def stats(
             )
             if r["n"] == counted[r["b"]]
         }
-    return _with_cost(_shape(start, end, bucket, event_rows, session_rows, users, exact), cost_rows)
+    return _with_cost(
+        _shape(start, end, bucket, event_rows, session_rows, users, exact), event_rows
+    )
 
 
-async def _no_rows() -> list[asyncpg.Record]:
-    return []
-
-
-def _with_cost(shaped: dict[str, Any], cost_rows: list[asyncpg.Record]) -> dict[str, Any]:
+def _with_cost(shaped: dict[str, Any], event_rows: list[asyncpg.Record]) -> dict[str, Any]:
     """`cost: {"usd"}` in total and per bucket: the sum of the priced calls, null where none
-    was priced (a GPT whose events carry no cost, a model without a price)."""
-    by_bucket = {r["b"].isoformat(): r["usd"] for r in cost_rows}
+    was priced (a GPT whose events carry no cost, a model without a price): the rows' `usd` is
+    NULL there, and stays None here unless a priced row is added."""
+    by_bucket: dict[str, Decimal] = {}
+    for r in event_rows:
+        if r["usd"] is not None:
+            key = r["b"].isoformat()
+            by_bucket[key] = by_bucket.get(key, Decimal(0)) + r["usd"]
     for point in shaped["series"]:
         usd = by_bucket.get(point["bucket"])
         point["cost"] = {"usd": None if usd is None else float(usd)}

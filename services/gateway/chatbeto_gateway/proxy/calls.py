@@ -18,6 +18,7 @@ from chatbeto.messages import (
 )
 from chatbeto.store import conversations, projects
 
+from chatbeto_gateway.access import ratelimit
 from chatbeto_gateway.access.auth import Principal
 from chatbeto_gateway.http.errors import ApiError, not_found
 from chatbeto_gateway.proxy.rpc import Rpc
@@ -58,7 +59,7 @@ async def visible_conversation(request: web.Request, principal: Principal, raw_i
 def caller_of(principal: Principal) -> Caller:
     """Who asks, as the worker records it: the key's id and public prefix, never the key."""
     key = principal.key
-    return Caller(key_id=key.id, key_prefix=key.prefix, project_id=principal.project_id)
+    return Caller.trusted(key_id=key.id, key_prefix=key.prefix, project_id=principal.project_id)
 
 
 async def ask(request: web.Request, job: RequestCall, principal: Principal) -> ReplyResult:
@@ -125,6 +126,7 @@ async def stream(
                 "X-Request-Id": REQUEST_ID.get() or "",
             }
         )
+        ratelimit.add_headers(request, response)
         await response.prepare(request)
         try:
             while isinstance(part, ReplyChunk):

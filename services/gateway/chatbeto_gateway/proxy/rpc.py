@@ -16,7 +16,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
 
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
+from aiormq.abc import DeliveredMessage
 from chatbeto.broker import Publisher
 from chatbeto.logging import get_logger
 from chatbeto.messages import (
@@ -29,6 +30,7 @@ from chatbeto.messages import (
     ReplyResult,
     RequestCall,
     envelope,
+    new_uuid4,
     parse,
     to_amqp,
 )
@@ -120,20 +122,31 @@ class Rpc:
         self._process_id = uuid.uuid4().hex[:16]
         self.queue_name = topo.reply_queue_name(self._process_id)
         self._waiting: dict[str, Pending] = {}
-        self._channel: AbstractChannel | None = None
+        self._channel: AbstractRobustChannel | None = None
 
     async def start(self) -> None:
         self._channel = await self._connection.channel()
-        queue = await self._topology.declare_reply_queue(self._channel, self._process_id)
+        await self._topology.declare_reply_queue(self._channel, self._process_id)
+        await self._consume(self._channel)
+        # The robust channel re-declares and binds the queue after a reconnect; the consumer
+        # is the aiormq channel's own (below), so it is started again here.
+        self._channel.reopen_callbacks.add(self._consume)
+
+    async def _consume(self, channel: AbstractRobustChannel | None) -> None:
+        if channel is None:  # the collection's sender was collected: the channel is gone
+            return
+        # On the aiormq channel itself: aio-pika's consumer built an IncomingMessage (some 60
+        # attribute sets) and ran the callback in a second task, for every reply.
         # no_ack: a reply lost with this process has nobody left to read it anyway.
-        await queue.consume(self._on_reply, no_ack=True)
+        underlay = await channel.get_underlay_channel()
+        await underlay.basic_consume(self.queue_name, self._on_delivery, no_ack=True)
 
     async def close(self) -> None:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 
-    async def _on_reply(self, message: AbstractIncomingMessage) -> None:
-        pending = self._waiting.get(message.correlation_id or "")
+    async def _on_delivery(self, message: DeliveredMessage) -> None:
+        pending = self._waiting.get(message.header.properties.correlation_id or "")
         if pending is None:
             return  # its caller gave up (deadline) or the reply is a redelivery's twin
         try:
@@ -148,8 +161,8 @@ class Rpc:
         """Publish a request; yields its replies. `BrokerUnavailable` (a 503) if the broker did
         not confirm it."""
         deadline_at = datetime.now(UTC) + timedelta(seconds=self._timeout_seconds)
-        request = OpenAIRequest(call=job, caller=caller, deadline=deadline_at)
-        correlation_id = uuid.uuid4().hex
+        request = OpenAIRequest.trusted(call=job, caller=caller, deadline=deadline_at)
+        correlation_id = new_uuid4().hex
         pending = Pending(time.monotonic() + self._timeout_seconds + self._grace_seconds)
         self._waiting[correlation_id] = pending
         try:

@@ -157,7 +157,8 @@ async def _proxy(
 ) -> web.StreamResponse:
     project_id = await _project(request, principal)
     streamed = body.get("stream") is True and endpoint != "embeddings"
-    job = ProxyCall(
+    # Not validated again: `_read` checked the body, the rest is typed here.
+    job = ProxyCall.trusted(
         endpoint=endpoint,
         project_id=None if endpoint == "embeddings" else project_id,
         body=body,
