@@ -218,24 +218,27 @@ async def store_events(
     Every event's session must be in `sessions` (see `sessions_of`): the GPT, user and project
     come from it. Returns the events inserted now (not those stored before).
     """
-    # One row per (GPT, id): a batch may carry a retry beside its original.
+    # One row per (GPT, id): a batch may carry a retry beside its original. The COPY rows are
+    # built in the same pass (one session look-up per event).
     unique: dict[tuple[int, uuid.UUID], EventRecord] = {}
+    records = []
     for e in events:
-        unique.setdefault((sessions[e.sesion_id].gpt_pk, e.id), e)
+        s = sessions[e.sesion_id]
+        seen = len(unique)
+        unique.setdefault((s.gpt_pk, e.id), e)  # one hash of the key (a UUID's is Python code)
+        if len(unique) == seen:
+            continue
+        records.append(
+            (e.id, e.sesion_id, s.gpt_pk, s.usuario_id, s.project_id, e.tipo, e.contenido,
+             e.latency_ms, e.tokens_entrada, e.tokens_salida, e.timestamp, e.request_id,
+             e.cost_usd)
+        )  # fmt: skip
     if not unique:
         return []
     # The batch goes to the session's staging table by COPY (asyncpg's binary record encoder,
     # one pass), and one statement stores it from there: 13 unnest arrays cost the worker about
     # twice the CPU per event (asyncpg checks every array element's type), Postgres the same.
     await conn.execute(_STAGE_DDL)
-    records = []
-    for e in unique.values():
-        s = sessions[e.sesion_id]
-        records.append(
-            (e.id, e.sesion_id, s.gpt_pk, s.usuario_id, s.project_id, e.tipo, e.contenido,
-             e.latency_ms, e.tokens_entrada, e.tokens_salida, e.timestamp, e.request_id,
-             e.cost_usd)
-        )  # fmt: skip
     try:
         await conn.copy_records_to_table(_STAGE, records=records, columns=_STAGE_COLUMNS)
     except (OverflowError, ValueError, TypeError) as exc:
