@@ -1,20 +1,30 @@
 """Postgres down (issue 11 item 5): every route that needs it answers 503 `database_unavailable`
-with Retry-After, never 500, and the gateway serves again once Postgres is back.
+with Retry-After, never 500, and the gateway serves again once Postgres is back. So do the model
+routes when only the openai-worker's Postgres is away: at once (no 504 at the deadline), with
+nothing stored later by a retry.
 
-The gateway reaches Postgres through a TCP proxy the test cuts; the machine's Postgres, used by
-every other test, is never touched.
+The gateway (or the worker) reaches Postgres through a TCP proxy the test cuts; the machine's
+Postgres, used by every other test, is never touched.
 """
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import asyncpg
+import openai
 import pytest
+from aiohttp.test_utils import TestServer
 from chatbeto.settings import GatewaySettings
+from chatbeto.topology import OPENAI_REQUESTS, RETRY_DELAYS_MS
+from chatbeto_tools.stub import CALLS
 from pytest_aiohttp import AiohttpClient
 
 from tests.conftest import Client, Factory, make_event, wait_for
+from tests.conftest_openai import StartWorker
 from tests.tcp_proxy import TcpProxy, proxy_to, through
 
 pytestmark = pytest.mark.slow
@@ -118,3 +128,115 @@ async def test_every_route_answers_503_with_retry_after_while_postgres_is_down(
     resp = await cut_gateway.post("/api/events", json=make_event(session), headers=as_project)
     assert resp.status == 202
     assert (await cut_gateway.get("/readyz")).status == 200
+
+
+def _unavailable(status: int, headers: Any, error: dict[str, Any]) -> bool:
+    return (
+        status == 503
+        and headers.get("Retry-After", "").isdigit()
+        and error.get("code") == "database_unavailable"
+    )
+
+
+async def test_model_calls_answer_503_at_once_while_the_workers_postgres_is_down(
+    chat_gateway: Client,
+    start_openai_worker: StartWorker,
+    openai_stub_server: TestServer,
+    database: str,
+    pg_proxy: TcpProxy,
+    factory: Factory,
+    db: asyncpg.Connection,
+) -> None:
+    # Only the worker goes through the proxy: the gateway keeps its own Postgres.
+    worker = await start_openai_worker(database_url=through(database, pg_proxy))
+    assert worker.runtime is not None
+    (requests,) = [c for c in worker.runtime.consumers if c.queue.name.endswith(OPENAI_REQUESTS)]
+    project = await factory.project()
+    key = await factory.key(project)
+    auth = {"X-API-Key": key}
+    chat = "/api/v1/openai/chat/completions"
+    resp = await chat_gateway.post(
+        chat,
+        json={"messages": [{"role": "user", "content": "before"}], "projectId": project},
+        headers=auth,
+    )
+    assert resp.status == 200, await resp.text()
+    conversation = (await resp.json())["data"]["conversationId"]
+    remaining = int(resp.headers["RateLimit-Remaining"])
+
+    async def flushed() -> bool:  # acked after its WAL flush: cut before it, it would retry
+        return requests.stats.handled == 1
+
+    await wait_for(flushed, timeout=30)
+    handled = requests.stats.handled
+    called = sum(openai_stub_server.app[CALLS].values())
+
+    await pg_proxy.stop()
+    started = time.monotonic()
+    down: list[tuple[str, dict[str, Any]]] = [
+        (chat, {"messages": [{"role": "user", "content": "down-chat"}], "projectId": project}),
+        (f"/api/v1/openai/conversations/{conversation}/messages", {"message": "down-message"}),
+        ("/api/v1/openai/conversations", {"projectId": project, "initialMessage": "down-create"}),
+    ]
+    for path, body in down:
+        resp = await chat_gateway.post(path, json=body, headers=auth)
+        payload = await resp.json()
+        assert payload["status"] == "error", (path, payload)
+        assert _unavailable(resp.status, resp.headers, payload["error"]), (path, payload)
+    # A stream that sent chunks already ends with the error as its last event.
+    resp = await chat_gateway.post(
+        chat,
+        json={
+            "messages": [{"role": "user", "content": "down-stream"}],
+            "projectId": project,
+            "stream": True,
+        },
+        headers=auth,
+    )
+    text = await resp.text()
+    assert resp.status == 200
+    assert '"delta"' in text and '"code":"database_unavailable"' in text, text
+    assert '"done":true' not in text
+    base_url = str(chat_gateway.make_url("/v1"))
+    async with openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0) as sdk:
+        with pytest.raises(openai.InternalServerError) as caught:
+            await sdk.chat.completions.create(
+                model="gpt-4", messages=[{"role": "user", "content": "down-v1"}]
+            )
+    assert caught.value.status_code == 503
+    assert caught.value.response.headers.get("Retry-After", "").isdigit()
+    assert caught.value.code == "database_unavailable"
+    # Answered at once: well before any deadline (OPENAI_TIMEOUT is 10 s per call).
+    assert time.monotonic() - started < 10 * len(down)
+    # Each model call made at most once: the message's history could not be read (no call).
+    assert sum(openai_stub_server.app[CALLS].values()) - called <= len(down) + 1
+
+    async def settled() -> bool:
+        return requests.stats.handled - handled >= len(down) + 2
+
+    # Acked, not parked on the retry ladder (whose copy would store it once Postgres is back).
+    await wait_for(settled, timeout=30)
+    assert requests.stats.retried == 0 and requests.stats.dead_lettered == 0
+
+    await pg_proxy.start()  # back on the same port: the worker's pools reconnect by itself
+
+    async def served() -> Any:
+        resp = await chat_gateway.post(
+            chat,
+            json={"messages": [{"role": "user", "content": "after"}], "projectId": project},
+            headers=auth,
+        )
+        return (resp.headers, await resp.json()) if resp.status == 200 else None
+
+    headers, after = await wait_for(served, timeout=60, interval=0.5)
+    # The 503s were not charged against the key's rate limit: only this request and the stream
+    # (a 200 whose end is the error, as any answer cut mid-stream) were.
+    assert int(headers["RateLimit-Remaining"]) == remaining - 2
+    stored = "SELECT count(*) FROM messages WHERE content LIKE $1"
+    assert await db.fetchval(stored, "%after%") == 2  # the question and the stub's echo
+    assert after["data"]["conversationId"] != conversation
+    # Nothing of the 503'd requests is stored later: watched past the retry ladder's first rung.
+    watch_until = time.monotonic() + 2 * RETRY_DELAYS_MS[0] / 1000
+    while time.monotonic() < watch_until:
+        assert await db.fetchval(stored, "%down-%") == 0
+        await asyncio.sleep(0.1)

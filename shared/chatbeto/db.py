@@ -20,6 +20,19 @@ T = TypeVar("T")
 CONNECT_ATTEMPTS = 5
 CONNECT_RETRY_SECONDS = 1.0
 TRANSIENT = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
+# Postgres unreachable, as every service tells its caller (contract 3.1: 503 with Retry-After):
+# the gateway for its own queries, the openai-worker in its error reply. How long to wait: a
+# restart takes a few seconds.
+DATABASE_UNAVAILABLE = "database_unavailable"
+DATABASE_UNAVAILABLE_MESSAGE = "the database is unavailable; retry later"
+DATABASE_RETRY_AFTER_SECONDS = 5
+# Postgres refusing or dropping connections, not a bad query: the server's 08xxx and 57Pxx
+# classes (connection failures, shutting down, starting up) and "too many connections".
+DATABASE_OUTAGES = (
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
 
 
 def mask_dsn(dsn: str) -> str:
@@ -37,6 +50,27 @@ def database_name(dsn: str) -> str:
 
 def with_database(dsn: str, name: str) -> str:
     return urlunsplit(urlsplit(dsn)._replace(path=f"/{name}"))
+
+
+def is_database_outage(exc: BaseException) -> bool:
+    """True for a failure to reach or keep talking to Postgres, wherever it was met.
+
+    asyncpg raises its own classes for what the server says, but a refused, reset or timed-out
+    socket (or a pool that could not hand out a connection in time) arrives as a plain
+    OSError / TimeoutError (or InterfaceError on a closed connection); those count when asyncpg
+    raised them (a frame of asyncpg in their traceback), so a client that hangs up, or a broker
+    that drops its link, is not mistaken for the database.
+    """
+    if isinstance(exc, DATABASE_OUTAGES):
+        return True
+    if not isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
+        return False
+    tb = exc.__traceback__
+    while tb is not None:
+        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg"):
+            return True
+        tb = tb.tb_next
+    return False
 
 
 # What repo functions take: a plain connection or one borrowed from a pool.

@@ -3,11 +3,16 @@ answered, flushed to disk before the ack: `store.py`), reply to the waiting gate
 call as a metrics event — then the consumer acks.
 
 Upstream failures are answers too (an error reply, then ack): the gateway is waiting for one.
-A database or broker failure raises, so the request takes the retry ladder; stored rows carry
-ids derived from the request's message id, so a redelivery neither stores twice nor calls the
-model again for an answer it already has. A redelivered *streamed* request whose answer is not
-stored never streams again: its first delivery may have streamed part of an answer, and a
-second answer must not be spliced into it (it answers `stream_interrupted`, storing nothing).
+So is Postgres unreachable (`chatbeto.db.is_database_outage`) before the answer went out: 503
+`database_unavailable` at once, then ack — nothing of it was stored (the model may have been
+called once), and a later retry storing it would duplicate the client's own retry. Met after
+the answer (a 200, committed: the metrics session, the WAL-flush barrier) or by a redelivery
+(an earlier delivery may have stored it), it raises like a broker failure: the request takes
+the retry ladder. Stored rows carry ids derived from the request's message id, so a redelivery
+neither stores twice nor calls the model again for an answer it already has. A redelivered
+*streamed* request whose answer is not stored never streams again: its first delivery may have
+streamed part of an answer, and a second answer must not be spliced into it (it answers
+`stream_interrupted`, storing nothing).
 A value Postgres refuses is final: the request is answered 422 and dead-lettered at once, the
 model having been called once.
 """
@@ -16,13 +21,14 @@ from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import asyncpg
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto import session_ids, spend
 from chatbeto.consumer import attempt_of
+from chatbeto.db import DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE, is_database_outage
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.messages import (
     Answer,
@@ -65,6 +71,13 @@ class StreamInterrupted(UpstreamError):
     code = "stream_interrupted"
 
 
+@dataclass
+class Progress:
+    """What a call has sent so far (the call itself is frozen)."""
+
+    answered: bool = False  # its result went out: from then on the client holds a 200
+
+
 @dataclass(frozen=True)
 class Call:
     """One request in hand: where its answer goes, and until when anyone waits for it."""
@@ -80,6 +93,7 @@ class Call:
     caller: Caller
     # This delivery's own id: the gateway never relays output of two deliveries in one answer.
     attempt: str
+    progress: Progress = field(default_factory=Progress)
 
     async def send(self, part: ReplyChunk | ReplyResult | ReplyError) -> None:
         await self.replies.send(self.reply_to, self.correlation_id, OpenAIReply(part=part))
@@ -95,6 +109,7 @@ class Call:
         body: str | None = None,
         replayed: bool = False,
     ) -> None:
+        self.progress.answered = True  # even if the send fails: it may have reached the client
         await self.send(
             ReplyResult(
                 attempt=self.attempt,
@@ -186,8 +201,6 @@ class RequestHandler:
         outcome = "ok"
         try:
             await self._dispatch(call, req)
-            # Answered before the flush; acked (on return) only after it.
-            await self.store.durable()
         except UpstreamRejected as exc:
             outcome = exc.code
             await call.error(exc.status, exc.code, str(exc), exc.body)
@@ -205,6 +218,17 @@ class RequestHandler:
                 "the exchange holds a value that cannot be stored (e.g. a NUL character)",
             )
             raise InvalidMessage(f"unstorable exchange: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:
+            if not is_database_outage(exc) or call.progress.answered or call.replay:
+                raise
+            # Nothing of it is stored: the client is told so now and retries; acked on return.
+            outcome = DATABASE_UNAVAILABLE
+            log.warning("database unavailable; answered 503", error=type(exc).__name__)
+            await call.error(503, DATABASE_UNAVAILABLE, DATABASE_UNAVAILABLE_MESSAGE)
+        else:
+            # Answered before the flush; acked (on return) only after it. Its failure takes the
+            # retry ladder (the exchange is committed and answered: never a 503 for it).
+            await self.store.durable()
         log.info(
             "request answered",
             action=action,

@@ -5,18 +5,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, TypedDict
 
-import asyncpg
-from pydantic import ValidationError
-
-# What a client is told to wait while Postgres is away (a restart takes a few seconds).
-DATABASE_RETRY_AFTER_SECONDS = 5
-# Postgres refusing or dropping connections, not a bad query: the server's 08xxx and 57Pxx
-# classes (connection failures, shutting down, starting up) and "too many connections".
-DATABASE_OUTAGES = (
-    asyncpg.PostgresConnectionError,
-    asyncpg.exceptions.OperatorInterventionError,
-    asyncpg.TooManyConnectionsError,
+from chatbeto.db import (
+    DATABASE_RETRY_AFTER_SECONDS,
+    DATABASE_UNAVAILABLE,
+    DATABASE_UNAVAILABLE_MESSAGE,
 )
+from pydantic import ValidationError
 
 
 class ApiError(Exception):
@@ -103,29 +97,10 @@ def broker_unavailable() -> ApiError:
 
 
 def database_unavailable() -> ApiError:
+    """Postgres unreachable (`chatbeto.db.is_database_outage`), met here or by the worker."""
     return ApiError(
         503,
-        "database_unavailable",
-        "the database is unavailable; retry later",
+        DATABASE_UNAVAILABLE,
+        DATABASE_UNAVAILABLE_MESSAGE,
         headers={"Retry-After": str(DATABASE_RETRY_AFTER_SECONDS)},
     )
-
-
-def is_database_outage(exc: BaseException) -> bool:
-    """True for a failure to reach or keep talking to Postgres, wherever a handler met it.
-
-    asyncpg raises its own classes for what the server says, but a refused, reset or timed-out
-    socket arrives as a plain OSError / TimeoutError (or InterfaceError on a closed connection);
-    those count when asyncpg raised them (a frame of asyncpg in their traceback), so a client
-    that hangs up mid-request is not mistaken for the database.
-    """
-    if isinstance(exc, DATABASE_OUTAGES):
-        return True
-    if not isinstance(exc, OSError | TimeoutError | asyncpg.InterfaceError):
-        return False
-    tb = exc.__traceback__
-    while tb is not None:
-        if str(tb.tb_frame.f_globals.get("__name__", "")).startswith("asyncpg"):
-            return True
-        tb = tb.tb_next
-    return False

@@ -13,6 +13,7 @@ import asyncpg
 from aiohttp import web
 from aiohttp.typedefs import Handler
 from chatbeto.broker import BrokerUnavailable
+from chatbeto.db import is_database_outage
 from chatbeto.logging import REQUEST_ID, get_logger
 from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
 
@@ -23,7 +24,6 @@ from chatbeto_gateway.http.errors import (
     ApiError,
     broker_unavailable,
     database_unavailable,
-    is_database_outage,
     unstorable,
 )
 from chatbeto_gateway.state import SETTINGS

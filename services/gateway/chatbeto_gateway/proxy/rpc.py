@@ -19,6 +19,7 @@ from datetime import UTC, datetime, timedelta
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
 from chatbeto.broker import Publisher
+from chatbeto.db import DATABASE_UNAVAILABLE
 from chatbeto.logging import get_logger
 from chatbeto.messages import (
     Caller,
@@ -36,7 +37,7 @@ from chatbeto.messages import (
 )
 from chatbeto.topology import Topology
 
-from chatbeto_gateway.http.errors import ApiError
+from chatbeto_gateway.http.errors import ApiError, database_unavailable
 
 log = get_logger(__name__)
 ACCEPTED_VERSIONS = frozenset({2})
@@ -57,7 +58,14 @@ class CallFailed(ApiError):
     """The worker's error reply; `body` is OpenAI's own error body when it is forwarded."""
 
     def __init__(self, error: ReplyError) -> None:
-        super().__init__(error.status, error.code, error.message)
+        # The worker's Postgres away is answered as the gateway's own: the same Retry-After.
+        outage = error.code == DATABASE_UNAVAILABLE
+        super().__init__(
+            error.status,
+            error.code,
+            error.message,
+            headers=database_unavailable().headers if outage else None,
+        )
         self.body = error.body
 
 
