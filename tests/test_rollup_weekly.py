@@ -131,7 +131,7 @@ async def test_stats_users_from_the_weekly_tier_match_raw_rows(
     }
     pool = await asyncpg.create_pool(database, min_size=1, max_size=4)
     try:
-        got = await metrics_stats.stats(pool, gpt_pk, start, end, "day", None, priced=False)
+        got = await metrics_stats.stats(pool, gpt_pk, start, end, "day", None)
     finally:
         await pool.close()
     assert {u["usuario_id"]: (u["sessions"], u["events"]) for u in got["users"]} == want
