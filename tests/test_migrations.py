@@ -21,19 +21,25 @@ async def empty_database(pg_base_url: str) -> AsyncIterator[str]:
     await admin.close()
 
 
+async def migrate_below(conn: asyncpg.Connection, version: int) -> None:
+    """The schema as it was before migration `version` (to test what that migration does to
+    data written before it), recorded so that `apply_migrations` applies the rest."""
+    await conn.execute(
+        "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+        " applied_at timestamptz NOT NULL DEFAULT now())"
+    )
+    for number, name, sql in migration_files():
+        if number < version:
+            await conn.execute(sql)
+            await conn.execute(
+                "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name
+            )
+
+
 async def test_unique_project_names_keep_existing_duplicates(empty_database: str) -> None:
     conn = await asyncpg.connect(empty_database)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for number, name, sql in migration_files():
-            if number < 10:
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name
-                )
+        await migrate_below(conn, 10)
         ids = [
             await conn.fetchval("INSERT INTO projects (name) VALUES ($1) RETURNING id", name)
             for name in ("support", "Support", "other", "support", "x" * 200, "x" * 200)

@@ -8,12 +8,12 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
 import asyncpg
-from chatbeto.migrate import apply_migrations, migration_files
+from chatbeto.migrate import apply_migrations
 from chatbeto.settings import MetricsIngestSettings
 from chatbeto_metrics_ingest.consumer import MetricsIngest
 
 from tests.conftest import Client, Factory, make_event, wait_for
-from tests.test_migrations import empty_database  # noqa: F401 (fixture)
+from tests.test_migrations import empty_database, migrate_below  # noqa: F401 (fixture)
 
 
 def h(key: str) -> dict[str, str]:
@@ -225,16 +225,7 @@ async def test_migrating_an_unpartitioned_events_table_keeps_every_row(
 
     conn = await asyncpg.connect(empty_database)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for number, name, sql in migration_files():
-            if number < 9:
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name
-                )
+        await migrate_below(conn, 9)
         gpt_pk = await conn.fetchval(
             "INSERT INTO gpts (gpt_id, name) VALUES ('g', 'G') RETURNING pk"
         )

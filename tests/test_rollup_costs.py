@@ -13,10 +13,10 @@ from decimal import Decimal
 import asyncpg
 import pytest
 from chatbeto.messages import EventRecord, SessionRecord
-from chatbeto.migrate import apply_migrations, migration_files
+from chatbeto.migrate import apply_migrations
 from chatbeto_gateway.metrics import stats as metrics_stats
 
-from tests.test_migrations import empty_database  # noqa: F401 (fixture)
+from tests.test_migrations import empty_database, migrate_below  # noqa: F401 (fixture)
 
 BASE = datetime(2026, 3, 1, 21, 30, tzinfo=UTC)
 HOURS = 80
@@ -225,16 +225,7 @@ async def test_the_migration_backfills_the_cost_from_the_raw_rows(
 ) -> None:
     conn = await asyncpg.connect(empty_database)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for number, name, sql in migration_files():
-            if number < 15:
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name
-                )
+        await migrate_below(conn, 15)
         builtin = await conn.fetchval("SELECT pk FROM gpts WHERE builtin")
         other = await gpt(conn, "g")
         project = await conn.fetchval("INSERT INTO projects (name) VALUES ('p') RETURNING id")

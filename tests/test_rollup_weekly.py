@@ -10,10 +10,10 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from chatbeto.messages import EventRecord, SessionRecord
-from chatbeto.migrate import apply_migrations, migration_files
+from chatbeto.migrate import apply_migrations
 from chatbeto_gateway.metrics import stats as metrics_stats
 
-from tests.test_migrations import empty_database  # noqa: F401 (fixture)
+from tests.test_migrations import empty_database, migrate_below  # noqa: F401 (fixture)
 
 # A Sunday evening: the data spans the end of one ISO week and the start of the next three.
 BASE = datetime(2026, 3, 1, 21, 30, tzinfo=UTC)
@@ -131,7 +131,7 @@ async def test_stats_users_from_the_weekly_tier_match_raw_rows(
     }
     pool = await asyncpg.create_pool(database, min_size=1, max_size=4)
     try:
-        got = await metrics_stats.stats(pool, gpt_pk, start, end, "day", None, priced=False)
+        got = await metrics_stats.stats(pool, gpt_pk, start, end, "day", None)
     finally:
         await pool.close()
     assert {u["usuario_id"]: (u["sessions"], u["events"]) for u in got["users"]} == want
@@ -158,16 +158,7 @@ async def test_the_migration_backfills_the_weekly_tier_from_the_daily_one(
 ) -> None:
     conn = await asyncpg.connect(empty_database)
     try:
-        await conn.execute(
-            "CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-            " applied_at timestamptz NOT NULL DEFAULT now())"
-        )
-        for number, name, sql in migration_files():
-            if number < 14:
-                await conn.execute(sql)
-                await conn.execute(
-                    "INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name
-                )
+        await migrate_below(conn, 14)
         gpt_pk = await conn.fetchval(
             "INSERT INTO gpts (gpt_id, name) VALUES ('g', 'G') RETURNING pk"
         )

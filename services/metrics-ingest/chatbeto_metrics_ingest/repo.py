@@ -11,6 +11,13 @@ import asyncpg
 from chatbeto.db import Conn
 from chatbeto.messages import EventRecord, SessionRecord
 
+# The users' tiers (hourly, daily, weekly): the same upsert of each, at its own grain.
+USER_TIERS = (
+    ("user_rollups_hourly", "hour"),
+    ("user_rollups", "day"),
+    ("user_rollups_weekly", "week"),
+)
+
 # Rollup upserts fed by the `ins` CTE (the rows inserted now), into the rows of the
 # transaction's shard (`rollup_shard`: $7 of store_sessions, $1 of store_events), so concurrent
 # transactions never wait for each other's rollup rows. Sorted by key all the same, so workers
@@ -23,33 +30,19 @@ SESSION_ROLLUPS = """
         FROM ins GROUP BY 1, 2, 3 ORDER BY 1, 3, 2
         ON CONFLICT (gpt_pk, hour, project_key, shard)
         DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions),
-    s_users AS (
-        INSERT INTO user_rollups AS r (gpt_pk, project_key, day, usuario_id, sessions, events,
-                                       last_seen, shard)
-        SELECT gpt_pk, project_key, date_trunc('day', timestamp_inicio, 'UTC'), usuario_id,
+""" + ",".join(
+    f"""
+    s_{table} AS (
+        INSERT INTO {table} AS r (gpt_pk, project_key, {column}, usuario_id, sessions, events,
+                                  last_seen, shard)
+        SELECT gpt_pk, project_key, date_trunc('{column}', timestamp_inicio, 'UTC'), usuario_id,
                count(*), 0, max(timestamp_inicio), $7::smallint
         FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, day, project_key, usuario_id, shard)
-        DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
-                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
-    s_users_weekly AS (
-        INSERT INTO user_rollups_weekly AS r (gpt_pk, project_key, week, usuario_id, sessions,
-                                              events, last_seen, shard)
-        SELECT gpt_pk, project_key, date_trunc('week', timestamp_inicio, 'UTC'), usuario_id,
-               count(*), 0, max(timestamp_inicio), $7::smallint
-        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, week, project_key, usuario_id, shard)
-        DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
-                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
-    s_users_hourly AS (
-        INSERT INTO user_rollups_hourly AS r (gpt_pk, project_key, hour, usuario_id, sessions,
-                                              events, last_seen, shard)
-        SELECT gpt_pk, project_key, date_trunc('hour', timestamp_inicio, 'UTC'), usuario_id,
-               count(*), 0, max(timestamp_inicio), $7::smallint
-        FROM ins GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, hour, project_key, usuario_id, shard)
+        ON CONFLICT (gpt_pk, {column}, project_key, usuario_id, shard)
         DO UPDATE SET sessions = r.sessions + EXCLUDED.sessions,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
+    for table, column in USER_TIERS
+)
 
 # The events' rollups: the inserted rows are aggregated once per hour (`e_agg`, `u_agg`, a
 # handful of rows), and the daily (and the users' weekly) rollups are summed from those, not
@@ -95,32 +88,19 @@ EVENT_ROLLUPS = """
         SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, usuario_id,
                count(*) AS events, max(ts) AS last_seen
         FROM ins GROUP BY 1, 2, 3, 4),
-    e_users_hourly AS (
-        INSERT INTO user_rollups_hourly AS r (gpt_pk, project_key, hour, usuario_id, sessions,
-                                              events, last_seen, shard)
-        SELECT gpt_pk, project_key, hour, usuario_id, 0, events, last_seen, $1::smallint
-        FROM u_agg ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, hour, project_key, usuario_id, shard)
-        DO UPDATE SET events = r.events + EXCLUDED.events,
-                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
-    e_users AS (
-        INSERT INTO user_rollups AS r (gpt_pk, project_key, day, usuario_id, sessions, events,
-                                       last_seen, shard)
-        SELECT gpt_pk, project_key, date_trunc('day', hour, 'UTC'), usuario_id, 0, sum(events),
-               max(last_seen), $1::smallint
-        FROM u_agg GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, day, project_key, usuario_id, shard)
-        DO UPDATE SET events = r.events + EXCLUDED.events,
-                      last_seen = greatest(r.last_seen, EXCLUDED.last_seen)),
-    e_users_weekly AS (
-        INSERT INTO user_rollups_weekly AS r (gpt_pk, project_key, week, usuario_id, sessions,
-                                              events, last_seen, shard)
-        SELECT gpt_pk, project_key, date_trunc('week', hour, 'UTC'), usuario_id, 0,
+""" + ",".join(
+    f"""
+    e_{table} AS (
+        INSERT INTO {table} AS r (gpt_pk, project_key, {column}, usuario_id, sessions, events,
+                                  last_seen, shard)
+        SELECT gpt_pk, project_key, date_trunc('{column}', hour, 'UTC'), usuario_id, 0,
                sum(events), max(last_seen), $1::smallint
         FROM u_agg GROUP BY 1, 2, 3, 4 ORDER BY 1, 3, 2, 4
-        ON CONFLICT (gpt_pk, week, project_key, usuario_id, shard)
+        ON CONFLICT (gpt_pk, {column}, project_key, usuario_id, shard)
         DO UPDATE SET events = r.events + EXCLUDED.events,
                       last_seen = greatest(r.last_seen, EXCLUDED.last_seen))"""
+    for table, column in USER_TIERS
+)
 
 
 ROLLUP_SHARDS = 16

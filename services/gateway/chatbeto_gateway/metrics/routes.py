@@ -323,15 +323,7 @@ async def gpt_stats(request: web.Request) -> web.Response:
     if start >= end:
         raise ValidationFailed.of("from", "must be before to")
     project = principal.project_id if gpt.builtin else None
-    data = await stats.stats(
-        request.app[POOL],
-        gpt.pk,
-        start,
-        end,
-        bucket,
-        project,
-        priced=gpt.builtin,
-    )
+    data = await stats.stats(request.app[POOL], gpt.pk, start, end, bucket, project)
     return responses.json(
         {
             "gpt_id": gpt.gpt_id,

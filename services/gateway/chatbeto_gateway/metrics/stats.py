@@ -129,12 +129,9 @@ async def stats(
     end: datetime,
     bucket: Bucket,
     project_id: int | None,
-    *,
-    priced: bool = True,
 ) -> dict[str, Any]:
-    """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows.
-    `priced` (whether the GPT's events may carry a cost) no longer changes the reads: the cost
-    is a rollup column (0015_rollup_costs.sql), read with the counts for any GPT.
+    """Stats for one GPT over [start, end). `project_id` narrows the built-in GPT's rows. The
+    cost is a rollup column (0015_rollup_costs.sql), read with the counts for any GPT.
 
     Whole days and hours come from the rollups metrics-ingest maintains (0006_rollups.sql), the
     partial hours at the ends of the period from the raw rows (see `tiers`), so the answer is
