@@ -1,0 +1,74 @@
+"""The hot paths' shortcuts in `chatbeto.messages`: ids from a buffered CSPRNG and records built
+without a second validation must be what the slow, checked ways would have made."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from datetime import UTC, datetime
+
+import pydantic
+import pytest
+from chatbeto.messages import EventRecord, LiveEvents, envelope, new_uuid4, parse
+
+
+def test_new_uuid4_gives_distinct_rfc_version_4_ids() -> None:
+    ids = [new_uuid4() for _ in range(2000)]  # several reads of the buffer
+    assert len(set(ids)) == len(ids)
+    for value in ids:
+        assert value.version == 4 and value.variant == uuid.RFC_4122
+        assert uuid.UUID(str(value)) == value and uuid.UUID(bytes=value.bytes) == value
+
+
+def test_a_forked_child_never_hands_out_its_parents_next_ids() -> None:
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its next id, then out without the test runner's cleanup
+        os.write(write, new_uuid4().bytes)
+        os._exit(0)
+    os.close(write)
+    child = uuid.UUID(bytes=os.read(read, 16))
+    os.close(read)
+    os.waitpid(pid, 0)
+    assert child != new_uuid4()
+
+
+def record_values() -> dict[str, object]:
+    return {
+        "id": uuid.uuid4(),
+        "sesion_id": uuid.uuid4(),
+        "tipo": "question",
+        "contenido": "hola",
+        "latency_ms": 12,
+        "tokens_entrada": 3,
+        "tokens_salida": 4,
+        "timestamp": datetime(2026, 12, 1, 12, tzinfo=UTC),
+    }
+
+
+def test_a_trusted_record_equals_the_validated_one() -> None:
+    values = record_values()
+    trusted, checked = EventRecord.trusted(**values), EventRecord(**values)
+    assert trusted == checked
+    assert trusted.model_dump() == checked.model_dump()
+    assert trusted.model_fields_set == checked.model_fields_set
+    assert trusted.request_id is None and trusted.cost_usd is None  # plain defaults filled
+    with pytest.raises(pydantic.ValidationError):
+        trusted.tipo = "other"  # type: ignore[misc]  # frozen like the validated one
+
+
+def test_a_trusted_record_refuses_missing_and_unknown_fields() -> None:
+    values = record_values()
+    del values["tipo"]
+    with pytest.raises(TypeError, match="tipo"):
+        EventRecord.trusted(**values)
+    with pytest.raises(TypeError, match="extra"):
+        EventRecord.trusted(**record_values(), extra=1)
+
+
+def test_an_envelope_built_trusted_round_trips_through_parse() -> None:
+    payload = LiveEvents(events=())
+    message = envelope(payload, request_id="req-1")
+    again = parse(message.model_dump_json().encode(), LiveEvents, LiveEvents.TYPE, frozenset({1}))
+    assert again.data == payload and again.request_id == "req-1"
+    assert again.message_id == message.message_id and again.message_id.version == 4
