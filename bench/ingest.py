@@ -349,6 +349,28 @@ def batch_rows(one: dict[str, float], two: dict[str, float]) -> list[Row]:
     return rows
 
 
+async def batch_phases(
+    env: Scratch,
+    wrk: str,
+    base: str,
+    conn: asyncpg.Connection,
+    quoted: str,
+    key: str,
+    seconds: int,
+    ingest_pid: int,
+) -> list[Row]:
+    """The batch phase with the running metrics-ingest, then with a second one beside it."""
+    one = await batch_phase(wrk, base, conn, quoted, key, seconds, [ingest_pid])
+    second = env.spawn("run", "metrics-ingest")
+    try:
+        await wait_consumers(env, 2)
+        two = await batch_phase(wrk, base, conn, quoted, key, seconds, [ingest_pid, second.pid])
+    finally:
+        second.terminate()
+        second.wait(60)
+    return batch_rows(one, two)
+
+
 async def run(quick: bool) -> list[Row]:
     wrk = ensure_wrk()
     seconds = 5 if quick else 15
@@ -368,17 +390,9 @@ async def run(quick: bool) -> list[Row]:
             await drain_time(conn, 0)
             if os.environ.get("BENCH_INGEST_PHASES", "single,batch") == "batch":
                 rows.append(Row(SECTION, "machine load at start", load_average(), "quiet"))
-                one = await batch_phase(wrk, base, conn, quoted, key, seconds, [procs[1].pid])
-                second = env.spawn("run", "metrics-ingest")
-                try:
-                    await wait_consumers(env, 2)
-                    two_ingest = await batch_phase(
-                        wrk, base, conn, quoted, key, seconds, [procs[1].pid, second.pid]
-                    )
-                finally:
-                    second.terminate()
-                    second.wait(60)
-                return rows + batch_rows(one, two_ingest)
+                return rows + await batch_phases(
+                    env, wrk, base, conn, quoted, key, seconds, procs[1].pid
+                )
 
             # 1. Single events, 64 clients: the bare-HTTP limit, then one gateway process, then
             # two (GATEWAY_WORKERS=2, one port), back to back.
@@ -429,17 +443,7 @@ async def run(quick: bool) -> list[Row]:
             ]
 
             # 2. Batches of 100 events, 16 clients: one metrics-ingest, then two.
-            one = await batch_phase(wrk, base, conn, quoted, key, seconds, [procs[1].pid])
-            second = env.spawn("run", "metrics-ingest")
-            try:
-                await wait_consumers(env, 2)
-                two_ingest = await batch_phase(
-                    wrk, base, conn, quoted, key, seconds, [procs[1].pid, second.pid]
-                )
-            finally:
-                second.terminate()
-                second.wait(60)
-            rows += batch_rows(one, two_ingest)
+            rows += await batch_phases(env, wrk, base, conn, quoted, key, seconds, procs[1].pid)
         finally:
             await conn.close()
             for proc in procs:
