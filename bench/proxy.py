@@ -5,7 +5,10 @@ and with LiteLLM's proxy, in one run, against the same instant upstream (the pro
   the key belongs to a project, so every exchange is stored and recorded as a metrics event;
 - LiteLLM: `litellm --num_workers 2`, no database (its fastest setup), installed from PyPI on
   first use into a bench-only venv (`bench/.venv-litellm`, outside the project's `.venv`);
-- the stub alone, for the direct figures.
+- the stub alone, for the direct figures;
+- the design's floor (`bench/floor.py`): HTTP -> RabbitMQ -> the worker's SDK call -> RabbitMQ
+  -> HTTP with nothing else, so the table shows what the fixed design costs by itself and what
+  chatbeto's own work (keys, limits, validation, storage, metrics, durability) adds on top.
 
 Measured: 1 client, sequential (aiohttp): p50/p99 of a plain chat completion and the time to the
 first streamed token, minus the same against the stub; 32 clients (wrk): req/s plain and
@@ -27,7 +30,7 @@ import asyncpg
 import orjson
 from chatbeto import api_keys
 
-from bench.common import Row, ensure_wrk, free_port, run_wrk, scratch, wait_http
+from bench.common import AMQP_URL, Row, ensure_wrk, free_port, run_wrk, scratch, wait_http
 
 SECTION = "proxy"
 CLIENTS = 32
@@ -126,6 +129,21 @@ async def _one_client(targets: dict[str, tuple[str, str]], samples: int) -> list
     for name in targets:
         rows.append(Row(SECTION, f"1 client first token p50 / p99, {name}", _ms(ttft[name])))
     targets_of = {"chatbeto": ("<= 2 ms", "<= 8 ms", "<= 3 ms")}
+    if "floor" in targets:
+        f50, f99 = statistics.median(plain["floor"]), percentile(plain["floor"], 99)
+        rows += [
+            Row(
+                SECTION,
+                "chatbeto over the floor p50 / p99",
+                f"{statistics.median(plain['chatbeto']) - f50:.2f} / "
+                f"{percentile(plain['chatbeto'], 99) - f99:.2f} ms",
+            ),
+            Row(
+                SECTION,
+                "chatbeto over the floor, first token p50",
+                f"{statistics.median(ttft['chatbeto']) - statistics.median(ttft['floor']):.2f} ms",
+            ),
+        ]
     for name in targets:
         if name == "direct":
             continue
@@ -164,8 +182,11 @@ def _load(targets: dict[str, tuple[str, str]], seconds: int) -> list[Row]:
                 ),
             ]
         if rps.get(("litellm", label)):
-            ratio = rps[("chatbeto", label)] / rps[("litellm", label)]
-            rows.append(Row(SECTION, f"chatbeto / LiteLLM, {label}", f"{ratio:.2f}x", ">= 3x"))
+            for name in ("floor", "chatbeto"):
+                if (name, label) in rps:
+                    ratio = rps[(name, label)] / rps[("litellm", label)]
+                    target = ">= 3x" if name == "chatbeto" else ""
+                    rows.append(Row(SECTION, f"{name} / LiteLLM, {label}", f"{ratio:.2f}x", target))
     return rows
 
 
@@ -176,6 +197,7 @@ async def run(quick: bool) -> list[Row]:
     litellm = litellm_exe()
     async with scratch() as env:
         stub_port, gw_port, lite_port = free_port(), free_port(), free_port()
+        floor_port, floor_queue = free_port(), f"{env.namespace}floor"
         stub_url = f"http://127.0.0.1:{stub_port}/v1"
         openai = {"OPENAI_API_KEY": "sk-bench", "OPENAI_BASE_URL": stub_url}
         config = tempfile.NamedTemporaryFile("w", suffix=".yaml", delete=False)
@@ -192,6 +214,16 @@ async def run(quick: bool) -> list[Row]:
             ),
             env.spawn("run", "openai-worker", **openai),
             env.spawn("run", "metrics-ingest"),
+            *(
+                subprocess.Popen(
+                    [
+                        *(sys.executable, "-m", "bench.floor", role, "--amqp", AMQP_URL),
+                        *("--queue", floor_queue, "--port", str(floor_port)),
+                    ],
+                    env=env.env(**openai),
+                )
+                for role in ("front", "back")
+            ),
             subprocess.Popen(
                 [
                     litellm,
@@ -224,6 +256,8 @@ async def run(quick: bool) -> list[Row]:
             lite = f"http://127.0.0.1:{lite_port}"
             await wait_http(f"{stub_url}/models", 60, ok=(200, 401, 405))
             await wait_http(f"{base}/readyz", 60, ok=(200, 401, 405))
+            floor = f"http://127.0.0.1:{floor_port}"
+            await wait_http(f"{floor}/healthz", 60, ok=(200,))
             await wait_http(f"{lite}/health/liveliness", 300, ok=(200,))
             project = await conn.fetchval(
                 "INSERT INTO projects (name) VALUES ('bench') RETURNING id"
@@ -233,6 +267,7 @@ async def run(quick: bool) -> list[Row]:
             )
             targets = {
                 "direct": (f"{stub_url}/chat/completions", "sk-bench"),
+                "floor": (f"{floor}/v1/chat/completions", ""),
                 "chatbeto": (f"{base}/v1/chat/completions", key),
                 "litellm": (f"{lite}/v1/chat/completions", LITELLM_KEY),
             }

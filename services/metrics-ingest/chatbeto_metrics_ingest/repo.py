@@ -187,6 +187,46 @@ _STAGE_DDL = f"""CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (
 ) ON COMMIT DELETE ROWS"""
 
 
+# The staged rows, emptied by the statement that reads them: under store_isolating's savepoints
+# a later call of the same transaction must not see this call's rows.
+_STAGED = f"""WITH u AS (SELECT * FROM {_STAGE}),
+           clear AS (DELETE FROM {_STAGE}),"""
+_EVENT_COLUMNS = ", ".join(_STAGE_COLUMNS)
+
+# Every key new, the common case: plain inserts. ON CONFLICT's speculative insertion (check the
+# key, insert, confirm: a third WAL record per key) and the join of the new keys back to their
+# rows cost a third of the statement's Postgres CPU. A key stored before makes this fail with a
+# unique violation (after waiting for the transaction that holds it, if any), and the caller
+# stores the batch with _STORE_DEDUPED instead.
+_STORE_NEW = f"""{_STAGED}
+           k AS (INSERT INTO event_ids (gpt_pk, id, ts) SELECT gpt_pk, id, ts FROM u),
+           e AS (INSERT INTO events ({_EVENT_COLUMNS}) SELECT * FROM u),
+           ins AS (
+               SELECT gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id, tipo,
+                      latency_ms, tokens_entrada, tokens_salida, ts, cost_usd
+               FROM u),
+           {EVENT_ROLLUPS}
+           SELECT"""
+
+# Some keys may be stored: event ids are unique per GPT across every partition
+# (0009_events_partitioned.sql), so only the keys new in `event_ids` are inserted into events.
+_STORE_DEDUPED = f"""{_STAGED}
+           k AS (
+               INSERT INTO event_ids (gpt_pk, id, ts)
+               SELECT gpt_pk, id, ts FROM u
+               ON CONFLICT (gpt_pk, id) DO NOTHING
+               RETURNING gpt_pk, id),
+           ins AS (
+               INSERT INTO events ({_EVENT_COLUMNS})
+               SELECT u.* FROM u JOIN k USING (gpt_pk, id)  -- u is unique per key
+               RETURNING id, gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id, tipo,
+                         latency_ms, tokens_entrada, tokens_salida, ts, cost_usd),
+           {EVENT_ROLLUPS}
+           -- The keys stored before: fewer rows back than the new ones.
+           SELECT gpt_pk, id FROM u WHERE NOT EXISTS (
+               SELECT FROM k WHERE k.gpt_pk = u.gpt_pk AND k.id = u.id)"""
+
+
 async def store_events(
     conn: Conn,
     events: Sequence[EventRecord],
@@ -226,31 +266,13 @@ async def store_events(
         # bound to a query it would be a DataError, so store_isolating sets the row aside; COPY
         # raises the encoder's own error (the COPY is aborted, and the savepoint with it).
         raise asyncpg.DataError(f"invalid value in the batch: {exc}") from exc
-    rows = await conn.fetch(
-        f"""WITH u AS (SELECT * FROM {_STAGE}),
-           -- Emptied by the statement that reads it: under store_isolating's savepoints a
-           -- later call of the same transaction must not see this call's rows.
-           clear AS (DELETE FROM {_STAGE}),
-           -- Event ids are unique per GPT across every partition (0009_events_partitioned.sql):
-           -- only the keys new here are inserted into events.
-           k AS (
-               INSERT INTO event_ids (gpt_pk, id, ts)
-               SELECT gpt_pk, id, ts FROM u
-               ON CONFLICT (gpt_pk, id) DO NOTHING
-               RETURNING gpt_pk, id),
-           ins AS (
-               INSERT INTO events (id, session_id, gpt_pk, usuario_id, project_id, tipo,
-                                   contenido, latency_ms, tokens_entrada, tokens_salida, ts,
-                                   request_id, cost_usd)
-               SELECT u.* FROM u JOIN k USING (gpt_pk, id)  -- u is unique per key
-               RETURNING id, gpt_pk, coalesce(project_id, 0) AS project_key, usuario_id, tipo,
-                         latency_ms, tokens_entrada, tokens_salida, ts, cost_usd),
-           {EVENT_ROLLUPS}
-           -- The keys stored before (usually none): fewer rows back than the new ones.
-           SELECT gpt_pk, id FROM u WHERE NOT EXISTS (
-               SELECT FROM k WHERE k.gpt_pk = u.gpt_pk AND k.id = u.id)""",
-        shard,
-    )
+    try:
+        async with conn.transaction():  # a savepoint: its failure keeps the staged rows
+            await conn.execute(_STORE_NEW, shard)
+        return list(unique.values())
+    except asyncpg.UniqueViolationError:
+        pass  # a key stored before (a retry, a redelivery), or by a transaction just committed
+    rows = await conn.fetch(_STORE_DEDUPED, shard)
     for r in rows:
         del unique[(r["gpt_pk"], r["id"])]
     return list(unique.values())
