@@ -3,7 +3,7 @@
 `connect_robust` → `set_qos` → the work queue → handle → ack after commit. Outcomes are signalled
 with exceptions:
 
-- success: ack;
+- success: ack (those of one loop turn together, in as few frames as may be: `chatbeto.acks`);
 - `InvalidMessage`: no retry can help, reject → the queue dead-letters it at once;
 - any other exception: transient — republish to the queue's delay ladder with the attempt count
   (confirmed before the original is acked, so nothing is lost), dead-letter after `max_tries`.
@@ -44,6 +44,7 @@ from aio_pika.abc import (
 from aiormq.exceptions import ChannelInvalidStateError
 
 from chatbeto import topology
+from chatbeto.acks import Acks
 from chatbeto.broker import Publisher
 from chatbeto.logging import get_logger
 from chatbeto.messages import InvalidMessage
@@ -127,6 +128,7 @@ class Consumer:
         self._consumer_tag: str | None = None
         self._stopping = asyncio.Event()
         self.stats = ConsumerStats()
+        self.acks = Acks()
 
     async def start(self) -> None:
         self._channel = await self._connection.channel()
@@ -155,22 +157,30 @@ class Consumer:
         return not underlay.is_closed and tag in underlay.consumers
 
     async def _ack(self, message: AbstractIncomingMessage) -> bool:
-        """Ack; False when the channel died meanwhile (the broker delivers it again)."""
-        return await self._settle(message, message.ack())
+        """Ack (with the others of this loop turn: `Acks`); False when the channel died meanwhile
+        (the broker delivers it again)."""
+        if await self.acks.ack(message):
+            return True
+        self._not_settled(message, "ack")
+        return False
 
     async def _reject(self, message: AbstractIncomingMessage) -> bool:
+        self.acks.settled(message)
         return await self._settle(message, message.reject(requeue=False))
+
+    def _not_settled(self, message: AbstractIncomingMessage, how: str) -> None:
+        self.stats.returned += 1
+        log.warning(
+            "could not settle message; the broker delivers it again",
+            message_id=message.message_id,
+            how=how,
+        )
 
     async def _settle(self, message: AbstractIncomingMessage, call: Awaitable[None]) -> bool:
         try:
             await call
         except Exception as exc:
-            self.stats.returned += 1
-            log.warning(
-                "could not settle message; the broker delivers it again",
-                message_id=message.message_id,
-                error=type(exc).__name__,
-            )
+            self._not_settled(message, type(exc).__name__)
             return False
         return True
 
@@ -178,6 +188,18 @@ class Consumer:
         if await self._ack(message):
             self.stats.handled += 1
             MESSAGES_CONSUMED.labels(self.queue.name, "ok").inc()
+
+    async def _done_all(self, messages: Sequence[AbstractIncomingMessage]) -> None:
+        """Ack them all in one loop turn (so in as few frames as `Acks` can)."""
+        results = await asyncio.gather(*(self.acks.ack(m) for m in messages))
+        handled = 0
+        for message, ok in zip(messages, results, strict=True):
+            if ok:
+                handled += 1
+            else:
+                self._not_settled(message, "ack")
+        self.stats.handled += handled
+        MESSAGES_CONSUMED.labels(self.queue.name, "ok").inc(handled)
 
     async def _fail(
         self, message: AbstractIncomingMessage, exc: Exception, body: bytes | None = None
@@ -212,6 +234,7 @@ class Consumer:
         except Exception as pub_exc:
             # Could not park it: leave it to the broker's redelivery instead of losing it.
             log.warning("retry publish failed, requeueing", error=str(pub_exc), **fields)
+            self.acks.settled(message)
             if await self._settle(message, message.nack(requeue=True)):
                 self.stats.returned += 1
             return
@@ -259,6 +282,7 @@ class Consumer:
             retried=self.stats.retried,
             dead_lettered=self.stats.dead_lettered,
             returned=self.stats.returned,
+            ack_frames=self.acks.frames,
         )
 
 
@@ -288,6 +312,7 @@ class BatchConsumer(Consumer):
         self._runner = asyncio.create_task(self._run())
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.acks.delivered(message)
         self._buffer.put_nowait(message)
 
     async def consuming(self) -> bool:
@@ -372,8 +397,7 @@ class BatchConsumer(Consumer):
                 else:
                     await self._done(message)
             return
-        for message in batch:
-            await self._done(message)
+        await self._done_all(batch)
         log.debug(
             "batch stored",
             size=len(batch),
@@ -419,6 +443,7 @@ class ConcurrentConsumer(Consumer):
         return len(self._tasks)
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self.acks.delivered(message)
         task = asyncio.create_task(self._handle(message))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)

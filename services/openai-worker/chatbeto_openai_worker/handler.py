@@ -50,9 +50,9 @@ from chatbeto.messages import (
 from chatbeto.settings import OpenAIWorkerSettings
 from chatbeto.store import conversations
 from chatbeto.store.conversations import Conversation, NewMessage
-from openai import AsyncOpenAI
 
 from chatbeto_openai_worker import repo, upstream
+from chatbeto_openai_worker.client import WorkerOpenAI
 from chatbeto_openai_worker.replies import Replies
 from chatbeto_openai_worker.store import ExchangeStore
 from chatbeto_openai_worker.upstream import Completion, UpstreamError, UpstreamRejected
@@ -140,7 +140,7 @@ class RequestHandler:
         self,
         settings: OpenAIWorkerSettings,
         pool: asyncpg.Pool,
-        client: AsyncOpenAI | None,
+        client: WorkerOpenAI | None,
         replies: Replies,
         usage: UsageEvents,
         session_key: bytes,

@@ -16,8 +16,8 @@ import orjson
 from chatbeto.logging import get_logger
 from chatbeto.messages import ChatMessage, Usage
 from chatbeto.settings import OpenAISettings
-from openai import AsyncOpenAI
 
+from chatbeto_openai_worker.client import WorkerOpenAI
 from chatbeto_openai_worker.exchange import usage_of
 
 log = get_logger(__name__)
@@ -71,7 +71,7 @@ class Completion:
     latency_ms: int
 
 
-def make_client(settings: OpenAISettings) -> AsyncOpenAI | None:
+def make_client(settings: OpenAISettings) -> WorkerOpenAI | None:
     """None when no key is configured. Retries are ours (they must respect the deadline).
 
     The SDK's aiohttp transport: the SDK still builds, authenticates and maps every call,
@@ -79,7 +79,7 @@ def make_client(settings: OpenAISettings) -> AsyncOpenAI | None:
     CPU per proxied call)."""
     if settings.openai_api_key is None:
         return None
-    return AsyncOpenAI(
+    return WorkerOpenAI(
         api_key=settings.openai_api_key.get_secret_value(),
         organization=settings.openai_org_id,
         base_url=settings.openai_base_url,
@@ -131,9 +131,9 @@ def _final(exc: Exception, seen: bool) -> UpstreamError | None:
 
 
 async def with_retries(
-    client: AsyncOpenAI | None,
+    client: WorkerOpenAI | None,
     deadline: float,
-    attempt_once: Callable[[AsyncOpenAI, float], Awaitable[T]],
+    attempt_once: Callable[[WorkerOpenAI, float], Awaitable[T]],
     seen: Callable[[], bool] = lambda: False,
 ) -> T:
     """Run `attempt_once(client, remaining_seconds)` until it answers: 429/5xx/connection errors
@@ -170,24 +170,22 @@ async def with_retries(
 
 
 async def forward(
-    client: AsyncOpenAI | None, path: str, body: dict[str, Any], *, deadline: float
+    client: WorkerOpenAI | None, path: str, body: dict[str, Any], *, deadline: float
 ) -> bytes:
-    """POST `body` to OpenAI's `path` as it is; OpenAI's answer as bytes (no models built)."""
+    """POST `body` to OpenAI's `path` as it is; OpenAI's answer as bytes (no models built).
 
-    async def once(c: AsyncOpenAI, remaining: float) -> bytes:
-        response = await c.post(
-            path,
-            cast_to=httpx2.Response,
-            content=orjson.dumps(body),
-            options={"timeout": remaining, "headers": {"Content-Type": "application/json"}},
-        )
+    The deadline is `with_retries`' `asyncio.timeout`; no per-call SDK timeout, so that every
+    call's request is the same but its body (`WorkerOpenAI.post_bytes`)."""
+
+    async def once(c: WorkerOpenAI, remaining: float) -> bytes:
+        response = await c.post_bytes(path, orjson.dumps(body))
         return response.content
 
     return await with_retries(client, deadline, once)
 
 
 async def forward_stream(
-    client: AsyncOpenAI | None,
+    client: WorkerOpenAI | None,
     path: str,
     body: dict[str, Any],
     *,
@@ -197,14 +195,8 @@ async def forward_stream(
     """POST a streamed request; OpenAI's SSE bytes go to `on_bytes` as they arrive."""
     seen = [False]
 
-    async def once(c: AsyncOpenAI, remaining: float) -> None:
-        response = await c.post(
-            path,
-            cast_to=httpx2.Response,
-            content=orjson.dumps(body),
-            options={"timeout": remaining, "headers": {"Content-Type": "application/json"}},
-            stream=True,
-        )
+    async def once(c: WorkerOpenAI, remaining: float) -> None:
+        response = await c.post_bytes(path, orjson.dumps(body), stream=True)
         try:
             async for data in response.aiter_bytes():
                 seen[0] = True
@@ -216,7 +208,7 @@ async def forward_stream(
 
 
 async def complete(
-    client: AsyncOpenAI | None,
+    client: WorkerOpenAI | None,
     messages: Sequence[ChatMessage],
     *,
     model: str,
@@ -230,7 +222,7 @@ async def complete(
     started = time.monotonic()
     emitted: list[str] = []
 
-    async def once(c: AsyncOpenAI, remaining: float) -> tuple[str, str, Usage]:
+    async def once(c: WorkerOpenAI, remaining: float) -> tuple[str, str, Usage]:
         emitted.clear()
         return await _call(
             c, messages, model, temperature, max_tokens, remaining, on_delta, emitted
@@ -247,7 +239,7 @@ async def complete(
 
 
 async def _call(
-    client: AsyncOpenAI,
+    client: WorkerOpenAI,
     messages: Sequence[ChatMessage],
     model: str,
     temperature: float | None,

@@ -11,9 +11,9 @@ from chatbeto.logging import get_logger
 from chatbeto.service import Service, WorkerRuntime
 from chatbeto.settings import OpenAIWorkerSettings
 from chatbeto.store import gpts
-from openai import AsyncOpenAI
 
 from chatbeto_openai_worker import store, upstream
+from chatbeto_openai_worker.client import WorkerOpenAI
 from chatbeto_openai_worker.handler import RequestHandler
 from chatbeto_openai_worker.replies import Replies
 from chatbeto_openai_worker.sync import SyncHandler
@@ -33,7 +33,7 @@ class OpenAIWorker(Service):
 
     def __init__(self, settings: OpenAIWorkerSettings) -> None:
         super().__init__(settings)
-        self.client: AsyncOpenAI | None = None
+        self.client: WorkerOpenAI | None = None
         self.replies: Replies | None = None
         self.usage: UsageEvents | None = None
         self.handler: RequestHandler | None = None
