@@ -1,0 +1,60 @@
+"""Group commit (`chatbeto.broker.GroupPublisher`) against the real broker: callers that arrive
+while a publish is in flight ride the next message, which starts before the first is confirmed
+once enough of them wait."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from typing import Any
+
+import aio_pika
+from chatbeto.broker import GroupPublisher, Publisher, connect
+from chatbeto.messages import MetricsBatch, envelope, to_amqp
+from chatbeto.topology import Topology
+
+
+async def _until(condition: Any, turns: int = 100) -> None:
+    """Loop turns without waiting on I/O until `condition()`: far shorter than the confirm of a
+    quorum queue's message (its fsync), so the publish in flight stays unconfirmed."""
+    for _ in range(turns):
+        if condition():
+            return
+        await asyncio.sleep(0)
+    raise AssertionError("not reached within the loop turns")
+
+
+async def test_sixteen_waiting_callers_start_a_second_publish(
+    amqp_url: str, namespace: str
+) -> None:
+    topo = Topology(namespace)
+    connection = await connect(amqp_url)
+    try:
+        channel = await connection.channel()
+        await topo.declare(channel)
+        await channel.close()
+        sizes: list[int] = []
+
+        def build(items: Sequence[Any]) -> aio_pika.Message:
+            sizes.append(len(items))
+            return to_amqp(envelope(MetricsBatch.trusted()))
+
+        group = GroupPublisher(Publisher(connection, topo), "metrics.batch", build)
+        await group.submit([0])  # opens the channel: what follows waits only for confirms
+        first = asyncio.create_task(group.submit([1]))
+        await _until(lambda: group._in_flight == 1 and not group._forming)
+        async with asyncio.TaskGroup() as tasks:
+            waiting = [tasks.create_task(group.submit([n])) for n in range(15)]
+            await _until(lambda: len(group._pending) == 15)
+            assert group._in_flight == 1  # 15 waiting: they wait for the confirm in flight
+            waiting.append(tasks.create_task(group.submit([15])))
+            await _until(lambda: len(group._pending) == 16 or group._in_flight == 2)
+            # The sixteenth starts the next publish before the first one is confirmed.
+            assert group._in_flight == 2
+            assert not first.done()
+        await first
+        assert all(task.done() for task in waiting)
+        assert sizes == [1, 1, 16]
+        await group.close()
+    finally:
+        await connection.close()
