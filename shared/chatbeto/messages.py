@@ -13,7 +13,18 @@ import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from decimal import Decimal
-from typing import Annotated, Any, ClassVar, Generic, Literal, Self, TypeVar, cast
+from typing import (
+    Annotated,
+    Any,
+    ClassVar,
+    Generic,
+    Literal,
+    NamedTuple,
+    NoReturn,
+    Self,
+    TypeVar,
+    cast,
+)
 
 import aio_pika
 import orjson
@@ -69,16 +80,21 @@ class Frozen(BaseModel):
         """An instance of values validated already, by field name (as `model_construct`, at a
         third of its cost: 9 us a record on the ingest hot path). A field with a plain default
         may be left out; every other must be given."""
-        defaults = _defaults_of(cls)
-        missing = defaults.keys() - values.keys()
-        for name in missing:
-            values[name] = defaults[name]
-        if len(values) != len(cls.model_fields):
-            unknown = values.keys() ^ cls.model_fields.keys()
-            raise TypeError(f"{cls.__name__}.trusted: missing or unknown {sorted(unknown)}")
+        shape = _shapes.get(cls) or _shape_of(cls)
+        if len(values) == shape.size:
+            fields_set = set(values)
+            if fields_set != shape.names:
+                _unknown(cls, values)
+        else:
+            fields_set = set(values)
+            for name, default in shape.defaults.items():
+                if name not in values:
+                    values[name] = default
+            if values.keys() != shape.names:
+                _unknown(cls, values)
         model = cls.__new__(cls)
         _set(model, "__dict__", values)
-        _set(model, "__pydantic_fields_set__", set(values) - missing)
+        _set(model, "__pydantic_fields_set__", fields_set)
         _set(model, "__pydantic_extra__", None)
         _set(model, "__pydantic_private__", None)
         return model
@@ -87,19 +103,33 @@ class Frozen(BaseModel):
 _set = object.__setattr__
 
 
-@functools.cache
-def _defaults_of(cls: type[Frozen]) -> dict[str, Any]:
-    """The plain defaults of a model's optional fields (a field with a default factory must be
-    given to `trusted`)."""
-    return {
+class _Shape(NamedTuple):
+    names: frozenset[str]
+    size: int
+    # The plain defaults of the optional fields (a field with a default factory must be given).
+    defaults: dict[str, Any]
+
+
+# Per model class, read once: `cls.model_fields` alone cost 0.4 us a call.
+_shapes: dict[type[Frozen], _Shape] = {}
+
+
+def _shape_of(cls: type[Frozen]) -> _Shape:
+    fields = cls.model_fields
+    defaults = {
         name: field.default
-        for name, field in cls.model_fields.items()
+        for name, field in fields.items()
         if not field.is_required() and field.default_factory is None
     }
+    shape = _shapes[cls] = _Shape(frozenset(fields), len(fields), defaults)
+    return shape
 
 
-# Metrics records use the storable types: a worker that parses a record Postgres could not
-# hold refuses that record alone (it is dead-lettered with the reason), never its message.
+def _unknown(cls: type[Frozen], values: dict[str, Any]) -> NoReturn:
+    unknown = values.keys() ^ _shape_of(cls).names
+    raise TypeError(f"{cls.__name__}.trusted: missing or unknown {sorted(unknown)}")
+
+
 class SessionRecord(Frozen):
     id: uuid.UUID
     gpt_pk: BigInt
@@ -374,9 +404,10 @@ def _envelope_of(payload_type: type[Frozen]) -> Any:
 def envelope(payload: P, request_id: str | None = None) -> Envelope[P]:
     # Parametrised with the payload's own class so it serialises with all its fields.
     model = _envelope_of(type(payload))
-    # Not validated again: every value is typed here (validating cost 10 us a message).
+    # Not validated again: every value is typed here (validating cost 10 us a message). The cast
+    # is a string: `Envelope[P]` evaluated would parametrise the generic model on every call.
     return cast(
-        Envelope[P],
+        "Envelope[P]",
         model.trusted(
             type=payload.TYPE,  # type: ignore[attr-defined]
             version=payload.VERSION,  # type: ignore[attr-defined]
@@ -422,6 +453,6 @@ def parse(body: bytes, model: type[P], type_: str, versions: frozenset[int]) -> 
     if raw.get("version") not in versions:
         raise InvalidMessage(f"unsupported version {raw.get('version')!r}")
     try:
-        return cast(Envelope[P], _envelope_of(model).model_validate(raw))
+        return cast("Envelope[P]", _envelope_of(model).model_validate(raw))
     except ValueError as exc:
         raise InvalidMessage(str(exc)) from exc

@@ -16,6 +16,7 @@ from chatbeto.broker import GroupPublisher, Publisher, connect
 from chatbeto.db import create_pool, mask_dsn
 from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
+from chatbeto.observability import REQUEST_STATS
 from chatbeto.settings import GatewaySettings
 
 from chatbeto_gateway.access.auth import KeyCache
@@ -104,6 +105,21 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     await pool.close()
 
 
+async def request_stats_ctx(_: web.Application) -> AsyncIterator[None]:
+    """Request counts reach Prometheus every second (and before each scrape, `ops.routes`)."""
+
+    async def flush_loop() -> None:
+        while True:
+            await asyncio.sleep(REQUEST_STATS.FLUSH_INTERVAL_SECONDS)
+            REQUEST_STATS.flush()
+
+    task = asyncio.create_task(flush_loop())
+    yield
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+    REQUEST_STATS.flush()
+
+
 async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
     connection = await connect(app[SETTINGS].amqp_url, attempts=30)
     channel = await connection.channel()
@@ -122,6 +138,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 def create_app(settings: GatewaySettings) -> web.Application:
     app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe])
     app[SETTINGS] = settings
+    app.cleanup_ctx.append(request_stats_ctx)
     app.cleanup_ctx.append(database_ctx)
     app.cleanup_ctx.append(broker_ctx)
     for ctx in EXTRA_CONTEXTS:

@@ -44,13 +44,18 @@ SESSION_ROLLUPS = """
     for table, column in USER_TIERS
 )
 
+# The UTC hour of each event, as date_trunc('hour', ts, 'UTC') says it, by arithmetic: binned
+# from an origin at an hour before every storable time (chatbeto.storable: from 0001-01-01
+# 00:00:01 UTC). date_trunc looks the zone up on every call: twice per event, 0.2 us each.
+HOUR_OF_TS = "date_bin('1 hour', ts, timestamptz '0001-01-01 00:00:00+00')"
+
 # The events' rollups: the inserted rows are aggregated once per hour (`e_agg`, `u_agg`, a
 # handful of rows), and the daily (and the users' weekly) rollups are summed from those, not
 # from the rows again. A cost is NULL where no row was priced (0015_rollup_costs.sql): sum()
 # says so, and the upserts add a NULL as nothing (coalesce), staying NULL while both are.
-EVENT_ROLLUPS = """
+EVENT_ROLLUPS = f"""
     e_agg AS (
-        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, tipo,
+        SELECT gpt_pk, project_key, {HOUR_OF_TS} AS hour, tipo,
                latency_bin(latency_ms) AS bin, count(*) AS events,
                sum(latency_ms) AS latency_sum, sum(tokens_entrada) AS tokens_entrada,
                sum(tokens_salida) AS tokens_salida, sum(cost_usd) AS cost_usd
@@ -85,7 +90,7 @@ EVENT_ROLLUPS = """
                       cost_usd = coalesce(r.cost_usd + EXCLUDED.cost_usd, r.cost_usd,
                                           EXCLUDED.cost_usd)),
     u_agg AS (
-        SELECT gpt_pk, project_key, date_trunc('hour', ts, 'UTC') AS hour, usuario_id,
+        SELECT gpt_pk, project_key, {HOUR_OF_TS} AS hour, usuario_id,
                count(*) AS events, max(ts) AS last_seen
         FROM ins GROUP BY 1, 2, 3, 4),
 """ + ",".join(

@@ -36,24 +36,30 @@ async def admit(request: web.Request) -> None:
     # Every route is documented (a test checks it) except the `/v1` catch-all and aiohttp's
     # own 404 / 405: those answer without a key.
     need: Auth = rdoc.auth if rdoc is not None else "none"
-    scope = ratelimit.scope_of(request.path)
+    path = request.path
+    scope = ratelimit.scope_of(path)
     plain = presented_key(request)
     record: KeyRecord | None = None
+    app = request.app
     if plain is not None and (need in KEYED or scope is not None):
         # A fresh cache entry answers without a coroutine (the common case under load).
-        cached = request.app[KEYS].cached(plain) if len(plain) <= MAX_KEY_CHARS else None
-        record = await resolve_key(request.app[KEYS], plain) if cached is MISS else cached
+        keys = app[KEYS]
+        cached = keys.cached(plain) if len(plain) <= MAX_KEY_CHARS else None
+        record = await resolve_key(keys, plain) if cached is MISS else cached
         if record is None and need in KEYED:
             raise unauthorized()  # a key that was sent must be valid, keyless ingest too
-    limiter = request.app.get(LIMITER)
-    if record is not None and scope is not None and limiter is not None:
-        # A keyed request counts against its key wherever it goes (a 429 before anything
-        # else); a keyless ingest is counted per GPT by its handler.
-        await ratelimit.charge_key(request, limiter, record, scope, request.app[SETTINGS])
     if record is None:
         if need in ("key", "admin"):
             raise unauthorized()
-    else:
-        if need == "admin" and not record.is_admin:
-            raise not_found()
-        request[PRINCIPAL] = Principal(record)
+        return
+    limiter = app.get(LIMITER)
+    if scope is not None and limiter is not None:
+        # A keyed request counts against its key wherever it goes (a 429 before anything
+        # else); a keyless ingest is counted per GPT by its handler. Leased tokens answer
+        # without a coroutine.
+        settings = app[SETTINGS]
+        if not ratelimit.charge_key_leased(request, limiter, record, scope, settings):
+            await ratelimit.charge_key(request, limiter, record, scope, settings)
+    if need == "admin" and not record.is_admin:
+        raise not_found()
+    request[PRINCIPAL] = Principal(record)

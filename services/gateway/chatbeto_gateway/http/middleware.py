@@ -15,7 +15,7 @@ from aiohttp.typedefs import Handler
 from chatbeto.broker import BrokerUnavailable
 from chatbeto.db import is_database_outage
 from chatbeto.logging import REQUEST_ID, get_logger
-from chatbeto.observability import HTTP_LATENCY, HTTP_REQUESTS
+from chatbeto.observability import REQUEST_STATS
 
 from chatbeto_gateway.access import ratelimit
 from chatbeto_gateway.access.guard import admit
@@ -36,27 +36,10 @@ QUIET_ROUTES = frozenset({"/api/events", "/api/events/batch", "/healthz", "/metr
 # replicas, and a tenth of the cost of a uuid4 per request).
 _ID_PREFIX = secrets.token_hex(6)
 _ID_COUNTER = itertools.count()
-# Prometheus children by label values: `labels()` per request cost more than the counting.
-MAX_CACHED_LABELS = 10_000
-_COUNTERS: dict[tuple[str, str, int], Any] = {}
-_LATENCIES: dict[str, Any] = {}
 
 
 def new_request_id() -> str:
     return f"{_ID_PREFIX}{next(_ID_COUNTER):012x}"
-
-
-def _record(method: str, route: str, status: int, elapsed: float) -> None:
-    counter = _COUNTERS.get((method, route, status))
-    if counter is None:
-        counter = HTTP_REQUESTS.labels(method, route, str(status))
-        if len(_COUNTERS) < MAX_CACHED_LABELS:
-            _COUNTERS[method, route, status] = counter
-    counter.inc()
-    latency = _LATENCIES.get(route)
-    if latency is None:
-        latency = _LATENCIES[route] = HTTP_LATENCY.labels(route)
-    latency.observe(elapsed)
 
 
 def error_body(path: str, status: int, code: str, message: str, details: Any = None) -> Any:
@@ -148,7 +131,7 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     finally:
         elapsed = time.perf_counter() - started
-        _record(request.method, route_name, status, elapsed)
+        REQUEST_STATS.record(request.method, route_name, status, elapsed)
         quiet = route_name in QUIET_ROUTES
         # Skipping the call for quiet routes saves the logger's own cost (2 us) per event.
         if not quiet or request.app[SETTINGS].log_level == "debug":

@@ -8,7 +8,11 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from chatbeto_gateway.access.auth import quiet
+
 TTL_SECONDS = 5.0
+# Looked up again in the background this close to the end (see access.auth): no stall at expiry.
+REFRESH_AHEAD_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,15 @@ class GptCache:
     def cached_pk(self, pk: int) -> Gpt | None:
         """The GPT while its entry is fresh, without a coroutine; None means ask `by_pk`."""
         hit = self._by_pk.get(pk)
-        return hit[1] if hit is not None and hit[0] > time.monotonic() else None
+        if hit is None:
+            return None
+        left = hit[0] - time.monotonic()
+        if left <= 0:
+            return None
+        if left < REFRESH_AHEAD_SECONDS and ("pk", pk) not in self._lookups:
+            task = self._lookups["pk", pk] = asyncio.create_task(self._query("pk", pk))
+            task.add_done_callback(quiet)  # a failure is the next caller's to see, once expired
+        return hit[1]
 
     async def by_pk(self, pk: int) -> Gpt | None:
         hit = self._by_pk.get(pk)

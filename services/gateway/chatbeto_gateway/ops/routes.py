@@ -6,6 +6,7 @@ import os
 
 from aiohttp import web
 from chatbeto import health
+from chatbeto.observability import REQUEST_STATS
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
     REGISTRY,
@@ -71,6 +72,7 @@ async def readyz(request: web.Request) -> web.Response:
 @routes.get("/metrics")
 @doc(summary="Prometheus metrics", auth="none", tags=("operations",), content_type="text/plain")
 async def metrics(_: web.Request) -> web.Response:
+    REQUEST_STATS.flush()  # this process's counts up to now (other workers flush every second)
     resp = web.Response(body=generate_latest(_registry()))
     resp.content_type = CONTENT_TYPE_LATEST.split(";")[0]
     return resp
