@@ -23,7 +23,8 @@ _EARLIEST = datetime(1, 1, 1, 0, 0, 1, tzinfo=UTC)
 _LATEST = datetime(9999, 12, 31, 23, 59, 59, tzinfo=UTC)
 
 
-def _no_nul(value: str) -> str:
+def no_nul(value: str) -> str:
+    """`Text`'s check, for a field that folds it into a validator of its own."""
     if "\x00" in value:
         raise ValueError("must not contain NUL characters")
     return value
@@ -32,10 +33,10 @@ def _no_nul(value: str) -> str:
 def no_nul_anywhere(value: Any) -> Any:
     """NUL in any string of a JSON value (keys too): Postgres text and jsonb refuse it."""
     if isinstance(value, str):
-        _no_nul(value)
+        no_nul(value)
     elif isinstance(value, dict):
         for key, item in value.items():
-            _no_nul(key)
+            no_nul(key)
             no_nul_anywhere(item)
     elif isinstance(value, list):
         for item in value:
@@ -77,7 +78,7 @@ def _in_range(value: datetime) -> datetime:
     return value
 
 
-Text = Annotated[str, AfterValidator(_no_nul)]
+Text = Annotated[str, AfterValidator(no_nul)]
 """Any text that is stored: no NUL byte."""
 
 Timestamp = Annotated[datetime, BeforeValidator(_timestamp_string), AfterValidator(_in_range)]

@@ -6,14 +6,14 @@ import uuid
 from datetime import datetime
 from typing import Annotated, Literal
 
-from chatbeto.storable import Bool, NonNegInt32, PositiveBigInt, Text, Timestamp
+from chatbeto.storable import Bool, NonNegInt32, PositiveBigInt, Text, Timestamp, no_nul
 from chatbeto.store.gpts import GPT_ID_PATTERN
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
     StringConstraints,
-    field_validator,
 )
 
 MAX_CONTENIDO_BYTES = 32 * 1024
@@ -21,7 +21,9 @@ MAX_BATCH_EVENTS = 1000
 
 # Every field is built from the storable types (chatbeto.storable): a value Postgres cannot
 # hold is a 422 naming the field here, never a worker's error after the 2xx.
-Tipo = Annotated[Text, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
+# The pattern admits no NUL, so a plain str is storable here. (Built on `Text`, whose Python
+# validator comes first, pydantic checked the pattern in Python too: 0.5 us an event.)
+Tipo = Annotated[str, StringConstraints(pattern=r"^[a-z0-9_.-]{1,64}$")]
 GptId = Annotated[Text, StringConstraints(pattern=GPT_ID_PATTERN)]
 UserId = Annotated[Text, StringConstraints(min_length=1, max_length=256)]
 
@@ -66,10 +68,28 @@ class SessionOut(BaseModel):
     timestamp_inicio: datetime
 
 
+def _storable_contenido(value: str) -> str:
+    # `Text`'s NUL check and the byte limit in one Python call, after the native length check.
+    no_nul(value)
+    if (
+        len(value) * 4 > MAX_CONTENIDO_BYTES
+        and len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENIDO_BYTES
+    ):
+        raise ValueError("at most 32 KiB of UTF-8")
+    return value
+
+
+Contenido = Annotated[
+    str,
+    StringConstraints(max_length=MAX_CONTENIDO_BYTES),
+    AfterValidator(_storable_contenido),
+]
+
+
 class EventIn(Input):
     sesion_id: uuid.UUID
     tipo: Tipo
-    contenido: Annotated[Text, StringConstraints(max_length=MAX_CONTENIDO_BYTES)]
+    contenido: Contenido
     latency_ms: NonNegInt32
     tokens_entrada: NonNegInt32
     tokens_salida: NonNegInt32
@@ -77,16 +97,6 @@ class EventIn(Input):
         default=None, description="ISO 8601 with Z or an offset; defaults to when it arrived"
     )
     id: uuid.UUID | None = Field(default=None, description="Makes retries idempotent")
-
-    @field_validator("contenido")
-    @classmethod
-    def _contenido_bytes(cls, value: str) -> str:
-        if (
-            len(value) * 4 > MAX_CONTENIDO_BYTES
-            and len(value.encode("utf-8", "surrogatepass")) > MAX_CONTENIDO_BYTES
-        ):
-            raise ValueError("at most 32 KiB of UTF-8")
-        return value
 
 
 class EventAccepted(BaseModel):
