@@ -44,7 +44,11 @@ from chatbeto_openai_worker import repo
 
 log = get_logger(__name__)
 MAX_GROUP = 64
-MAX_IN_FLIGHT = 4
+# One group in flight: the exchanges that finish while it commits form the next group, so the
+# groups grow with the load (measured at 32 clients, CPU per request relative to the stub's:
+# 4 in flight -> 1 cut Postgres' by a fifth and the worker's by 6%; 1-client latency is
+# unchanged, a lone exchange never waits).
+MAX_IN_FLIGHT = 1
 FAST_POOL_SIZE = 6
 # One statement, so one round trip; `set_config(..., true)` holds for its own transaction,
 # whose commit therefore waits for the flush even on a `synchronous_commit = off` connection.
