@@ -264,12 +264,14 @@ async def batch_phase(
     key: str,
     seconds: int,
     ingest_pids: list[int],
+    gateway_pid: int,
 ) -> dict[str, float]:
     """Batches through the gateway; events/s counted in Postgres once the backlog drained (so
     the drain is part of the time), and the stored lag (stored_at - ts) p50 / p99 of those
     events. CPU per stored event of metrics-ingest and of its Postgres backends, from /proc."""
     before = await conn.fetchval("SELECT count(*) FROM events")
     cpu_before = sum(cpu_seconds(p) for p in ingest_pids)
+    gateway_before = cpu_seconds(gateway_pid)
     pg_before = await backend_cpu(conn)
     started = time.monotonic()
     marker = await conn.fetchval("SELECT now()")
@@ -285,6 +287,7 @@ async def batch_phase(
     elapsed = time.monotonic() - started
     stored = await conn.fetchval("SELECT count(*) FROM events") - before
     ingest_cpu = sum(cpu_seconds(p) for p in ingest_pids) - cpu_before
+    gateway_cpu = cpu_seconds(gateway_pid) - gateway_before
     pg_cpu = sum(c - pg_before.get(pid, 0.0) for pid, c in (await backend_cpu(conn)).items())
     lag = await conn.fetchrow(
         """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
@@ -302,6 +305,8 @@ async def batch_phase(
         "lag_p99_ms": (lag["p99"] or 0) * 1000,
         "ingest_cpu_us": ingest_cpu / max(stored, 1) * 1e6,
         "pg_cpu_us": pg_cpu / max(stored, 1) * 1e6,
+        # The rest of the stored event's path on these cores (the broker and wrk are not counted).
+        "gateway_cpu_us": gateway_cpu / max(stored, 1) * 1e6,
         "drain_s": drain,
         "p99_ms": batch.get("p99", 0),
         # Requests still in flight when wrk stops are stored but not counted as accepted.
@@ -337,6 +342,12 @@ def batch_rows(one: dict[str, float], two: dict[str, float]) -> list[Row]:
                 f"{r['ingest_cpu_us']:.0f} / {r['pg_cpu_us']:.0f} us",
                 "",
             ),
+            Row(
+                SECTION,
+                "  CPU per stored event: the gateway",
+                f"{r['gateway_cpu_us']:.0f} us",
+                "",
+            ),
             Row(SECTION, "  backlog drained after load", f"{r['drain_s']:.2f} s", ""),
             Row(
                 SECTION,
@@ -358,13 +369,16 @@ async def batch_phases(
     key: str,
     seconds: int,
     ingest_pid: int,
+    gateway_pid: int,
 ) -> list[Row]:
     """The batch phase with the running metrics-ingest, then with a second one beside it."""
-    one = await batch_phase(wrk, base, conn, quoted, key, seconds, [ingest_pid])
+    one = await batch_phase(wrk, base, conn, quoted, key, seconds, [ingest_pid], gateway_pid)
     second = env.spawn("run", "metrics-ingest")
     try:
         await wait_consumers(env, 2)
-        two = await batch_phase(wrk, base, conn, quoted, key, seconds, [ingest_pid, second.pid])
+        two = await batch_phase(
+            wrk, base, conn, quoted, key, seconds, [ingest_pid, second.pid], gateway_pid
+        )
     finally:
         second.terminate()
         second.wait(60)
@@ -391,7 +405,7 @@ async def run(quick: bool) -> list[Row]:
             if os.environ.get("BENCH_INGEST_PHASES", "single,batch") == "batch":
                 rows.append(Row(SECTION, "machine load at start", load_average(), "quiet"))
                 return rows + await batch_phases(
-                    env, wrk, base, conn, quoted, key, seconds, procs[1].pid
+                    env, wrk, base, conn, quoted, key, seconds, procs[1].pid, procs[0].pid
                 )
 
             # 1. Single events, 64 clients: the bare-HTTP limit, then one gateway process, then
@@ -443,7 +457,9 @@ async def run(quick: bool) -> list[Row]:
             ]
 
             # 2. Batches of 100 events, 16 clients: one metrics-ingest, then two.
-            rows += await batch_phases(env, wrk, base, conn, quoted, key, seconds, procs[1].pid)
+            rows += await batch_phases(
+                env, wrk, base, conn, quoted, key, seconds, procs[1].pid, procs[0].pid
+            )
         finally:
             await conn.close()
             for proc in procs:
