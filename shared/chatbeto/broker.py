@@ -18,6 +18,7 @@ from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 
 from chatbeto import topology
 from chatbeto.logging import get_logger
+from chatbeto.messages import Outgoing
 from chatbeto.observability import MESSAGES_PUBLISHED, PUBLISH_FAILURES
 
 log = get_logger(__name__)
@@ -80,7 +81,7 @@ class Publisher:
 
     async def publish(
         self,
-        message: aio_pika.Message,
+        message: aio_pika.Message | Outgoing,
         routing_key: str,
         *,
         exchange: str | None = None,

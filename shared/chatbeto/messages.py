@@ -28,6 +28,7 @@ from typing import (
 
 import aio_pika
 import orjson
+from pamqp.commands import Basic
 from pydantic import BaseModel, ConfigDict, Field
 
 from chatbeto.logging import REQUEST_ID
@@ -419,24 +420,63 @@ def envelope(payload: P, request_id: str | None = None) -> Envelope[P]:
     )
 
 
-def to_amqp(env: Envelope[Any], *, persistent: bool = True, **properties: Any) -> aio_pika.Message:
-    """The AMQP message of an envelope (the only place one is built): properties mirror the
-    envelope; persistent unless it is worth nothing after a broker restart (replies)."""
+def _properties(env: Envelope[Any], persistent: bool, properties: dict[str, Any]) -> dict[str, Any]:
     headers = dict(properties.pop("headers", {}) or {})
     if env.request_id:
         headers["x-request-id"] = env.request_id
-    return aio_pika.Message(
-        body=env.model_dump_json().encode(),
-        content_type="application/json",
-        delivery_mode=aio_pika.DeliveryMode.PERSISTENT
+    return {
+        "content_type": "application/json",
+        "delivery_mode": aio_pika.DeliveryMode.PERSISTENT
         if persistent
         else aio_pika.DeliveryMode.NOT_PERSISTENT,
-        message_id=str(env.message_id),
-        type=f"{env.type}.v{env.version}",
-        timestamp=env.occurred_at,
-        headers=headers,
+        "message_id": str(env.message_id),
+        "type": f"{env.type}.v{env.version}",
+        "timestamp": env.occurred_at,
+        "headers": headers,
         **properties,
+    }
+
+
+def to_amqp(env: Envelope[Any], *, persistent: bool = True, **properties: Any) -> aio_pika.Message:
+    """The AMQP message of an envelope (the only place one is built): properties mirror the
+    envelope; persistent unless it is worth nothing after a broker restart (replies)."""
+    return aio_pika.Message(
+        body=env.model_dump_json().encode(), **_properties(env, persistent, properties)
     )
+
+
+class Outgoing(NamedTuple):
+    """What `to_amqp` builds, as `broker.Publisher.publish` sends it: the body and the AMQP
+    properties, the same bytes on the wire."""
+
+    body: bytes
+    properties: Basic.Properties
+
+
+def to_outgoing(env: Envelope[Any], *, persistent: bool = True, **properties: Any) -> Outgoing:
+    """`to_amqp` without an `aio_pika.Message`, whose attribute checks cost 8 us a message:
+    for the gateway's request/reply call, one per request on its critical path."""
+    values = _properties(env, persistent, properties)
+    values["message_type"] = values.pop("type")
+    # As aio_pika.Message sets it (the same property flags, so the same header frame).
+    values.setdefault("priority", 0)
+    return Outgoing(dump_json(env), Basic.Properties(**values))
+
+
+def _fields(value: Any) -> Any:
+    if isinstance(value, BaseModel):
+        return value.__dict__
+    raise TypeError
+
+
+def dump_json(env: Envelope[Any]) -> bytes:
+    """`env.model_dump_json()`, the same JSON value, by orjson from the models' fields: pydantic
+    serialising a discriminated union (a request's `call`) was the costliest step of building
+    the request. A value orjson does not encode as pydantic does (a Decimal) goes to pydantic."""
+    try:
+        return orjson.dumps(env, default=_fields, option=orjson.OPT_UTC_Z)
+    except TypeError:
+        return env.model_dump_json().encode()
 
 
 class InvalidMessage(Exception):

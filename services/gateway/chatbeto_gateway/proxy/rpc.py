@@ -12,9 +12,11 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections import deque
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 from aio_pika.abc import AbstractRobustChannel, AbstractRobustConnection
 from aiormq.abc import DeliveredMessage
@@ -33,7 +35,7 @@ from chatbeto.messages import (
     envelope,
     new_uuid4,
     parse,
-    to_amqp,
+    to_outgoing,
 )
 from chatbeto.topology import Topology
 
@@ -78,21 +80,40 @@ class Pending:
 
     def __init__(self, deadline: float) -> None:
         self.deadline = deadline
-        self.queue: asyncio.Queue[ReplyChunk | ReplyResult | ReplyError] = asyncio.Queue()
+        # A deque and one future per wait, not an asyncio.Queue: a plain call waits once, and
+        # the queue's getter bookkeeping and a timeout context per wait were on its critical path.
+        self._parts: deque[ReplyChunk | ReplyResult | ReplyError] = deque()
+        self._waiter: asyncio.Future[None] | None = None
         self.attempt: str | None = None
         self.chunks = 0
+
+    def put(self, part: ReplyChunk | ReplyResult | ReplyError) -> None:
+        self._parts.append(part)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def _get(self) -> ReplyChunk | ReplyResult | ReplyError:
+        while not self._parts:
+            loop = asyncio.get_running_loop()
+            remaining = self.deadline - time.monotonic()
+            if remaining <= 0:
+                raise gateway_timeout()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(remaining, _expire, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self._parts.popleft()
 
     async def next(self) -> ReplyChunk | ReplyResult:
         """The next reply; 504 once the deadline passes, the worker's error as `CallFailed`.
 
         Output of a second delivery of the request (its first worker died mid-answer) is never
         relayed after the first one's: that would splice two answers into one."""
-        remaining = self.deadline - time.monotonic()
-        try:
-            async with asyncio.timeout(max(remaining, 0)):
-                part = await self.queue.get()
-        except TimeoutError as exc:
-            raise gateway_timeout() from exc
+        part = await self._get()
         if self.attempt is None or self.chunks == 0:
             self.attempt = part.attempt
         elif part.attempt != self.attempt and isinstance(part, ReplyChunk):
@@ -109,6 +130,15 @@ class Pending:
             part = await self.next()
             if isinstance(part, ReplyResult):
                 return part
+
+
+def _expire(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_exception(gateway_timeout())
+
+
+async def _handled() -> None:
+    """What `Rpc._on_delivery` hands aiormq to run as a task: the work is done already."""
 
 
 class Rpc:
@@ -153,7 +183,16 @@ class Rpc:
         if self._channel is not None and not self._channel.is_closed:
             await self._channel.close()
 
-    async def _on_delivery(self, message: DeliveredMessage) -> None:
+    def _on_delivery(self, message: DeliveredMessage) -> Coroutine[Any, Any, None]:
+        """aiormq runs what its consumer returns as a task, a loop pass after the frame was
+        read; the reply is handed over here, in the channel's reader, and the task is empty."""
+        try:
+            self._deliver(message)
+        except Exception:  # never into aiormq's reader, which would stop reading the channel
+            log.exception("reply not handled")
+        return _handled()
+
+    def _deliver(self, message: DeliveredMessage) -> None:
         pending = self._waiting.get(message.header.properties.correlation_id or "")
         if pending is None:
             return  # its caller gave up (deadline) or the reply is a redelivery's twin
@@ -162,7 +201,7 @@ class Rpc:
         except InvalidMessage as exc:
             log.error("unreadable reply", error=str(exc))
             return
-        pending.queue.put_nowait(reply.part)
+        pending.put(reply.part)
 
     @asynccontextmanager
     async def call(self, job: RequestCall, caller: Caller) -> AsyncIterator[Pending]:
@@ -176,7 +215,7 @@ class Rpc:
         try:
             # Transient (a classic queue, no fsync): the caller is waiting, and what must last
             # is the stored exchange, committed before the worker answers.
-            message = to_amqp(
+            message = to_outgoing(
                 envelope(request),
                 persistent=False,
                 correlation_id=correlation_id,
