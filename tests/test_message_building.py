@@ -6,10 +6,30 @@ from __future__ import annotations
 import os
 import uuid
 from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
 
+import orjson
 import pydantic
 import pytest
-from chatbeto.messages import EventRecord, LiveEvents, envelope, new_uuid4, parse
+from chatbeto.messages import (
+    Caller,
+    ChatCall,
+    ChatMessage,
+    ConversationCreate,
+    Envelope,
+    EventRecord,
+    LiveEvents,
+    MetricsBatch,
+    OpenAIRequest,
+    ProxyCall,
+    envelope,
+    new_uuid4,
+    parse,
+    to_amqp,
+    to_outgoing,
+)
+from pamqp.header import ContentHeader
 
 
 def test_new_uuid4_gives_distinct_rfc_version_4_ids() -> None:
@@ -72,3 +92,41 @@ def test_an_envelope_built_trusted_round_trips_through_parse() -> None:
     again = parse(message.model_dump_json().encode(), LiveEvents, LiveEvents.TYPE, frozenset({1}))
     assert again.data == payload and again.request_id == "req-1"
     assert again.message_id == message.message_id and again.message_id.version == 4
+
+
+def request_envelopes() -> list[Envelope[Any]]:
+    deadline = datetime.now(UTC)
+    caller = Caller(key_id=7, key_prefix="cb_abc", project_id=3)
+    body = orjson.loads(
+        '{"model": "gpt-4", "messages": [{"role": "user", "content": "h\\u00e9 \\ud83d\\ude00"}],'
+        ' "n": 18446744073709551615, "temperature": 0.7, "stop": null, "logprobs": true}'
+    )
+    calls: list[Any] = [
+        ProxyCall.trusted(endpoint="chat.completions", project_id=3, body=body, stream=True),
+        ChatCall(messages=(ChatMessage(role="user", content="hi"),), temperature=0.5),
+        ConversationCreate(project_id=3, title="t", message=ChatMessage(role="user", content="x")),
+    ]
+    return [
+        envelope(OpenAIRequest.trusted(call=call, caller=caller, deadline=deadline), "req-9")
+        for call in calls
+    ]
+
+
+def test_to_outgoing_sends_what_to_amqp_sends() -> None:
+    """The gateway's request message, built without aio_pika.Message and pydantic's serialiser:
+    the same JSON value and the same AMQP header frame, and the worker's `parse` reads it."""
+    batch = MetricsBatch(
+        events=(EventRecord.model_validate({**record_values(), "cost_usd": Decimal("0.000125")}),)
+    )
+    for env in [*request_envelopes(), envelope(batch)]:
+        for persistent in (True, False):
+            extra = {} if persistent else {"correlation_id": "c1", "reply_to": "q"}
+            slow = to_amqp(env, persistent=persistent, **extra)
+            fast = to_outgoing(env, persistent=persistent, **extra)
+            assert orjson.loads(fast.body) == orjson.loads(slow.body)
+            assert (
+                ContentHeader(1, len(fast.body), fast.properties).marshal()
+                == ContentHeader(1, len(slow.body), slow.properties).marshal()
+            )
+        model = type(env.data)
+        assert parse(fast.body, model, env.type, frozenset({env.version})) == env

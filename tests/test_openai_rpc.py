@@ -12,19 +12,24 @@ from typing import Any
 
 import aio_pika
 import aiohttp
+import aiormq
 import asyncpg
 import pytest
 from aio_pika.abc import AbstractRobustConnection
 from aiohttp.test_utils import TestServer
+from aiormq.abc import DeliveredMessage
 from chatbeto.broker import Publisher
 from chatbeto.consumer import ConcurrentConsumer
 from chatbeto.messages import (
+    Caller,
     ChatCall,
     ChatMessage,
     ConversationCreate,
     InvalidMessage,
     OpenAIReply,
     OpenAIRequest,
+    ProxyCall,
+    ReplyChunk,
     ReplyResult,
     envelope,
     parse,
@@ -32,8 +37,10 @@ from chatbeto.messages import (
 )
 from chatbeto.settings import GatewaySettings
 from chatbeto.topology import OPENAI_REQUESTS, Topology
+from chatbeto_gateway.proxy.rpc import Rpc
 from chatbeto_openai_worker.worker import OpenAIWorker
 from chatbeto_tools.stub import SLOW_IN_FLIGHT
+from pamqp.header import ContentHeader
 from pytest_aiohttp import AiohttpClient
 
 from tests.conftest import Client, Factory, wait_for
@@ -260,3 +267,52 @@ async def test_worker_process_serves_and_drains_on_sigterm(
             proc.kill()
             await proc.wait()
         log.close()
+
+
+async def test_a_reply_reaches_its_call_in_the_channel_reader(
+    broker: AbstractRobustConnection, namespace: str
+) -> None:
+    """The gateway's side alone, a test playing the worker: the request is on the work queue
+    with its reply address; the replies come back in order; and `_on_delivery` hands a reply
+    over before aiormq runs the task it returns (one loop pass less per reply)."""
+    topo = Topology(namespace)
+    publisher = Publisher(broker, topo)
+    rpc = Rpc(broker, publisher, topo, timeout_seconds=30, grace_seconds=1)
+    await rpc.start()
+    channel = await broker.channel()
+    calls = await channel.get_queue(topo.queue(OPENAI_REQUESTS).name)
+    job = ProxyCall.trusted(
+        endpoint="chat.completions", project_id=None, body={"model": "m"}, stream=True
+    )
+    try:
+        async with rpc.call(job, Caller()) as pending:
+            request = await calls.get(no_ack=True, timeout=10)
+            assert parse(request.body, OpenAIRequest, OpenAIRequest.TYPE, frozenset({2}))
+            correlation_id, reply_to = request.correlation_id, request.reply_to
+            assert reply_to == rpc.queue_name
+            parts = [
+                ReplyChunk(attempt="a", data="data: 1\n\n"),
+                ReplyResult(attempt="a", body="data: [DONE]\n\n"),
+            ]
+            for part in parts:
+                reply = to_amqp(envelope(OpenAIReply(part=part)), correlation_id=correlation_id)
+                await publisher.publish(reply, reply_to, exchange="")
+            assert await pending.next() == parts[0]
+            assert await pending.result() == parts[1]
+
+            late = ReplyResult(attempt="b", body="{}")
+            body = envelope(OpenAIReply(part=late)).model_dump_json().encode()
+            properties = aiormq.spec.Basic.Properties(correlation_id=correlation_id)
+            delivery = DeliveredMessage(
+                delivery=aiormq.spec.Basic.Deliver(),
+                header=ContentHeader(properties=properties),
+                body=body,
+                channel=await channel.get_underlay_channel(),
+            )
+            handled = rpc._on_delivery(delivery)
+            async with asyncio.timeout(0):  # there already: no wait, not even one loop pass
+                assert await pending.next() == late
+            await handled
+    finally:
+        await rpc.close()
+        await publisher.close()
