@@ -113,3 +113,21 @@ async def test_a_key_an_open_transaction_holds_is_stored_once_when_it_commits(
         await first.close()
         await second.close()
     assert await _counted(db) == [2] * 7
+
+
+async def test_a_batch_carrying_a_retry_beside_its_original_stores_it_once(
+    db: asyncpg.Connection, factory: Factory
+) -> None:
+    """The batch's own duplicates go before the COPY (keyed by GPT and id)."""
+    from chatbeto_metrics_ingest import repo
+
+    session, now = await _session(db, factory)
+    original = event(session.id, now, 1)
+    # The same id as a new uuid.UUID object, another time: the gateway's stamp of a retry.
+    retry = event(session.id, now, 1, id=uuid.UUID(str(original.id)), timestamp=datetime.now(UTC))
+    other = event(session.id, now, 2)
+    async with db.transaction():
+        known = await repo.sessions_of(db, [original, retry, other])
+        assert list(known) == [session.id]
+        assert await repo.store_events(db, [original, retry, other], known) == [original, other]
+    assert await _counted(db) == [2] * 7

@@ -1,6 +1,9 @@
 """Group commit (`chatbeto.broker.GroupPublisher`) against the real broker: callers that arrive
 while a publish is in flight ride the next message, which starts before the first is confirmed
-once enough of them wait."""
+once enough of them wait.
+
+The confirms are real; the test holds their return (`HeldPublisher`) instead of hoping that a
+quorum queue's fsync outlasts a number of loop turns, which a loaded machine does not promise."""
 
 from __future__ import annotations
 
@@ -9,14 +12,35 @@ from collections.abc import Sequence
 from typing import Any
 
 import aio_pika
-from chatbeto.broker import GroupPublisher, Publisher, connect
+from chatbeto.broker import PUBLISH_TIMEOUT_SECONDS, GroupPublisher, Publisher, connect
 from chatbeto.messages import MetricsBatch, envelope, to_amqp
 from chatbeto.topology import Topology
 
 
-async def _until(condition: Any, turns: int = 100) -> None:
-    """Loop turns without waiting on I/O until `condition()`: far shorter than the confirm of a
-    quorum queue's message (its fsync), so the publish in flight stays unconfirmed."""
+class HeldPublisher(Publisher):
+    """The real publish and its confirm, whose return waits until `release` is set."""
+
+    def __init__(self, *args: Any) -> None:
+        super().__init__(*args)
+        self.release = asyncio.Event()
+        self.release.set()
+
+    async def publish(
+        self,
+        message: aio_pika.Message,
+        routing_key: str,
+        *,
+        exchange: str | None = None,
+        timeout_seconds: float = PUBLISH_TIMEOUT_SECONDS,
+    ) -> None:
+        await super().publish(
+            message, routing_key, exchange=exchange, timeout_seconds=timeout_seconds
+        )
+        await self.release.wait()
+
+
+async def _until(condition: Any, turns: int = 1000) -> None:
+    """Loop turns until `condition()`: what it waits for needs no I/O, only tasks to run."""
     for _ in range(turns):
         if condition():
             return
@@ -39,8 +63,10 @@ async def test_sixteen_waiting_callers_start_a_second_publish(
             sizes.append(len(items))
             return to_amqp(envelope(MetricsBatch.trusted()))
 
-        group = GroupPublisher(Publisher(connection, topo), "metrics.batch", build)
-        await group.submit([0])  # opens the channel: what follows waits only for confirms
+        publisher = HeldPublisher(connection, topo)
+        group = GroupPublisher(publisher, "metrics.batch", build)
+        await group.submit([0])  # opens the channel
+        publisher.release.clear()  # from here on, no publish returns until the test says so
         first = asyncio.create_task(group.submit([1]))
         await _until(lambda: group._in_flight == 1 and not group._forming)
         async with asyncio.TaskGroup() as tasks:
@@ -49,9 +75,10 @@ async def test_sixteen_waiting_callers_start_a_second_publish(
             assert group._in_flight == 1  # 15 waiting: they wait for the confirm in flight
             waiting.append(tasks.create_task(group.submit([15])))
             await _until(lambda: len(group._pending) == 16 or group._in_flight == 2)
-            # The sixteenth starts the next publish before the first one is confirmed.
+            # The sixteenth starts the next publish before the first one returned.
             assert group._in_flight == 2
             assert not first.done()
+            publisher.release.set()
         await first
         assert all(task.done() for task in waiting)
         assert sizes == [1, 1, 16]

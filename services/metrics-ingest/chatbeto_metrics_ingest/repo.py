@@ -169,9 +169,11 @@ async def sessions_of(conn: Conn, events: Sequence[EventRecord]) -> dict[uuid.UU
     session missing here is not stored yet."""
     if not events:
         return {}
+    # The distinct ids collected by their ints: hashing a uuid.UUID is Python code (`__hash__`),
+    # an int's is not (0.12 -> 0.07 us an event).
     rows = await conn.fetch(
         "SELECT id, gpt_pk, project_id, usuario_id FROM sessions WHERE id = ANY($1::uuid[])",
-        list({e.sesion_id for e in events}),
+        list({e.sesion_id.int: e.sesion_id for e in events}.values()),
     )
     return {r["id"]: SessionInfo(r["gpt_pk"], r["project_id"], r["usuario_id"]) for r in rows}
 
@@ -244,17 +246,20 @@ async def store_events(
     come from it. Returns the events inserted now (not those stored before).
     """
     # One row per (GPT, id): a batch may carry a retry beside its original. The COPY rows are
-    # built in the same pass (one session look-up per event).
-    unique: dict[tuple[int, uuid.UUID], EventRecord] = {}
+    # built in the same pass (one session look-up per event). UUIDs are keyed by their ints:
+    # a uuid.UUID's hash is Python code, two per event (0.63 -> 0.47 us an event for the loop).
+    by_int = {k.int: v for k, v in sessions.items()}
+    unique: dict[tuple[int, int], EventRecord] = {}
     records = []
     for e in events:
-        s = sessions[e.sesion_id]
+        session_id = e.sesion_id
+        s = by_int[session_id.int]
         seen = len(unique)
-        unique.setdefault((s.gpt_pk, e.id), e)  # one hash of the key (a UUID's is Python code)
+        unique.setdefault((s.gpt_pk, e.id.int), e)  # one hash of the key
         if len(unique) == seen:
             continue
         records.append(
-            (e.id, e.sesion_id, s.gpt_pk, s.usuario_id, s.project_id, e.tipo, e.contenido,
+            (e.id, session_id, s.gpt_pk, s.usuario_id, s.project_id, e.tipo, e.contenido,
              e.latency_ms, e.tokens_entrada, e.tokens_salida, e.timestamp, e.request_id,
              e.cost_usd)
         )  # fmt: skip
@@ -279,5 +284,5 @@ async def store_events(
         pass  # a key stored before (a retry, a redelivery), or by a transaction just committed
     rows = await conn.fetch(_STORE_DEDUPED, shard)
     for r in rows:
-        del unique[(r["gpt_pk"], r["id"])]
+        del unique[(r["gpt_pk"], r["id"].int)]
     return list(unique.values())
