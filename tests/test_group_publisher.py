@@ -13,7 +13,7 @@ from typing import Any
 
 import aio_pika
 from chatbeto.broker import PUBLISH_TIMEOUT_SECONDS, GroupPublisher, Publisher, connect
-from chatbeto.messages import MetricsBatch, envelope, to_amqp
+from chatbeto.messages import MetricsBatch, Outgoing, envelope, to_amqp
 from chatbeto.topology import Topology
 
 
@@ -27,7 +27,7 @@ class HeldPublisher(Publisher):
 
     async def publish(
         self,
-        message: aio_pika.Message,
+        message: aio_pika.Message | Outgoing,
         routing_key: str,
         *,
         exchange: str | None = None,
