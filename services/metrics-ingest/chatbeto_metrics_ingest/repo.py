@@ -248,12 +248,13 @@ async def store_events(
     # One row per (GPT, id): a batch may carry a retry beside its original. The COPY rows are
     # built in the same pass (one session look-up per event). UUIDs are keyed by their ints:
     # a uuid.UUID's hash is Python code, two per event (0.63 -> 0.47 us an event for the loop).
-    by_int = {k.int: v for k, v in sessions.items()}
+    # The session id copied is the session's key (from `sessions_of`: asyncpg's own UUID, which
+    # its encoder copies as is; a uuid.UUID's bytes are Python code again).
+    by_int = {k.int: (k, v) for k, v in sessions.items()}
     unique: dict[tuple[int, int], EventRecord] = {}
     records = []
     for e in events:
-        session_id = e.sesion_id
-        s = by_int[session_id.int]
+        session_id, s = by_int[e.sesion_id.int]
         seen = len(unique)
         unique.setdefault((s.gpt_pk, e.id.int), e)  # one hash of the key
         if len(unique) == seen:
