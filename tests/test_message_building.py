@@ -13,19 +13,28 @@ import orjson
 import pydantic
 import pytest
 from chatbeto.messages import (
+    Answer,
     Caller,
     ChatCall,
     ChatMessage,
     ConversationCreate,
     Envelope,
     EventRecord,
+    InvalidMessage,
     LiveEvents,
     MetricsBatch,
+    OpenAIReply,
     OpenAIRequest,
     ProxyCall,
+    ReplyChunk,
+    ReplyError,
+    ReplyResult,
+    StoredConversation,
+    Usage,
     envelope,
     new_uuid4,
     parse,
+    parse_reply,
     to_amqp,
     to_outgoing,
 )
@@ -130,3 +139,36 @@ def test_to_outgoing_sends_what_to_amqp_sends() -> None:
             )
         model = type(env.data)
         assert parse(fast.body, model, env.type, frozenset({env.version})) == env
+
+
+def test_parse_reply_reads_what_parse_reads_and_refuses_what_it_refuses() -> None:
+    answer = Answer(content="c", model="m", usage=Usage(prompt_tokens=1), latency_ms=3)
+    stored = StoredConversation(id=1, project_id=2, title="t", created_at=datetime.now(UTC))
+    parts: list[Any] = [
+        ReplyChunk(attempt="a", data='data: {"x": 1}\n\n'),
+        ReplyResult(attempt="a", body='{"id": "chatcmpl-1"}'),
+        ReplyResult(attempt="a", answer=answer, conversation=stored, replayed=True),
+        ReplyError(attempt="b", status=400, code="invalid_request", message="m", body="{}"),
+    ]
+    versions = frozenset({OpenAIReply.VERSION})
+    for part in parts:
+        body = envelope(OpenAIReply(part=part), "req-1").model_dump_json().encode()
+        assert parse_reply(body, versions) == part
+        assert (
+            parse_reply(body, versions)
+            == parse(body, OpenAIReply, OpenAIReply.TYPE, versions).data.part
+        )
+    good = orjson.loads(envelope(OpenAIReply(part=parts[0])).model_dump_json())
+    bad = [
+        b"not json",
+        orjson.dumps({**good, "type": "openai.request"}),
+        orjson.dumps({**good, "version": 1}),
+        orjson.dumps({**good, "data": {"part": good["data"]["part"], "more": 1}}),
+        orjson.dumps({**good, "data": {"part": {**good["data"]["part"], "kind": "other"}}}),
+        orjson.dumps({**good, "data": {"part": {**good["data"]["part"], "data": 5}}}),
+    ]
+    for body in bad:
+        with pytest.raises(InvalidMessage):
+            parse_reply(body, versions)
+        with pytest.raises(InvalidMessage):
+            parse(body, OpenAIReply, OpenAIReply.TYPE, versions)

@@ -3,6 +3,7 @@ openai-worker through the broker."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Any, Protocol
 
@@ -59,7 +60,13 @@ async def visible_conversation(request: web.Request, principal: Principal, raw_i
 def caller_of(principal: Principal) -> Caller:
     """Who asks, as the worker records it: the key's id and public prefix, never the key."""
     key = principal.key
-    return Caller.trusted(key_id=key.id, key_prefix=key.prefix, project_id=principal.project_id)
+    return _caller(key.id, key.prefix, principal.project_id)
+
+
+@functools.lru_cache(maxsize=4096)
+def _caller(key_id: int, key_prefix: str, project_id: int | None) -> Caller:
+    # Per key, not per request (a frozen model, shared as it is).
+    return Caller.trusted(key_id=key_id, key_prefix=key_prefix, project_id=project_id)
 
 
 async def ask(request: web.Request, job: RequestCall, principal: Principal) -> ReplyResult:

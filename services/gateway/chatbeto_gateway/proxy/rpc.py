@@ -26,7 +26,6 @@ from chatbeto.logging import get_logger
 from chatbeto.messages import (
     Caller,
     InvalidMessage,
-    OpenAIReply,
     OpenAIRequest,
     ReplyChunk,
     ReplyError,
@@ -34,7 +33,7 @@ from chatbeto.messages import (
     RequestCall,
     envelope,
     new_uuid4,
-    parse,
+    parse_reply,
     to_outgoing,
 )
 from chatbeto.topology import Topology
@@ -197,11 +196,11 @@ class Rpc:
         if pending is None:
             return  # its caller gave up (deadline) or the reply is a redelivery's twin
         try:
-            reply = parse(message.body, OpenAIReply, OpenAIReply.TYPE, ACCEPTED_VERSIONS).data
+            part = parse_reply(message.body, ACCEPTED_VERSIONS)
         except InvalidMessage as exc:
             log.error("unreadable reply", error=str(exc))
             return
-        pending.put(reply.part)
+        pending.put(part)
 
     @asynccontextmanager
     async def call(self, job: RequestCall, caller: Caller) -> AsyncIterator[Pending]:
