@@ -5,12 +5,11 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 
 import aio_pika
 import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
-from chatbeto.messages import OpenAIReply, ReplyChunk, ReplyResult, StoredConversation, parse
+from chatbeto.messages import OpenAIReply, ReplyChunk, parse
 from chatbeto.topology import Topology
 from chatbeto_openai_worker.replies import Replies
 
@@ -108,58 +107,5 @@ async def test_a_lone_reply_is_queued_without_waiting_for_a_flush(
 
     await wait_for(all_arrived)
     assert [m.correlation_id for m in got] == ["c0", "c1", "c2"]
-    await replies.close()
-    await channel.close()
-
-
-async def test_a_reply_built_before_its_commit_is_the_reply_built_after(
-    broker: AbstractRobustConnection, namespace: str
-) -> None:
-    """`ready` builds a result before its conversation is known; `send_ready` sends what `send`
-    would have (whatever the body holds)."""
-    topo = Topology(namespace)
-    channel = await broker.channel()
-    queue = await topo.declare_reply_queue(channel, "one")
-    got: list[AbstractIncomingMessage] = []
-
-    async def keep(message: AbstractIncomingMessage) -> None:
-        got.append(message)
-
-    await queue.consume(keep, no_ack=True)
-    replies = Replies(broker, topo)
-    await replies.start()
-    conv = StoredConversation(
-        id=7, project_id=3, title='a "title"', created_at=datetime(2026, 1, 2, 3, 4, 5, tzinfo=UTC)
-    )
-    # A body that mentions the placeholder's own JSON: escaped in a string, never matched.
-    tricky = (
-        '{"conversation":{"id":0,"project_id":0,"title":"","created_at":"2000-01-01T00:00:00Z"}}'
-    )
-    to = topo.reply_queue_name("one")
-    for n, (body, stored) in enumerate([("plain", conv), (tricky, conv), (None, None)]):
-        ready = replies.ready(to, f"c{n}", ReplyResult(attempt="a", body=body))
-        await replies.send_ready(ready, stored)
-        await replies.send(
-            to,
-            f"d{n}",
-            OpenAIReply(part=ReplyResult(attempt="a", body=body, conversation=stored)),
-        )
-
-    async def all_arrived() -> bool:
-        return len(got) == 6
-
-    await wait_for(all_arrived)
-    for early, late in zip(got[0::2], got[1::2], strict=True):
-        one = parse(early.body, OpenAIReply, OpenAIReply.TYPE, frozenset({2}))
-        two = parse(late.body, OpenAIReply, OpenAIReply.TYPE, frozenset({2}))
-        assert one.data == two.data
-        assert early.headers == late.headers
-        assert (early.content_type, early.type) == (late.content_type, late.type)
-    first = parse(got[0].body, OpenAIReply, OpenAIReply.TYPE, frozenset({2})).data.part
-    assert isinstance(first, ReplyResult)
-    assert first.conversation == conv
-    second = parse(got[2].body, OpenAIReply, OpenAIReply.TYPE, frozenset({2})).data.part
-    assert isinstance(second, ReplyResult)
-    assert second.body == tricky
     await replies.close()
     await channel.close()

@@ -335,33 +335,3 @@ async def test_a_group_writes_its_keys_in_key_order(
         assert conv.id == await db.fetchval(
             "SELECT id FROM conversations WHERE external_id = $1", e.external_id
         )
-
-
-async def test_a_lone_exchange_is_committed_in_the_callers_task(
-    database: str, db: asyncpg.Connection, factory: Factory
-) -> None:
-    """No flush task for an exchange that is alone: its statement is on its way in the caller's
-    first step (so what the caller scheduled meanwhile runs while Postgres commits)."""
-    project = await factory.project()
-    pool = await create_pool(database)
-    fast = await open_fast_pool(database)
-    store = ExchangeStore(pool, fast)
-    try:
-        storing = asyncio.create_task(store.store(exchange(project)))
-        await asyncio.sleep(0)  # the caller's first step ran
-        assert not store._tasks
-        conv = await storing
-        assert await db.fetchval(
-            "SELECT count(*) FROM messages WHERE conversation_id = $1", conv.id
-        )
-        # The next ones, while one is in flight, still form a group of their own.
-        first = asyncio.create_task(store.store(exchange(project)))
-        await asyncio.sleep(0)
-        rest = [asyncio.create_task(store.store(exchange(project))) for _ in range(3)]
-        await asyncio.gather(first, *rest)
-        await store.durable()
-        assert await db.fetchval("SELECT count(*) FROM conversations") == 5
-    finally:
-        await store.close()
-        await fast.close()
-        await pool.close()

@@ -8,16 +8,12 @@ and the rest are stored. Only a message that is not a metrics batch at all is in
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Any, Literal
 
 import orjson
 from aio_pika.abc import AbstractIncomingMessage
 from chatbeto.messages import Envelope, EventRecord, InvalidMessage, MetricsBatch, SessionRecord
-from chatbeto.storable import _EARLIEST, _LATEST
-from pydantic import GetCoreSchemaHandler, ValidationError
-from pydantic_core import CoreSchema
-from pydantic_core import core_schema as cs
+from pydantic import ValidationError
 
 ACCEPTED_VERSIONS = frozenset({1})
 Kind = Literal["session", "event"]
@@ -41,63 +37,14 @@ class Decoded:
     rejected: list[Rejected] = field(default_factory=list)
 
 
-class _FastTimestamp:
-    """`storable.Timestamp` as core schemas alone (its two Python calls were 0.18 us of the 2.0
-    us an event record took to decode), refusing more: any string without a colon (storable
-    refuses only number-like ones, which pydantic would read as epoch seconds; every aware ISO
-    8601 time has one). The bounds compare instants, as storable's conversion to UTC does."""
-
-    @classmethod
-    def __get_pydantic_core_schema__(cls, source: Any, handler: GetCoreSchemaHandler) -> CoreSchema:
-        return cs.chain_schema(
-            [
-                cs.str_schema(pattern=":"),
-                cs.datetime_schema(tz_constraint="aware", ge=_EARLIEST, le=_LATEST),
-            ]
-        )
-
-
-_Timestamp = Annotated[datetime, _FastTimestamp]
-
-
-class _FastSession(SessionRecord):
-    usuario_id: str
-    timestamp_inicio: _Timestamp
-    request_id: str | None = None
-
-
-class _FastEvent(EventRecord):
-    tipo: str
-    contenido: str
-    timestamp: _Timestamp
-    request_id: str | None = None
-
-
-class _FastBatch(MetricsBatch):
-    sessions: tuple[_FastSession, ...] = ()
-    events: tuple[_FastEvent, ...] = ()
-
-
-# The first try at a body, all in pydantic-core: the records' models with checks that accept
-# nothing `storable` refuses (tests/test_ingest_decode.py), and may refuse more: a body they
-# refuse is judged again record by record with the records' own models (`_one_by_one`), so
-# what is stored and every reason given stay theirs. Subclasses of the records: the rest of the
-# worker, and `MetricsBatch` in a retry, take them as those.
-_FAST_ENVELOPE: Any = Envelope[_FastBatch]
 _ENVELOPE: Any = Envelope[MetricsBatch]
-# storable.Text's NUL check is left out only where no string can hold one: JSON carries a NUL
-# in a string only as the escape \u0000 (a raw control character there is no JSON: both
-# parsers refuse the body), so a body without those six bytes has none.
-_NUL_ESCAPE = b"\\u0000"
 
 
 def decode(message: AbstractIncomingMessage) -> Decoded:
     """Raises `InvalidMessage` only when the message as a whole is not a metrics batch."""
-    body = message.body
-    model = _ENVELOPE if _NUL_ESCAPE in body else _FAST_ENVELOPE
     try:
         # The whole body in one pass of pydantic's JSON parser: the common case, and the fast one.
-        env = model.model_validate_json(body)
+        env = _ENVELOPE.model_validate_json(message.body)
     except ValidationError:
         return _one_by_one(message)  # re-raises when the envelope itself is at fault
     if env.type != MetricsBatch.TYPE or env.version not in ACCEPTED_VERSIONS:

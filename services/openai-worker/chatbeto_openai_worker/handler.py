@@ -53,7 +53,7 @@ from chatbeto.store.conversations import Conversation, NewMessage
 
 from chatbeto_openai_worker import repo, upstream
 from chatbeto_openai_worker.client import WorkerOpenAI
-from chatbeto_openai_worker.replies import Ready, Replies
+from chatbeto_openai_worker.replies import Replies
 from chatbeto_openai_worker.store import ExchangeStore
 from chatbeto_openai_worker.upstream import Completion, UpstreamError, UpstreamRejected
 from chatbeto_openai_worker.usage_events import UsageEvents
@@ -119,16 +119,6 @@ class Call:
                 replayed=replayed,
             )
         )
-
-    def ready(self, body: str | None) -> Ready:
-        """The result with `body` built ahead, its conversation to come (`result_ready`)."""
-        return self.replies.ready(
-            self.reply_to, self.correlation_id, ReplyResult(attempt=self.attempt, body=body)
-        )
-
-    async def result_ready(self, ready: Ready, conversation: StoredConversation | None) -> None:
-        self.progress.answered = True  # even if the send fails: it may have reached the client
-        await self.replies.send_ready(ready, conversation)
 
     async def error(self, status: int, code: str, message: str, body: str | None = None) -> None:
         await self.send(

@@ -10,7 +10,6 @@ exchange is committed and travels in the result, so a client that saw the end sa
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
@@ -19,7 +18,6 @@ from chatbeto.store.conversations import NewMessage
 
 from chatbeto_openai_worker import exchange, replay, repo, upstream
 from chatbeto_openai_worker.exchange import Outcome, Turn
-from chatbeto_openai_worker.soon import Soon
 from chatbeto_openai_worker.upstream import UpstreamUnavailable
 
 if TYPE_CHECKING:
@@ -33,15 +31,6 @@ PATHS = {
 SOURCES = {"chat.completions": "v1", "responses": "responses"}
 TERMINAL_EVENTS = frozenset({"response.completed", "response.failed", "response.incomplete"})
 TITLE_CHARS = 80
-
-
-@dataclass(frozen=True)
-class Asked:
-    """The request's side of its exchange: its rows and its title (none of it needs the answer,
-    so it is made while OpenAI answers)."""
-
-    rows: list[NewMessage]
-    title: str | None
 
 
 class ProxyHandler:
@@ -64,7 +53,6 @@ class ProxyHandler:
             from chatbeto_openai_worker.handler import StreamInterrupted
 
             raise StreamInterrupted("the answer was interrupted; retry the request")
-        asked = Soon(lambda: self._asked(call, job)) if job.project_id is not None else None
         started = time.monotonic()
         if job.stream:
             outcome, tail = await self._stream(call, job, model)
@@ -81,15 +69,11 @@ class ProxyHandler:
             body = raw.decode()
         latency_ms = round((time.monotonic() - started) * 1000)
         conv = None
-        if asked is not None:
-            stored = self._exchange(call, job, outcome, latency_ms, asked.value())
-            # Built while the exchange's statement runs: only its send is left after the commit.
-            reply = Soon(lambda: call.ready(body))
-            conv = await self.handler.store.store(stored)
-            await call.result_ready(reply.value(), conv.stored())
+        if job.project_id is not None:
+            conv = await self.handler.store.store(self._exchange(call, job, outcome, latency_ms))
         else:
             await self.handler.charge_alone(call, outcome.model, outcome.usage)
-            await call.result(body=body)
+        await call.result(conversation=conv.stored() if conv else None, body=body)
         await self.handler.record(call, outcome.model, outcome.usage, latency_ms, conv)
 
     async def _embeddings(self, call: Call, job: ProxyCall, model: str) -> None:
@@ -149,38 +133,28 @@ class ProxyHandler:
             raise UpstreamUnavailable("OpenAI's stream ended before its final event")
         return exchange.responses_answer(final["response"], model), tail
 
-    def _asked(self, call: Call, job: ProxyCall) -> Asked:
+    def _exchange(
+        self, call: Call, job: ProxyCall, outcome: Outcome, latency_ms: int
+    ) -> repo.Exchange:
         if job.endpoint == "responses":
             turns = exchange.responses_request(job.body)
         else:
             turns = exchange.chat_request(job.body)
         rows = [_row(call, f"{call.message_id}:in:{n}", t) for n, t in enumerate(turns)]
-        first = next((t.content for t in turns if t.role == "user"), "")
-        return Asked(rows, first[:TITLE_CHARS] or None)
-
-    def _exchange(
-        self,
-        call: Call,
-        job: ProxyCall,
-        outcome: Outcome,
-        latency_ms: int,
-        asked: Asked | None = None,
-    ) -> repo.Exchange:
-        asked = asked or self._asked(call, job)
         # Other choices (`n` > 1) ride in the answer's metadata: one assistant row.
         answer = outcome.turns[0] if outcome.turns else Turn(role="assistant", content="")
-        rows = [
-            *asked.rows,
+        rows.append(
             _row(
                 call, f"{call.message_id}:answer", answer, outcome.model, outcome.usage, latency_ms
-            ),
-        ]
+            )
+        )
+        first = next((t.content for t in turns if t.role == "user"), "")
         return self.handler.new_exchange(
             call,
             rows,
             None,
             job.project_id,
-            asked.title,
+            first[:TITLE_CHARS] or None,
             outcome.model,
             SOURCES[job.endpoint],
         )

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import cast
 
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.abc import ChannelFrame
 from chatbeto.logging import get_logger
-from chatbeto.messages import OpenAIReply, ReplyResult, StoredConversation, envelope, to_amqp
+from chatbeto.messages import OpenAIReply, envelope, to_amqp
 from chatbeto.topology import Topology
 from pamqp import commands as spec
 from pamqp.body import ContentBody
@@ -31,28 +30,6 @@ from pamqp.header import ContentHeader
 
 log = get_logger(__name__)
 Frame = spec.Basic.Publish | ContentHeader | ContentBody
-
-
-# Stands for a result's conversation in a reply built before its commit (`Replies.ready`).
-_PLACEHOLDER = StoredConversation(
-    id=0, project_id=0, title="", created_at=datetime(2000, 1, 1, tzinfo=UTC)
-)
-_KEY = b'"conversation":'
-_MARK = _KEY + _PLACEHOLDER.model_dump_json().encode()
-
-
-@dataclass(frozen=True)
-class Ready:
-    """A result reply built before its exchange's commit: its JSON, split where the
-    conversation (known only once committed) goes."""
-
-    reply_to: str
-    correlation_id: str
-    result: ReplyResult
-    properties: spec.Basic.Properties
-    # Up to and with `"conversation":`, and the rest; None: built when sent (not split).
-    head: bytes | None
-    tail: bytes
 
 
 @dataclass(frozen=True)
@@ -84,12 +61,9 @@ class Replies:
         gone. The writer task writes it before this caller goes on to its next step (the
         metrics event): the answer leaves first."""
         message = to_amqp(envelope(reply), persistent=False, correlation_id=correlation_id)
-        await self._send(reply_to, message.properties, message.body)
-
-    async def _send(self, reply_to: str, properties: spec.Basic.Properties, body: bytes) -> None:
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
-        self._due.append(_Due(reply_to, properties, body, future))
+        self._due.append(_Due(reply_to, message.properties, message.body, future))
         if self._flushing is None:
             if not self._turn_open:
                 # The first of this turn: out now. Those sent after it in this turn (callers
@@ -106,35 +80,6 @@ class Replies:
             # one add their replies first.
             self._flushing = asyncio.create_task(self._flush())
         await future
-
-    def ready(self, reply_to: str, correlation_id: str, result: ReplyResult) -> Ready:
-        """`result` (its `conversation` to come) built now — while its exchange's statement is
-        in flight, so that only `send_ready` is left once it committed."""
-        reply = OpenAIReply(part=result.model_copy(update={"conversation": _PLACEHOLDER}))
-        message = to_amqp(envelope(reply), persistent=False, correlation_id=correlation_id)
-        body = message.body
-        # A JSON string holds no bare quote, so only the placeholder itself can match.
-        if body.count(_MARK) != 1:
-            return Ready(reply_to, correlation_id, result, message.properties, None, b"")
-        at = body.index(_MARK) + len(_KEY)
-        return Ready(
-            reply_to,
-            correlation_id,
-            result,
-            message.properties,
-            body[:at],
-            body[at + len(_MARK) - len(_KEY) :],
-        )
-
-    async def send_ready(self, ready: Ready, conversation: StoredConversation | None) -> None:
-        """`send` of a ready reply with its conversation: the bytes `send` would have built
-        (pydantic serialises a nested model as it does alone)."""
-        if ready.head is None:
-            part = ready.result.model_copy(update={"conversation": conversation})
-            await self.send(ready.reply_to, ready.correlation_id, OpenAIReply(part=part))
-            return
-        inner = b"null" if conversation is None else conversation.model_dump_json().encode()
-        await self._send(ready.reply_to, ready.properties, ready.head + inner + ready.tail)
 
     def _close_turn(self) -> None:
         self._turn_open = False

@@ -83,18 +83,6 @@ class ExchangeStore:
     async def store(self, exchange: repo.Exchange) -> Conversation:
         """Returns once the exchange is committed (not yet flushed: see `durable`); raises what
         storing it alone raised."""
-        if not self._pending and self._in_flight < MAX_IN_FLIGHT:
-            # Alone: committed in the caller's own task — no task to start, no future to wake
-            # (a loop turn each), and the statement is on its way before the caller's next
-            # callback runs (`soon.Soon`: the reply is built while it commits).
-            self._in_flight += 1
-            try:
-                (conv,) = await self._commit([exchange], self._fast)
-            finally:
-                self._barrier_soon()
-                self._in_flight -= 1
-                self._kick()
-            return conv
         future: asyncio.Future[Conversation] = asyncio.get_running_loop().create_future()
         self._pending.append((exchange, future))
         self._kick()
