@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 import aio_pika
 import asyncpg
 import pytest
+from aio_pika.abc import AbstractRobustConnection
 from aiohttp import web
 from aiohttp.test_utils import TestClient
 from chatbeto import api_keys
@@ -104,6 +105,16 @@ async def namespace(amqp_url: str) -> AsyncIterator[str]:
     async with connection:
         channel = await connection.channel()
         await Topology(ns).delete(channel)
+
+
+@pytest.fixture
+async def broker(amqp_url: str, namespace: str) -> AsyncIterator[AbstractRobustConnection]:
+    """A robust connection with the test's namespace declared (queues, exchanges)."""
+    connection = await aio_pika.connect_robust(amqp_url)
+    channel = await connection.channel()
+    await Topology(namespace).declare(channel)
+    yield connection
+    await connection.close()
 
 
 @pytest.fixture

@@ -5,10 +5,9 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 import aio_pika
-import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from chatbeto.broker import Publisher
 from chatbeto.consumer import BatchConsumer, ConcurrentConsumer
@@ -17,15 +16,6 @@ from chatbeto.topology import OPENAI_REQUESTS, Topology, WorkQueue
 from tests.conftest import wait_for
 
 ROUTING_KEY = "openai.request.t"
-
-
-@pytest.fixture
-async def broker(amqp_url: str, namespace: str) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    channel = await connection.channel()
-    await Topology(namespace).declare(channel)
-    yield connection
-    await connection.close()
 
 
 async def publish(broker: AbstractRobustConnection, topo: Topology, bodies: Sequence[str]) -> None:

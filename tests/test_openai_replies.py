@@ -4,25 +4,13 @@ one write, each to its own gateway, in order, whole (a body larger than a frame 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 
-import aio_pika
-import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 from chatbeto.messages import OpenAIReply, ReplyChunk, parse
 from chatbeto.topology import Topology
 from chatbeto_openai_worker.replies import Replies
 
 from tests.conftest import wait_for
-
-
-@pytest.fixture
-async def broker(amqp_url: str, namespace: str) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    channel = await connection.channel()
-    await Topology(namespace).declare(channel)
-    yield connection
-    await connection.close()
 
 
 async def test_replies_of_one_turn_leave_in_one_write(

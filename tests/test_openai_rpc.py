@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -73,15 +72,6 @@ async def test_each_gateway_gets_only_its_own_replies(
         *(ask(one if n % 2 == 0 else two, t) for n, t in enumerate(texts))
     )
     assert answers == [f"echo[1]: {t}" for t in texts]
-
-
-@pytest.fixture
-async def broker(amqp_url: str, namespace: str) -> AsyncIterator[AbstractRobustConnection]:
-    connection = await aio_pika.connect_robust(amqp_url)
-    channel = await connection.channel()
-    await Topology(namespace).declare(channel)
-    yield connection
-    await connection.close()
 
 
 async def test_a_redelivered_request_is_stored_and_answered_once(
