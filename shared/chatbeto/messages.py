@@ -498,6 +498,20 @@ def parse(body: bytes, model: type[P], type_: str, versions: frozenset[int]) -> 
         raise InvalidMessage(str(exc)) from exc
 
 
+def raw_envelope(body: bytes, type_: str, versions: frozenset[int]) -> dict[str, Any]:
+    """A message's envelope as plain JSON, its type and version checked (`InvalidMessage` if
+    not): for readers that validate the data themselves, part by part."""
+    try:
+        raw = orjson.loads(body)
+    except orjson.JSONDecodeError as exc:
+        raise InvalidMessage(f"not JSON: {exc}") from exc
+    if not isinstance(raw, dict) or raw.get("type") != type_:
+        raise InvalidMessage(f"expected type {type_}")
+    if raw.get("version") not in versions:
+        raise InvalidMessage(f"unsupported version {raw.get('version')!r}")
+    return raw
+
+
 _REPLY_PART: TypeAdapter[ReplyChunk | ReplyResult | ReplyError] = TypeAdapter(ReplyPart)
 
 
@@ -505,15 +519,7 @@ def parse_reply(body: bytes, versions: frozenset[int]) -> ReplyChunk | ReplyResu
     """An `OpenAIReply`'s part, validated as `parse` validates it; of the envelope around it
     only the type and version are checked, as the gateway reads nothing else of it (the ids
     and timestamps' validation was half of `parse`'s cost, on every reply's critical path)."""
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("type") != OpenAIReply.TYPE:
-        raise InvalidMessage(f"expected type {OpenAIReply.TYPE}")
-    if raw.get("version") not in versions:
-        raise InvalidMessage(f"unsupported version {raw.get('version')!r}")
-    data = raw.get("data")
+    data = raw_envelope(body, OpenAIReply.TYPE, versions).get("data")
     if not isinstance(data, dict) or data.keys() != {"part"}:
         raise InvalidMessage("data: expected exactly a `part`")
     try:

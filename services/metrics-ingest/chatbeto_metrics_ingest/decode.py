@@ -10,9 +10,15 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-import orjson
 from aio_pika.abc import AbstractIncomingMessage
-from chatbeto.messages import Envelope, EventRecord, InvalidMessage, MetricsBatch, SessionRecord
+from chatbeto.messages import (
+    Envelope,
+    EventRecord,
+    InvalidMessage,
+    MetricsBatch,
+    SessionRecord,
+    raw_envelope,
+)
 from pydantic import ValidationError
 
 ACCEPTED_VERSIONS = frozenset({1})
@@ -53,14 +59,7 @@ def decode(message: AbstractIncomingMessage) -> Decoded:
 
 
 def _one_by_one(message: AbstractIncomingMessage) -> Decoded:
-    try:
-        raw = orjson.loads(message.body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("type") != MetricsBatch.TYPE:
-        raise InvalidMessage(f"expected type {MetricsBatch.TYPE}")
-    if raw.get("version") not in ACCEPTED_VERSIONS:
-        raise InvalidMessage(f"unsupported version {raw.get('version')!r}")
+    raw = raw_envelope(message.body, MetricsBatch.TYPE, ACCEPTED_VERSIONS)
     data = raw.get("data")
     if not isinstance(data, dict) or set(data) - {"sessions", "events"}:
         raise InvalidMessage("data must hold only sessions and events")
