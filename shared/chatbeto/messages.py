@@ -484,14 +484,7 @@ class InvalidMessage(Exception):
 
 
 def parse(body: bytes, model: type[P], type_: str, versions: frozenset[int]) -> Envelope[P]:
-    try:
-        raw = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        raise InvalidMessage(f"not JSON: {exc}") from exc
-    if not isinstance(raw, dict) or raw.get("type") != type_:
-        raise InvalidMessage(f"expected type {type_}")
-    if raw.get("version") not in versions:
-        raise InvalidMessage(f"unsupported version {raw.get('version')!r}")
+    raw = raw_envelope(body, type_, versions)
     try:
         return cast("Envelope[P]", _envelope_of(model).model_validate(raw))
     except ValueError as exc:
