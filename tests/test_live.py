@@ -105,28 +105,22 @@ async def test_live_needs_a_key_that_sees_the_gpt(gateway: Client, tenant: dict[
     assert (await gateway.get("/api/gpts/nope/live", headers=h(tenant["key"]))).status == 404
 
 
-def live_queues(namespace: str) -> list[tuple[str, int]]:
+def _listed(*command: str) -> list[list[str]]:
+    """`rabbitmqctl -q <command>`'s rows, tab-separated columns."""
     out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "name", "consumers"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
+        ["rabbitmqctl", "-q", *command], capture_output=True, text=True, check=True, timeout=60
     ).stdout
-    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    return [line.split("\t") for line in out.splitlines() if "\t" in line]
+
+
+def live_queues(namespace: str) -> list[tuple[str, int]]:
+    rows = _listed("list_queues", "name", "consumers")
     return [(n, int(c)) for n, c in rows if n.startswith(f"{namespace}chatbeto.live.")]
 
 
 def live_bindings(namespace: str) -> list[str]:
     """The queues bound to this namespace's live exchange."""
-    out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_bindings", "source_name", "destination_name"],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=60,
-    ).stdout
-    rows = [line.split("\t") for line in out.splitlines() if "\t" in line]
+    rows = _listed("list_bindings", "source_name", "destination_name")
     return [dest for source, dest in rows if source == f"{namespace}chatbeto.live"]
 
 
