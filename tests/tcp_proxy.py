@@ -14,6 +14,9 @@ class TcpProxy:
         self.port = 0
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
+        # Packets dropped, not refused: connections stay open and new ones are accepted, but
+        # nothing is forwarded either way (a network partition, a hung server).
+        self.dropping = False
 
     async def start(self) -> None:
         self._server = await asyncio.start_server(self._handle, "127.0.0.1", self.port)
@@ -28,8 +31,24 @@ class TcpProxy:
             await self._server.wait_closed()
             self._server = None
         self._writers.clear()
+        self.dropping = False
+
+    def drop(self) -> None:
+        """From now on forward nothing (see `dropping`); `stop` ends it."""
+        self.dropping = True
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self.dropping:
+            self._writers.add(writer)
+            try:
+                while await reader.read(65536):
+                    pass
+            except OSError:
+                pass
+            finally:
+                self._writers.discard(writer)
+                writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self.target)
         except OSError:
@@ -41,10 +60,11 @@ class TcpProxy:
         )
         self._writers.difference_update((writer, up_writer))
 
-    @staticmethod
-    async def _pipe(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pipe(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             while data := await reader.read(65536):
+                if self.dropping:
+                    continue
                 writer.write(data)
                 await writer.drain()
         finally:

@@ -240,3 +240,37 @@ async def test_model_calls_answer_503_at_once_while_the_workers_postgres_is_down
     while time.monotonic() < watch_until:
         assert await db.fetchval(stored, "%down-%") == 0
         await asyncio.sleep(0.1)
+
+
+async def test_model_calls_answer_503_before_the_deadline_while_the_workers_postgres_drops_packets(
+    chat_gateway: Client,
+    start_openai_worker: StartWorker,
+    database: str,
+    pg_proxy: TcpProxy,
+    factory: Factory,
+) -> None:
+    """A Postgres that drops packets (a partition, a hung server) refuses nothing: every wait
+    on it must be bounded, or the caller gets the gateway's 504 at its deadline instead."""
+    worker = await start_openai_worker(database_url=through(database, pg_proxy))
+    assert worker.runtime is not None
+    project = await factory.project()
+    key = await factory.key(project)
+    base_url = str(chat_gateway.make_url("/v1"))
+    async with openai.AsyncOpenAI(api_key=key, base_url=base_url, max_retries=0) as sdk:
+        before = await sdk.chat.completions.create(
+            model="gpt-4", messages=[{"role": "user", "content": "before"}]
+        )
+        assert before.choices
+        pg_proxy.drop()
+        started = time.monotonic()
+        with pytest.raises(openai.APIStatusError) as caught:
+            await sdk.chat.completions.create(
+                model="gpt-4", messages=[{"role": "user", "content": "dropped"}]
+            )
+        waited = time.monotonic() - started
+    assert caught.value.status_code == 503, caught.value
+    assert caught.value.response.headers.get("Retry-After", "").isdigit()
+    assert caught.value.code == "database_unavailable"
+    # The gateway's own deadline is OPENAI_TIMEOUT (10 s) + the reply grace (5 s): its 504
+    # comes at 15 s, so a 503 means the worker's wait on Postgres was bounded.
+    assert waited < 15, waited

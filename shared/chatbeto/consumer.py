@@ -286,6 +286,10 @@ class Consumer:
         )
 
 
+# How long a batch waits for company once its first message is in hand (see BatchConsumer).
+GATHER_SECONDS = 0.02
+
+
 class BatchConsumer(Consumer):
     def __init__(
         self,
@@ -303,7 +307,8 @@ class BatchConsumer(Consumer):
         super().__init__(connection, topo, queue, publisher, prefetch=prefetch, max_tries=max_tries)
         self._handler = handler
         self._max_batch = max_batch
-        self._max_wait_seconds = max_wait_seconds
+        # After the messages already delivered, a batch waits this long for more (0: never).
+        self.max_wait_seconds = max_wait_seconds
         self._buffer: asyncio.Queue[AbstractIncomingMessage] = asyncio.Queue()
         self._runner: asyncio.Task[None] | None = None
 
@@ -330,7 +335,7 @@ class BatchConsumer(Consumer):
             batch.append(get.result())
         finally:
             stop.cancel()
-        deadline = time.monotonic() + self._max_wait_seconds
+        deadline = time.monotonic() + self.max_wait_seconds
         while len(batch) < self._max_batch:
             try:
                 batch.append(self._buffer.get_nowait())

@@ -19,6 +19,11 @@ T = TypeVar("T")
 # then the caller's one-line error names DATABASE_URL.
 CONNECT_ATTEMPTS = 5
 CONNECT_RETRY_SECONDS = 1.0
+# asyncpg waits 60 s for a new connection and has no statement timeout of its own: against a
+# Postgres that drops packets (no refusal to see) every caller would wait that long. Bounded
+# here so that a caller still answers 503 before its own caller gives up.
+CONNECT_TIMEOUT_SECONDS = 5.0
+COMMAND_TIMEOUT_SECONDS = 30.0
 TRANSIENT = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 # Postgres unreachable, as every service tells its caller (contract 3.1: 503 with Retry-After):
 # the gateway for its own queries, the openai-worker in its error reply. How long to wait: a
@@ -121,11 +126,13 @@ async def create_pool(
     server_settings: dict[str, str] | None = None,
     *,
     reset_session: bool = True,
+    command_timeout: float = COMMAND_TIMEOUT_SECONDS,
 ) -> asyncpg.Pool:
     """`server_settings` are session settings at connect time (they survive the pool's
     `RESET ALL` between borrowers). `reset_session=False` skips that reset (advisory locks,
     LISTEN, cursors, SETs) and its round trip on every release: only for a pool whose users
-    leave no session state behind."""
+    leave no session state behind. `command_timeout` bounds each statement (asyncpg raises
+    TimeoutError, an outage to `is_database_outage`)."""
     pool = await _retrying(
         dsn,
         lambda: asyncpg.create_pool(
@@ -133,7 +140,8 @@ async def create_pool(
             min_size=min_size,
             max_size=max_size,
             init=_init_connection,
-            command_timeout=30,
+            timeout=CONNECT_TIMEOUT_SECONDS,
+            command_timeout=command_timeout,
             server_settings=server_settings,
             reset=None if reset_session else _keep_session,
         ),

@@ -50,6 +50,10 @@ MAX_GROUP = 64
 # unchanged, a lone exchange never waits).
 MAX_IN_FLIGHT = 1
 FAST_POOL_SIZE = 6
+# A commit on the answer's path takes milliseconds; one that hangs (Postgres dropping packets)
+# must end while the gateway still waits (OPENAI_TIMEOUT plus the reply grace, 5 s by
+# default), so that its caller gets the 503 `database_unavailable`, not the 504.
+COMMIT_TIMEOUT_SECONDS = 4.0
 # One statement, so one round trip; `set_config(..., true)` holds for its own transaction,
 # whose commit therefore waits for the flush even on a `synchronous_commit = off` connection.
 BARRIER_SQL = "SELECT set_config('synchronous_commit', 'on', true), txid_current()"
@@ -62,6 +66,7 @@ async def open_fast_pool(dsn: str) -> asyncpg.Pool:
         max_size=FAST_POOL_SIZE,
         server_settings={"synchronous_commit": "off"},
         reset_session=False,
+        command_timeout=COMMIT_TIMEOUT_SECONDS,
     )
 
 
