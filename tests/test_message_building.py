@@ -86,6 +86,19 @@ def test_a_trusted_record_equals_the_validated_one() -> None:
         trusted.tipo = "other"  # type: ignore[misc]  # frozen like the validated one
 
 
+def test_an_event_record_of_equals_the_validated_one() -> None:
+    values = {**record_values(), "request_id": "req-1"}
+    fast = EventRecord.of(**values)  # type: ignore[arg-type]
+    checked = EventRecord(**values)
+    assert fast == checked
+    assert fast.model_dump() == checked.model_dump()
+    assert fast.model_dump_json() == checked.model_dump_json()
+    assert fast.model_fields_set == checked.model_fields_set
+    assert fast.model_fields_set is not EventRecord.of(**values).model_fields_set  # type: ignore[arg-type]
+    with pytest.raises(pydantic.ValidationError):
+        fast.tipo = "other"  # type: ignore[misc]
+
+
 def test_a_trusted_record_refuses_missing_and_unknown_fields() -> None:
     values = record_values()
     del values["tipo"]

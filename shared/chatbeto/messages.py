@@ -102,6 +102,7 @@ class Frozen(BaseModel):
 
 
 _set = object.__setattr__
+_new = object.__new__
 
 
 class _Shape(NamedTuple):
@@ -154,6 +155,48 @@ class EventRecord(Frozen):
     # What the model call cost, priced from its usage; None when unknown (or not a model call).
     # Exact (Decimal, as chatbeto.spend prices it); travels as a JSON string.
     cost_usd: Decimal | None = Field(default=None, ge=0, allow_inf_nan=False)
+
+    @classmethod
+    def of(
+        cls,
+        id: uuid.UUID,
+        sesion_id: uuid.UUID,
+        tipo: str,
+        contenido: str,
+        latency_ms: int,
+        tokens_entrada: int,
+        tokens_salida: int,
+        timestamp: datetime,
+        request_id: str | None,
+    ) -> EventRecord:
+        """`trusted` for the ingest hot path, with the fields spelled out (so typed): values
+        validated already (`EventIn`), no cost. Half of `trusted`'s 2.6 us, which builds and
+        checks a keyword dict per record."""
+        model = _new(cls)
+        _set(
+            model,
+            "__dict__",
+            {
+                "id": id,
+                "sesion_id": sesion_id,
+                "tipo": tipo,
+                "contenido": contenido,
+                "latency_ms": latency_ms,
+                "tokens_entrada": tokens_entrada,
+                "tokens_salida": tokens_salida,
+                "timestamp": timestamp,
+                "request_id": request_id,
+                "cost_usd": None,
+            },
+        )
+        _set(model, "__pydantic_fields_set__", _EVENT_FIELDS_SET.copy())
+        _set(model, "__pydantic_extra__", None)
+        _set(model, "__pydantic_private__", None)
+        return model
+
+
+# What `EventRecord.of` marks as set: every field but the cost, as `trusted` would.
+_EVENT_FIELDS_SET = set(EventRecord.model_fields) - {"cost_usd"}
 
 
 class MetricsBatch(Frozen):

