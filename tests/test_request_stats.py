@@ -70,3 +70,26 @@ async def test_a_scrape_counts_every_request_answered_before_it(gateway: Client)
         assert (await gateway.get("/healthz")).status == 200
     # No waiting for the periodic flush: the scrape flushes this process's counts first.
     assert await healthz_count() == before + 3
+
+
+async def test_requests_are_counted_by_route_template_and_unmatched(gateway: Client) -> None:
+    """Labels come from a per-route cache: a dynamic route's template (not its path), and
+    aiohttp's own 404 routes as `unmatched` (never cached: they are made per request)."""
+
+    def count(text: str, route: str, status: int) -> float:
+        found = re.search(
+            rf'^chatbeto_http_requests_total\{{method="GET",route="{re.escape(route)}",'
+            rf'status="{status}"\}} (\S+)$',
+            text,
+            re.M,
+        )
+        return float(found.group(1)) if found else 0.0
+
+    before = await (await gateway.get("/metrics")).text()
+    for _ in range(2):
+        assert (await gateway.get(f"/api/sessions/{uuid.uuid4()}")).status == 401  # no key
+        assert (await gateway.get(f"/no/such/{uuid.uuid4().hex}")).status == 404
+    after = await (await gateway.get("/metrics")).text()
+    template = "/api/sessions/{session_id}"
+    assert count(after, template, 401) == count(before, template, 401) + 2
+    assert count(after, "unmatched", 404) == count(before, "unmatched", 404) + 2
