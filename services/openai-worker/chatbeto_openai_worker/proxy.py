@@ -96,6 +96,7 @@ class ProxyHandler:
         async def on_bytes(data: bytes) -> None:
             events, state["rest"] = exchange.sse_events(state["rest"] + data)
             out: list[bytes] = []
+            chunks: list[bytes] = []  # chat chunks, read for storage once they are sent
             for event in events:
                 if state["tail"]:  # after the end: held back with it
                     state["tail"] += event.raw
@@ -103,9 +104,7 @@ class ProxyHandler:
                     if event.data == b"[DONE]":
                         state["tail"] = event.raw
                         continue
-                    chunk = _json(event.data)
-                    if chunk is not None:
-                        chat.feed(chunk)
+                    chunks.append(event.data)
                     out.append(event.raw)
                 else:
                     payload = _json(event.data)
@@ -117,6 +116,11 @@ class ProxyHandler:
                     out.append(event.raw)
             if out:
                 await call.chunk(b"".join(out).decode())
+            # After the send: the first token waits for no JSON parsing.
+            for raw in chunks:
+                chunk = _json(raw)
+                if chunk is not None:
+                    chat.feed(chunk)
 
         await upstream.forward_stream(
             self.handler.client,

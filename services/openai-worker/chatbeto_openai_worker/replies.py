@@ -22,14 +22,17 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractRobustConnection
 from aiormq.abc import ChannelFrame
 from chatbeto.logging import get_logger
-from chatbeto.messages import OpenAIReply, envelope, to_amqp
+from chatbeto.messages import OpenAIReply, envelope, to_outgoing
 from chatbeto.topology import Topology
 from pamqp import commands as spec
+from pamqp import frame
 from pamqp.body import ContentBody
 from pamqp.header import ContentHeader
 
 log = get_logger(__name__)
-Frame = spec.Basic.Publish | ContentHeader | ContentBody
+# Marshalled `basic.publish` frames by (channel number, reply_to): the same few gateways every
+# time, and pamqp's marshalling of the method frame cost as much as building the reply's body.
+MAX_PUBLISH_FRAMES = 1024
 
 
 @dataclass(frozen=True)
@@ -50,6 +53,7 @@ class Replies:
         self._turn_open = False  # a reply left at once in this loop turn
         self.writes = 0  # frames queued on the writer (each one socket write)
         self.sent = 0  # replies they carried
+        self._publish_frames: dict[tuple[int, str], bytes] = {}
 
     async def start(self) -> None:
         # No confirms: a reply is worth nothing once its gateway stopped waiting, and the
@@ -60,7 +64,9 @@ class Replies:
         """Returns once the reply is queued on the connection's writer; raises if the channel is
         gone. The writer task writes it before this caller goes on to its next step (the
         metrics event): the answer leaves first."""
-        message = to_amqp(envelope(reply), persistent=False, correlation_id=correlation_id)
+        # The body and pamqp properties as `to_amqp` makes them, without an aio_pika.Message
+        # and pydantic's serialiser (the request's own path: `messages.to_outgoing`).
+        message = to_outgoing(envelope(reply), persistent=False, correlation_id=correlation_id)
         loop = asyncio.get_running_loop()
         future: asyncio.Future[None] = loop.create_future()
         self._due.append(_Due(reply_to, message.properties, message.body, future))
@@ -104,13 +110,17 @@ class Replies:
             due, self._due = self._due, []
             if not due:  # another write, resumed first, took them
                 return
-            exchange = self._topology.replies_exchange
-            frames: list[Frame] = []
+            number, size = channel.number, channel.max_content_size
+            frames: list[bytes] = []
             for reply in due:
-                frames.append(spec.Basic.Publish(exchange=exchange, routing_key=reply.reply_to))
-                frames.append(ContentHeader(properties=reply.properties, body_size=len(reply.body)))
-                frames += _body_frames(reply.body, channel.max_content_size)
-            await channel.write_queue.put(ChannelFrame.marshall(channel.number, frames))
+                frames.append(self._publish_frame(number, reply.reply_to))
+                header = ContentHeader(properties=reply.properties, body_size=len(reply.body))
+                frames.append(frame.marshal(header, number))
+                frames += _body_frames(reply.body, number, size)
+            # What `ChannelFrame.marshall` makes of the same frames, in one payload.
+            await channel.write_queue.put(
+                ChannelFrame(payload=b"".join(frames), should_close=False)
+            )
         except Exception as exc:
             if not due:
                 due, self._due = self._due, []
@@ -124,6 +134,18 @@ class Replies:
             if not reply.future.done():
                 reply.future.set_result(None)
 
+    def _publish_frame(self, number: int, reply_to: str) -> bytes:
+        key = (number, reply_to)
+        found = self._publish_frames.get(key)
+        if found is None:
+            if len(self._publish_frames) >= MAX_PUBLISH_FRAMES:
+                self._publish_frames.clear()
+            method = spec.Basic.Publish(
+                exchange=self._topology.replies_exchange, routing_key=reply_to
+            )
+            found = self._publish_frames[key] = frame.marshal(method, number)
+        return found
+
     async def close(self) -> None:
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
@@ -132,6 +154,9 @@ class Replies:
         log.info("replies stopped", sent=self.sent, writes=self.writes)
 
 
-def _body_frames(body: bytes, max_size: int) -> list[ContentBody]:
+def _body_frames(body: bytes, number: int, max_size: int) -> list[bytes]:
     """A message's body frames, each within the connection's frame_max (as aiormq splits)."""
-    return [ContentBody(body[n : n + max_size]) for n in range(0, len(body), max_size)]
+    return [
+        frame.marshal(ContentBody(body[n : n + max_size]), number)
+        for n in range(0, len(body), max_size)
+    ]

@@ -104,6 +104,7 @@ class Decision(NamedTuple):
 
 
 DECISION = web.RequestKey("ratelimit_decision", Decision)
+_new_decision = tuple.__new__
 
 
 @dataclass
@@ -151,15 +152,19 @@ class Limiter:
             state.tokens -= 1
             if state.low:
                 self._refill(bucket, rate, state)
-            return Decision(
-                True,
-                rate.limit,
-                rate.limit - state.used + state.tokens,
-                start + window,
-                True,
-                self,
-                bucket,
-                start,
+            # tuple.__new__ itself: the named tuple's own __new__ is one more Python call.
+            return _new_decision(
+                Decision,
+                (
+                    True,
+                    rate.limit,
+                    rate.limit - state.used + state.tokens,
+                    start + window,
+                    True,
+                    self,
+                    bucket,
+                    start,
+                ),
             )
         if state.exhausted:
             return Decision(False, rate.limit, 0, start + window)
