@@ -1,16 +1,28 @@
-"""A batch of metrics-ingest is what was delivered while the previous one was stored: the
-consumer never holds a batch back waiting for more messages (that idled Postgres every batch)."""
+"""How metrics-ingest takes its batches and stores them: a batch is what was delivered while the
+previous one was stored (never held back waiting for more: that idled Postgres every batch), and
+its groups are stored up to two transactions at once, a group waiting only for the transaction
+that stores a session its events name."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import cast
 
+import asyncpg
+import pytest
 from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
+from chatbeto import session_ids
 from chatbeto.consumer import BatchConsumer
+from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope
+from chatbeto.settings import MetricsIngestSettings
 from chatbeto.topology import METRICS_INGEST, Topology
 from chatbeto_metrics_ingest.consumer import MetricsIngest
+
+from tests.conftest import Factory, wait_for
 
 
 async def _nothing(messages: Sequence[AbstractIncomingMessage]) -> None:
@@ -44,3 +56,121 @@ async def test_metrics_ingest_never_waits_for_a_batch_to_fill(ingest: MetricsIng
     (consumer,) = ingest.runtime.consumers
     assert isinstance(consumer, BatchConsumer)
     assert consumer.max_wait_seconds == 0
+
+
+@dataclass(eq=False)
+class Delivered:
+    """What `handle` reads of a delivered message."""
+
+    body: bytes
+    message_id: str | None = None
+    headers: dict[str, object] | None = None
+
+
+def delivered(
+    sessions: Sequence[SessionRecord] = (), events: Sequence[EventRecord] = ()
+) -> AbstractIncomingMessage:
+    batch = MetricsBatch(sessions=tuple(sessions), events=tuple(events))
+    return cast(AbstractIncomingMessage, Delivered(envelope(batch).model_dump_json().encode()))
+
+
+def event(session: uuid.UUID) -> EventRecord:
+    return EventRecord(
+        id=uuid.uuid4(),
+        sesion_id=session,
+        tipo="query",
+        contenido="hola",
+        latency_ms=5,
+        tokens_entrada=1,
+        tokens_salida=2,
+        timestamp=datetime.now(UTC),
+    )
+
+
+@pytest.fixture
+async def one_per_group(ingest_settings: MetricsIngestSettings) -> AsyncIterator[MetricsIngest]:
+    """metrics-ingest storing every record of a batch in a transaction of its own."""
+    worker = MetricsIngest(ingest_settings.model_copy(update={"ingest_batch_max_events": 1}))
+    await worker.start()
+    yield worker
+    await worker.close()
+
+
+async def stored(db: asyncpg.Connection, e: EventRecord) -> bool:
+    return bool(await db.fetchval("SELECT count(*) FROM events WHERE id = $1", e.id))
+
+
+async def test_a_group_is_stored_while_an_earlier_one_waits(
+    one_per_group: MetricsIngest, db: asyncpg.Connection, factory: Factory, database: str
+) -> None:
+    await factory.gpt("g")
+    gpt_pk = await db.fetchval("SELECT pk FROM gpts WHERE gpt_id = 'g'")
+    session = session_ids.issue(await session_ids.load_key(db), gpt_pk)
+    await db.execute(
+        "INSERT INTO sessions (id, gpt_pk, usuario_id, timestamp_inicio) "
+        "VALUES ($1, $2, 'u', now())",
+        session,
+        gpt_pk,
+    )
+    first, second = event(session), event(session)
+    # Another transaction holds the first event's key: its group waits for it to end.
+    holder = await asyncpg.connect(database)
+    hold = holder.transaction()
+    await hold.start()
+    await holder.execute(
+        "INSERT INTO event_ids (gpt_pk, id, ts) VALUES ($1, $2, now())", gpt_pk, first.id
+    )
+    handled = asyncio.create_task(
+        one_per_group.handle([delivered(events=[first]), delivered(events=[second])])
+    )
+    try:
+        await wait_for(lambda: stored(db, second), timeout=30)
+        assert not await stored(db, first)
+    finally:
+        await hold.rollback()
+        await holder.close()
+    await handled
+    assert await stored(db, first)
+
+
+async def test_events_wait_for_the_transaction_storing_their_session(
+    one_per_group: MetricsIngest, db: asyncpg.Connection, factory: Factory, database: str
+) -> None:
+    await factory.gpt("g")
+    gpt_pk = await db.fetchval("SELECT pk FROM gpts WHERE gpt_id = 'g'")
+    session = SessionRecord(
+        id=session_ids.issue(await session_ids.load_key(db), gpt_pk),
+        gpt_pk=gpt_pk,
+        usuario_id="u",
+        timestamp_inicio=datetime.now(UTC),
+    )
+    later = event(session.id)
+    # Another transaction inserts the same session: the group storing it waits for it to end.
+    holder = await asyncpg.connect(database)
+    hold = holder.transaction()
+    await hold.start()
+    await holder.execute(
+        "INSERT INTO sessions (id, gpt_pk, usuario_id, timestamp_inicio) "
+        "VALUES ($1, $2, 'u', now())",
+        session.id,
+        gpt_pk,
+    )
+    handled = asyncio.create_task(
+        one_per_group.handle([delivered(sessions=[session]), delivered(events=[later])])
+    )
+
+    async def blocked() -> bool:
+        return bool(
+            await db.fetchval(
+                """SELECT count(*) FROM pg_stat_activity
+                   WHERE datname = current_database() AND wait_event_type = 'Lock'"""
+            )
+        )
+
+    try:
+        await wait_for(blocked, timeout=30)
+    finally:
+        await hold.rollback()
+        await holder.close()
+    await handled  # no PartialFailure: the event found its session, no retry
+    assert await stored(db, later)

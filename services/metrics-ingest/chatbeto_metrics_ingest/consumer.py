@@ -33,6 +33,16 @@ from chatbeto_metrics_ingest.partitions import Partitions
 log = get_logger(__name__)
 
 
+# Storing transactions one worker keeps in flight (each on its own connection).
+STORING_AT_ONCE = 2
+
+
+@dataclass(frozen=True)
+class InFlight:
+    task: asyncio.Task[None]
+    sessions: set[int]  # the ints of the session ids it stores
+
+
 class SessionNotStored(Exception):
     """An event names a session no worker has committed yet: retry later."""
 
@@ -83,21 +93,46 @@ class MetricsIngest(Service):
         bodies: dict[AbstractIncomingMessage, bytes] = {}
         # At most INGEST_BATCH_MAX_EVENTS records per transaction (a bigger message goes alone);
         # all are acked once every group committed. The next group is decoded (CPU, here) while
-        # Postgres stores the previous one (on its own core), one transaction at a time.
-        in_flight: asyncio.Task[None] | None = None
+        # Postgres stores the previous ones (on its own cores), up to STORING_AT_ONCE
+        # transactions at once, each on its own connection and rollup shard: a batch of several
+        # groups is a backlog, which one transaction at a time could not catch up with.
+        in_flight: list[InFlight] = []
         try:
             for group in self._groups(messages, failures):
-                if in_flight is not None:
-                    await in_flight
-                in_flight = asyncio.create_task(self._store(group, failures, bodies))
-            if in_flight is not None:
-                await in_flight
+                for earlier in self._needed_by(group, in_flight):
+                    await earlier.task
+                if len(in_flight) >= STORING_AT_ONCE:
+                    await asyncio.wait(
+                        [f.task for f in in_flight], return_when=asyncio.FIRST_COMPLETED
+                    )
+                for f in [f for f in in_flight if f.task.done()]:
+                    in_flight.remove(f)
+                    f.task.result()  # its failure surfaces here
+                in_flight.append(
+                    InFlight(
+                        asyncio.create_task(self._store(group, failures, bodies)),
+                        {s.id.int for d in group for s in d.sessions},
+                    )
+                )
+            for f in in_flight:
+                await f.task
         finally:
-            if in_flight is not None and not in_flight.done():
-                in_flight.cancel()
-                await asyncio.gather(in_flight, return_exceptions=True)
+            pending = [f.task for f in in_flight if not f.task.done()]
+            for task in pending:
+                task.cancel()
+            await asyncio.gather(*pending, return_exceptions=True)
         if failures:
             raise PartialFailure(failures, bodies)
+
+    @staticmethod
+    def _needed_by(group: list[Decoded], in_flight: list[InFlight]) -> list[InFlight]:
+        """The transactions in flight storing a session this group's events name: those must
+        commit first, or the events would find no session and wait on the retry ladder."""
+        storing = [f for f in in_flight if f.sessions]
+        if not storing:
+            return []  # the common case: no session in flight, nothing computed per event
+        named = {e.sesion_id.int for d in group for e in d.events}
+        return [f for f in storing if not f.sessions.isdisjoint(named)]
 
     def _groups(
         self,
