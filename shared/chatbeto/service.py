@@ -24,13 +24,7 @@ from aio_pika.abc import AbstractIncomingMessage, AbstractRobustConnection
 
 from chatbeto import health
 from chatbeto.broker import Publisher, connect
-from chatbeto.consumer import (
-    GATHER_SECONDS,
-    BatchConsumer,
-    BatchHandler,
-    ConcurrentConsumer,
-    Consumer,
-)
+from chatbeto.consumer import BatchConsumer, BatchHandler, ConcurrentConsumer, Consumer
 from chatbeto.db import create_pool, mask_dsn
 from chatbeto.failures import UsageError
 from chatbeto.logging import get_logger
@@ -75,14 +69,7 @@ class WorkerRuntime:
         return self._publisher
 
     def consume_batches(
-        self,
-        queue: str,
-        handler: BatchHandler,
-        *,
-        prefetch: int,
-        max_batch: int,
-        max_tries: int,
-        max_wait_seconds: float = GATHER_SECONDS,
+        self, queue: str, handler: BatchHandler, *, prefetch: int, max_batch: int, max_tries: int
     ) -> BatchConsumer:
         """Register a consumer of the work queue `queue` (a topology base name) in batches."""
         topo = self.settings.topology
@@ -95,7 +82,6 @@ class WorkerRuntime:
             prefetch=prefetch,
             max_batch=max_batch,
             max_tries=max_tries,
-            max_wait_seconds=max_wait_seconds,
         )
         return self._register(consumer)
 
