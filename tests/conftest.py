@@ -12,6 +12,7 @@ import socket
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from datetime import datetime
 from typing import TYPE_CHECKING, Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit
 
@@ -23,6 +24,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 from chatbeto import api_keys
 from chatbeto.db import with_database
+from chatbeto.messages import EventRecord
 from chatbeto.migrate import apply_migrations
 from chatbeto.settings import GatewaySettings, MetricsIngestSettings
 from chatbeto.topology import Topology
@@ -227,6 +229,22 @@ class Factory:
 @pytest.fixture
 def factory(db: asyncpg.Connection) -> Factory:
     return Factory(db)
+
+
+def event_record(session: uuid.UUID, now: datetime, n: int = 1, **overrides: object) -> EventRecord:
+    """An event record as the gateway queues it (validated), the n-th of a test's."""
+    fields: dict[str, object] = {
+        "id": uuid.uuid4(),
+        "sesion_id": session,
+        "tipo": "query",
+        "contenido": f"e{n}",
+        "latency_ms": n,
+        "tokens_entrada": 1,
+        "tokens_salida": 2,
+        "timestamp": now,
+    }
+    fields.update(overrides)
+    return EventRecord.model_validate(fields)
 
 
 def make_event(session_id: str, **overrides: Any) -> dict[str, Any]:

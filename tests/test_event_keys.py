@@ -12,22 +12,7 @@ from datetime import UTC, datetime
 import asyncpg
 from chatbeto.messages import EventRecord, SessionRecord
 
-from tests.conftest import Factory
-
-
-def event(session: uuid.UUID, now: datetime, n: int, **overrides: object) -> EventRecord:
-    fields: dict[str, object] = {
-        "id": uuid.uuid4(),
-        "sesion_id": session,
-        "tipo": "query",
-        "contenido": f"e{n}",
-        "latency_ms": n,
-        "tokens_entrada": 1,
-        "tokens_salida": 2,
-        "timestamp": now,
-    }
-    fields.update(overrides)
-    return EventRecord.model_validate(fields)
+from tests.conftest import Factory, event_record
 
 
 async def _session(db: asyncpg.Connection, factory: Factory) -> tuple[SessionRecord, datetime]:
@@ -65,13 +50,13 @@ async def test_a_batch_with_a_stored_key_stores_only_the_new_ones(
     from chatbeto_metrics_ingest import repo
 
     session, now = await _session(db, factory)
-    first = [event(session.id, now, n) for n in range(3)]
+    first = [event_record(session.id, now, n) for n in range(3)]
     async with db.transaction():
         known = await repo.sessions_of(db, first)
         assert await repo.store_events(db, first, known) == first
     # A retry of one, with another time (the gateway stamps the arrival when none was sent).
-    retry = event(session.id, now, 0, id=first[0].id, timestamp=datetime.now(UTC))
-    second = [event(session.id, now, n) for n in range(3, 5)]
+    retry = event_record(session.id, now, 0, id=first[0].id, timestamp=datetime.now(UTC))
+    second = [event_record(session.id, now, n) for n in range(3, 5)]
     async with db.transaction():
         assert await repo.store_events(db, [retry, *second], known) == second
     assert await _counted(db) == [5] * 7
@@ -86,7 +71,7 @@ async def test_a_key_an_open_transaction_holds_is_stored_once_when_it_commits(
     from chatbeto_metrics_ingest import repo
 
     session, now = await _session(db, factory)
-    shared, other = event(session.id, now, 1), event(session.id, now, 2)
+    shared, other = event_record(session.id, now, 1), event_record(session.id, now, 2)
     first, second = await asyncpg.connect(database), await asyncpg.connect(database)
     try:
         known = await repo.sessions_of(first, [shared])
@@ -122,10 +107,12 @@ async def test_a_batch_carrying_a_retry_beside_its_original_stores_it_once(
     from chatbeto_metrics_ingest import repo
 
     session, now = await _session(db, factory)
-    original = event(session.id, now, 1)
+    original = event_record(session.id, now, 1)
     # The same id as a new uuid.UUID object, another time: the gateway's stamp of a retry.
-    retry = event(session.id, now, 1, id=uuid.UUID(str(original.id)), timestamp=datetime.now(UTC))
-    other = event(session.id, now, 2)
+    retry = event_record(
+        session.id, now, 1, id=uuid.UUID(str(original.id)), timestamp=datetime.now(UTC)
+    )
+    other = event_record(session.id, now, 2)
     async with db.transaction():
         known = await repo.sessions_of(db, [original, retry, other])
         assert list(known) == [session.id]

@@ -7,7 +7,6 @@ that stores a session its events name."""
 from __future__ import annotations
 
 import asyncio
-import uuid
 from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -23,7 +22,7 @@ from chatbeto.settings import MetricsIngestSettings
 from chatbeto.topology import METRICS_INGEST, Topology
 from chatbeto_metrics_ingest.consumer import MetricsIngest
 
-from tests.conftest import Factory, wait_for
+from tests.conftest import Factory, event_record, wait_for
 
 
 async def _nothing(messages: Sequence[AbstractIncomingMessage]) -> None:
@@ -76,19 +75,6 @@ def delivered(
     return cast(AbstractIncomingMessage, Delivered(envelope(batch).model_dump_json().encode()))
 
 
-def event(session: uuid.UUID) -> EventRecord:
-    return EventRecord(
-        id=uuid.uuid4(),
-        sesion_id=session,
-        tipo="query",
-        contenido="hola",
-        latency_ms=5,
-        tokens_entrada=1,
-        tokens_salida=2,
-        timestamp=datetime.now(UTC),
-    )
-
-
 @pytest.fixture
 async def one_per_group(ingest_settings: MetricsIngestSettings) -> AsyncIterator[MetricsIngest]:
     """metrics-ingest storing every record of a batch in a transaction of its own."""
@@ -114,7 +100,10 @@ async def test_a_group_is_stored_while_an_earlier_one_waits(
         session,
         gpt_pk,
     )
-    first, second = event(session), event(session)
+    first, second = (
+        event_record(session, datetime.now(UTC), 5, contenido="hola"),
+        event_record(session, datetime.now(UTC), 5, contenido="hola"),
+    )
     # Another transaction holds the first event's key: its group waits for it to end.
     holder = await asyncpg.connect(database)
     hold = holder.transaction()
@@ -146,7 +135,7 @@ async def test_events_wait_for_the_transaction_storing_their_session(
         usuario_id="u",
         timestamp_inicio=datetime.now(UTC),
     )
-    later = event(session.id)
+    later = event_record(session.id, datetime.now(UTC), 5, contenido="hola")
     # Another transaction inserts the same session: the group storing it waits for it to end.
     holder = await asyncpg.connect(database)
     hold = holder.transaction()

@@ -9,7 +9,7 @@ from datetime import UTC, datetime
 import asyncpg
 from chatbeto.messages import EventRecord, SessionRecord
 
-from tests.conftest import Factory
+from tests.conftest import Factory, event_record
 
 USERS = 400  # several pages of rows in each user tier
 
@@ -30,16 +30,7 @@ async def test_updates_of_the_rollups_stay_on_their_pages(
 
     def events() -> list[EventRecord]:
         return [
-            EventRecord(
-                id=uuid.uuid4(),
-                sesion_id=s.id,
-                tipo="query",
-                contenido="",
-                latency_ms=1,
-                tokens_entrada=0,
-                tokens_salida=0,
-                timestamp=now,
-            )
+            event_record(s.id, now, contenido="", tokens_entrada=0, tokens_salida=0)
             for s in sessions
         ]
 

@@ -9,22 +9,9 @@ import uuid
 from datetime import UTC, datetime
 
 import asyncpg
-from chatbeto.messages import EventRecord, SessionRecord
+from chatbeto.messages import SessionRecord
 
-from tests.conftest import Factory
-
-
-def event(session: uuid.UUID, now: datetime, n: int) -> EventRecord:
-    return EventRecord(
-        id=uuid.uuid4(),
-        sesion_id=session,
-        tipo="query",
-        contenido=f"e{n}",
-        latency_ms=n,
-        tokens_entrada=1,
-        tokens_salida=2,
-        timestamp=now,
-    )
+from tests.conftest import Factory, event_record
 
 
 async def test_concurrent_transactions_write_their_own_shards(
@@ -43,15 +30,15 @@ async def test_concurrent_transactions_write_their_own_shards(
             a, b = await repo.rollup_shard(first), await repo.rollup_shard(second)
             assert {a, b} == {0, 1}  # the first free shard each; one writer alone gets 0
             assert await repo.store_sessions(first, [session], a) == 1
-            known = await repo.sessions_of(first, [event(session.id, now, 0)])
+            known = await repo.sessions_of(first, [event_record(session.id, now, 0)])
             # Both store the same GPT and hour at once: neither waits for the other's rows.
             stored = await asyncio.wait_for(
                 asyncio.gather(
                     repo.store_events(
-                        first, [event(session.id, now, n) for n in range(5)], known, a
+                        first, [event_record(session.id, now, n) for n in range(5)], known, a
                     ),
                     repo.store_events(
-                        second, [event(session.id, now, n) for n in range(7)], known, b
+                        second, [event_record(session.id, now, n) for n in range(7)], known, b
                     ),
                 ),
                 timeout=30,
