@@ -366,6 +366,42 @@ async def test_batch_partial_success(
     assert await stored_events(db, session) == 2
 
 
+async def test_batch_of_valid_events_refuses_only_unknown_sessions(
+    gateway: Client, tenant: dict[str, Any], factory: Factory, db: asyncpg.Connection
+) -> None:
+    # Every item valid: the whole-body path, where each session is checked once per batch.
+    session = await new_session(gateway, tenant["gpt"], tenant["key"])
+    other = await factory.project()
+    foreign_gpt = await factory.gpt("foreign-gpt", other)
+    foreign = await new_session(gateway, foreign_gpt, await factory.key(other))
+    unknown = str(uuid.uuid4())
+    events = [
+        make_event(session),
+        make_event(unknown),
+        make_event(session, tipo="feedback"),
+        make_event(foreign),
+        make_event(unknown),
+        make_event(session, id=str(uuid.uuid4())),
+    ]
+    resp = await gateway.post(
+        "/api/events/batch", json={"events": events, "note": "ignored"}, headers=h(tenant["key"])
+    )
+    assert resp.status == 207
+    results = (await resp.json())["results"]
+    assert [r["status"] for r in results] == [202, 404, 202, 404, 404, 202]
+    assert {r["error"]["code"] for r in results if r["status"] == 404} == {"session_not_found"}
+    assert results[5]["id"] == events[5]["id"]
+    ids = [r["id"] for r in results if r["status"] == 202]
+    assert len(set(ids)) == 3 and all(uuid.UUID(i).version == 4 for i in ids)
+
+    async def stored() -> bool:
+        return await stored_events(db, session) == 3
+
+    await wait_for(stored)
+    assert await db.fetchval("SELECT count(*) FROM events WHERE id = ANY($1::uuid[])", ids) == 3
+    assert await stored_events(db, foreign) == 0
+
+
 async def test_batch_limits_and_shape(gateway: Client, tenant: dict[str, Any]) -> None:
     session = await new_session(gateway, tenant["gpt"], tenant["key"])
     too_many = {"events": [make_event(session, contenido="")] * 1001}

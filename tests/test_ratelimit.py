@@ -10,7 +10,7 @@ import pytest
 from chatbeto.settings import GatewaySettings, RateLimit
 from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Client, Factory, wait_for
+from tests.conftest import Client, Factory, make_event, wait_for
 from tests.tcp_proxy import proxy_to
 
 LIMIT_HEADERS = ("RateLimit-Limit", "RateLimit-Remaining", "RateLimit-Reset")
@@ -152,6 +152,23 @@ async def test_keyless_ingest_is_limited_per_gpt(
     assert resp.status == 429
     resp = await gw.post("/api/sessions", json={"gpt_id": other_gpt, "usuario_id": "u"})
     assert resp.status == 201
+
+
+async def test_keyless_batch_counts_once_whatever_its_events(
+    aiohttp_client: AiohttpClient, gateway_settings: GatewaySettings, factory: Factory
+) -> None:
+    gw = await gateway_with(aiohttp_client, gateway_settings, ingest_rate_limit="3/1h")
+    gpt = await factory.gpt(project_id=await factory.project(), keyless=True)
+    resp = await gw.post("/api/sessions", json={"gpt_id": gpt, "usuario_id": "u"})
+    assert resp.status == 201
+    event = make_event((await resp.json())["id"])
+    # A request is counted once, as a keyed one is: three events of one session are one.
+    resp = await gw.post("/api/events/batch", json={"events": [event, event, event]})
+    assert resp.status == 207 and resp.headers["RateLimit-Remaining"] == "1"
+    assert [r["status"] for r in (await resp.json())["results"]] == [202, 202, 202]
+    assert (await gw.post("/api/events", json=event)).status == 202
+    resp = await gw.post("/api/events/batch", json={"events": [event]})
+    assert resp.status == 429 and "Retry-After" in resp.headers
 
 
 async def test_window_ends_and_the_key_is_served_again(gateway: Client, factory: Factory) -> None:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import functools
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, get_args
+from typing import Annotated, Any, cast, get_args
 
 from aiohttp import web
 from chatbeto import session_ids
@@ -38,6 +39,7 @@ from chatbeto_gateway.metrics.schemas import (
     GptIn,
     SessionIn,
     SessionOut,
+    ValidBatch,
 )
 from chatbeto_gateway.state import (
     GPTS,
@@ -167,12 +169,13 @@ async def create_session(request: web.Request) -> web.Response:
     )
 
 
-async def _event_record(
-    request: web.Request, principal: Principal | None, event: EventIn, now: datetime
-) -> EventRecord:
-    """Check the session the event names and build the record; raises 401/404."""
+async def _session_gpt(
+    request: web.Request, principal: Principal | None, sesion_id: uuid.UUID
+) -> Gpt:
+    """The GPT of the session an event names, if the caller may write to it; raises 401/404
+    (and 429 for a keyless ingest past its GPT's limit)."""
     app = request.app
-    gpt_pk = session_gpt(app[SESSION_KEY], event.sesion_id.int)
+    gpt_pk = session_gpt(app[SESSION_KEY], sesion_id.int)
     gpt = None
     if gpt_pk is not None:
         gpts = app[GPTS]
@@ -183,6 +186,10 @@ async def _event_record(
         if not gpt.keyless_ingest:
             raise unauthorized()
         await keyless_charge(request, gpt)
+    return gpt
+
+
+def _record(event: EventIn, now: datetime, request_id: str | None) -> EventRecord:
     # Not validated again: EventIn checked every field (the storable types' Python validators
     # made a second pass cost as much as the first).
     return EventRecord.of(
@@ -194,7 +201,7 @@ async def _event_record(
         event.tokens_entrada,
         event.tokens_salida,
         event.timestamp or now,
-        REQUEST_ID.get(),
+        request_id,
     )
 
 
@@ -210,7 +217,8 @@ async def _event_record(
 async def create_event(request: web.Request) -> web.Response:
     principal = optional_principal_of(request)
     event = await parse_body(request, EventIn)
-    record = await _event_record(request, principal, event, datetime.now(UTC))
+    await _session_gpt(request, principal, event.sesion_id)
+    record = _record(event, datetime.now(UTC), REQUEST_ID.get())
     await request.app[METRICS_PUBLISHER].submit((record,))
     return responses.json({"id": record.id}, status=202)  # orjson writes a UUID itself
 
@@ -226,40 +234,81 @@ async def create_event(request: web.Request) -> web.Response:
 )
 async def create_events_batch(request: web.Request) -> web.Response:
     principal = optional_principal_of(request)
+    items: list[EventIn] | list[EventIn | Invalid]
+    try:
+        # Every item valid, the common case: the whole body in one native pass (1.45 against
+        # 2.45 us an event for orjson then a model per item).
+        items = ValidBatch.model_validate_json(await request.read()).events
+    except ValidationError:
+        items = await _judged_one_by_one(request)
+    now = datetime.now(UTC)
+    request_id = REQUEST_ID.get()
+    results: list[dict[str, Any]] = []
+    records: list[EventRecord] = []
+    # A batch names few sessions: each is checked once (a keyless batch is charged once, by its
+    # first event, as a keyed one is by its key).
+    checked: dict[int, ApiError | None] = {}
+    for index, item in enumerate(items):
+        if type(item) is Invalid:
+            results.append({"index": index, "status": 422, "error": item.error})
+            continue
+        event = cast(EventIn, item)
+        key = event.sesion_id.int
+        if key in checked:
+            refused = checked[key]
+        else:
+            refused = checked[key] = await _refusal(request, principal, event.sesion_id)
+        if refused is not None:
+            error = {"code": refused.code, "message": refused.message}
+            results.append({"index": index, "status": refused.status, "error": error})
+            continue
+        record = _record(event, now, request_id)
+        records.append(record)
+        results.append({"index": index, "status": 202, "id": record.id})
+    if records:
+        await request.app[METRICS_PUBLISHER].submit(records)
+    return responses.json({"results": results}, status=207)
+
+
+@dataclass(frozen=True)
+class Invalid:
+    """A batch item that is no valid event: its 422 error, naming each field."""
+
+    error: dict[str, Any]
+
+
+async def _judged_one_by_one(request: web.Request) -> list[EventIn | Invalid]:
+    """A batch with an invalid item (or no batch at all): each item on its own, so the valid
+    ones are still accepted."""
     body = await read_json(request)
     items = body.get("events") if isinstance(body, dict) else None
     if not isinstance(items, list):
         raise ValidationFailed.of("events", "must be a list of events")
     if len(items) > MAX_BATCH_EVENTS:
         raise ValidationFailed.of("events", f"at most {MAX_BATCH_EVENTS} events")
-    now = datetime.now(UTC)
-    results: list[dict[str, Any]] = []
-    records: list[EventRecord] = []
-    for index, item in enumerate(items):
+    judged: list[EventIn | Invalid] = []
+    for item in items:
         try:
-            event = EventIn.model_validate(item)
-            record = await _event_record(request, principal, event, now)
+            judged.append(EventIn.model_validate(item))
         except ValidationError as exc:
             failed = ValidationFailed.from_pydantic(exc)
-            error = {"code": failed.code, "message": failed.message, "details": failed.details}
-            results.append({"index": index, "status": 422, "error": error})
-            continue
-        except RateLimited:
-            raise
-        except ApiError as exc:
-            results.append(
-                {
-                    "index": index,
-                    "status": exc.status,
-                    "error": {"code": exc.code, "message": exc.message},
-                }
+            judged.append(
+                Invalid({"code": failed.code, "message": failed.message, "details": failed.details})
             )
-            continue
-        records.append(record)
-        results.append({"index": index, "status": 202, "id": str(record.id)})
-    if records:
-        await request.app[METRICS_PUBLISHER].submit(records)
-    return responses.json({"results": results}, status=207)
+    return judged
+
+
+async def _refusal(
+    request: web.Request, principal: Principal | None, sesion_id: uuid.UUID
+) -> ApiError | None:
+    """Why an event of a batch is refused (its 404 / 401), or None; a 429 ends the batch."""
+    try:
+        await _session_gpt(request, principal, sesion_id)
+    except RateLimited:
+        raise
+    except ApiError as exc:
+        return exc
+    return None
 
 
 @routes.get("/api/sessions/{session_id}")

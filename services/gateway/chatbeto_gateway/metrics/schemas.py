@@ -107,6 +107,13 @@ class BatchIn(BaseModel):
     events: list[dict[str, object]] = Field(max_length=MAX_BATCH_EVENTS)
 
 
+class ValidBatch(BaseModel):
+    """A batch whose every event is valid: the fast path's whole-body check (`BatchIn` is the
+    documented shape; a batch that fails this is judged item by item)."""
+
+    events: list[EventIn] = Field(max_length=MAX_BATCH_EVENTS)
+
+
 class BatchResult(BaseModel):
     index: int
     status: Literal[202, 401, 404, 422]
