@@ -22,24 +22,19 @@ from chatbeto_gateway.access.auth import (
     presented_key,
     resolve_key,
 )
-from chatbeto_gateway.access.ratelimit import Decision
+from chatbeto_gateway.access.ratelimit import Decision, Scope
 from chatbeto_gateway.http.errors import not_found, unauthorized
-from chatbeto_gateway.http.openapi import Auth, route_doc
+from chatbeto_gateway.http.openapi import Auth
 from chatbeto_gateway.state import KEYS, LIMITER, SETTINGS
 
 KEYED: frozenset[Auth] = frozenset({"key", "admin", "optional"})
 
 
-async def admit(request: web.Request) -> Decision | None:
-    """Called by the one middleware (`http.middleware.observe`) before the handler: a second
-    middleware cost two coroutine frames per request of the ingest hot path. Returns the key's
-    rate-limit decision (also stored on the request), for the middleware's headers."""
-    rdoc = route_doc(request.match_info.route)
-    # Every route is documented (a test checks it) except the `/v1` catch-all and aiohttp's
-    # own 404 / 405: those answer without a key.
-    need: Auth = rdoc.auth if rdoc is not None else "none"
-    path = request.path
-    scope = ratelimit.scope_of(path)
+async def admit(request: web.Request, need: Auth, scope: Scope | None) -> Decision | None:
+    """Called by the one middleware (`http.middleware.observe`) before the handler, with what
+    the route needs and whose limit counts it: a second middleware cost two coroutine frames
+    per request of the ingest hot path. Returns the key's rate-limit decision (also stored on
+    the request), for the middleware's headers."""
     plain = presented_key(request)
     record: KeyRecord | None = None
     app = request.app

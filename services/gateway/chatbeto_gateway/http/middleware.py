@@ -9,7 +9,7 @@ import re
 import secrets
 import time
 from functools import partial
-from typing import Any
+from typing import Any, NamedTuple
 
 import asyncpg
 from aiohttp import web
@@ -21,6 +21,7 @@ from chatbeto.observability import REQUEST_STATS
 
 from chatbeto_gateway.access import ratelimit
 from chatbeto_gateway.access.guard import admit
+from chatbeto_gateway.access.ratelimit import Scope
 from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import (
     ApiError,
@@ -28,6 +29,7 @@ from chatbeto_gateway.http.errors import (
     database_unavailable,
     unstorable,
 )
+from chatbeto_gateway.http.openapi import Auth, route_doc
 from chatbeto_gateway.state import SETTINGS
 
 log = get_logger("chatbeto.gateway.access")
@@ -80,20 +82,45 @@ HTTP_CODES = {
 }
 
 
-# A route's label in the metrics, by route (four property reads per request otherwise). aiohttp's
-# own 404 / 405 routes are made per request and not kept.
-_route_names: dict[web.AbstractRoute, str] = {}
-MAX_ROUTE_NAMES = 10_000  # an app's routes; more only if many apps come and go (tests)
+class RouteFacts(NamedTuple):
+    """What the middleware needs of a route, worked out once per route (a dozen attribute reads,
+    calls and string tests per request otherwise)."""
+
+    name: str  # its label in the metrics
+    need: Auth  # what `access.guard` asks of the caller
+    scope: Scope | None  # whose rate limit counts it
+    # The level its access line is written at; None: not written (looked up on the logger per
+    # line, which may be configured again meanwhile).
+    log_level: str | None
 
 
-def route_label(route: web.AbstractRoute) -> str:
+# By route. aiohttp's own 404 / 405 routes are made per request and not kept.
+_routes: dict[web.AbstractRoute, RouteFacts] = {}
+MAX_ROUTES = 10_000  # an app's routes; more only if many apps come and go (tests)
+
+
+def route_facts(request: web.Request, route: web.AbstractRoute) -> RouteFacts:
     resource = route.resource
-    if resource is None:
-        return "unmatched"
-    if len(_route_names) >= MAX_ROUTE_NAMES:
-        _route_names.clear()
-    name = _route_names[route] = resource.canonical
-    return name
+    name = "unmatched" if resource is None else resource.canonical
+    rdoc = route_doc(route)
+    # Every route is documented (a test checks it) except the `/v1` catch-all and aiohttp's
+    # own 404 / 405: those answer without a key.
+    need: Auth = rdoc.auth if rdoc is not None else "none"
+    quiet = name in QUIET_ROUTES
+    # Skipping the call for quiet routes saves the logger's own cost (2 us) per event.
+    debug = request.app[SETTINGS].log_level == "debug"
+    facts = RouteFacts(
+        name,
+        need,
+        # By its own path: every path a route matches shares its prefix.
+        ratelimit.scope_of(request.path if resource is None else name),
+        ("debug" if debug else None) if quiet else "info",
+    )
+    if resource is not None:
+        if len(_routes) >= MAX_ROUTES:
+            _routes.clear()
+        _routes[route] = facts
+    return facts
 
 
 @web.middleware
@@ -103,12 +130,12 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
     token = REQUEST_ID.set(request_id)
     started = time.perf_counter()
     route = request.match_info.route
-    route_name = _route_names.get(route) or route_label(route)
+    facts = _routes.get(route) or route_facts(request, route)
     status = 500
     decision = None
     try:
         try:
-            decision = await admit(request)  # key, limits, auth
+            decision = await admit(request, facts.need, facts.scope)  # key, limits, auth
             response = await handler(request)
         except ApiError as exc:
             response = error_response(request, exc)
@@ -153,18 +180,16 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
         return response
     finally:
         elapsed = time.perf_counter() - started
-        REQUEST_STATS.record(request.method, route_name, status, elapsed)
-        quiet = route_name in QUIET_ROUTES
-        # Skipping the call for quiet routes saves the logger's own cost (2 us) per event.
-        if not quiet or request.app[SETTINGS].log_level == "debug":
+        REQUEST_STATS.record(request.method, facts.name, status, elapsed)
+        if facts.log_level is not None:
             # Written after the response (in the loop's next pass, with this request's context):
             # the line cost 8-15 us of every request's latency when written here.
             asyncio.get_running_loop().call_soon(
                 partial(
-                    log.debug if quiet else log.info,
+                    getattr(log, facts.log_level),
                     "request",
                     method=request.method,
-                    route=route_name,
+                    route=facts.name,
                     status=status,
                     duration_ms=round(elapsed * 1000, 2),
                 )
