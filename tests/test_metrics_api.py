@@ -552,11 +552,20 @@ async def test_stats(gateway: Client, tenant: dict[str, Any], db: asyncpg.Connec
 # --- the general error surface --------------------------------------------------------------
 
 
-async def test_unknown_route_and_wrong_method(gateway: Client) -> None:
+async def test_unknown_route_and_wrong_method(gateway: Client, tenant: dict[str, Any]) -> None:
     resp = await gateway.get("/api/nothing-here")
     assert resp.status == 404
     assert (await resp.json())["error"]["code"] == "not_found"
     resp = await gateway.delete("/api/events")
     assert resp.status == 405
     assert (await resp.json())["error"]["code"] == "method_not_allowed"
+    assert resp.headers["Allow"] == "POST"
     assert resp.headers["X-Request-Id"]
+    resp = await gateway.put("/api/sessions/x", headers={"X-Request-Id": "mine"})
+    assert resp.status == 405 and resp.headers["Allow"] == "GET,HEAD"
+    assert resp.headers["X-Request-Id"] == "mine"
+    assert (await gateway.get("/")).status == 404
+    # A key sent to a path no route serves still counts against it, by the path's scope.
+    for path in ("/api/nothing-here", "/api/v1/nothing-here"):
+        resp = await gateway.get(path, headers=h(tenant["key"]))
+        assert resp.status == 404 and "RateLimit-Remaining" in resp.headers

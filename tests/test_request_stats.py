@@ -73,8 +73,8 @@ async def test_a_scrape_counts_every_request_answered_before_it(gateway: Client)
 
 
 async def test_requests_are_counted_by_route_template_and_unmatched(gateway: Client) -> None:
-    """Labels come from a per-route cache: a dynamic route's template (not its path), and
-    aiohttp's own 404 routes as `unmatched` (never cached: they are made per request)."""
+    """Labels come from a per-route cache: a dynamic route's template (not its path), and the
+    catch-all's requests as `unmatched` (not cached: each path has its own scope)."""
 
     def count(text: str, route: str, status: int) -> float:
         found = re.search(

@@ -24,7 +24,7 @@ from chatbeto_gateway.access.ratelimit import Limiter
 from chatbeto_gateway.admin import costs, keys, projects
 from chatbeto_gateway.conversations import chat
 from chatbeto_gateway.conversations import routes as conversation_routes
-from chatbeto_gateway.http.middleware import observe
+from chatbeto_gateway.http.middleware import UNMATCHED, observed, observed_routes, unmatched
 from chatbeto_gateway.imports import routes as import_routes
 from chatbeto_gateway.metrics import dashboard, live
 from chatbeto_gateway.metrics import routes as metrics_routes
@@ -140,7 +140,7 @@ async def broker_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(settings: GatewaySettings) -> web.Application:
-    app = web.Application(client_max_size=MAX_BODY_BYTES, middlewares=[observe])
+    app = web.Application(client_max_size=MAX_BODY_BYTES)
     app[SETTINGS] = settings
     app.cleanup_ctx.append(request_stats_ctx)
     app.cleanup_ctx.append(database_ctx)
@@ -150,7 +150,9 @@ def create_app(settings: GatewaySettings) -> web.Application:
     # Before aiohttp waits for open handlers: end live streams so shutdown isn't held up.
     app.on_shutdown.append(live.end_live_streams)
     for table in ROUTE_TABLES:
-        app.router.add_routes(table)
+        app.router.add_routes(observed_routes(table))
+    # Last: what no route above serves, answered in its surface's error shape.
+    app.router.add_route("*", "/{tail:.*}", observed(unmatched), name=UNMATCHED)
     return app
 
 
