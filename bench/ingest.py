@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 import uuid
+from datetime import datetime
 from pathlib import Path
 
 import aio_pika
@@ -260,6 +261,21 @@ async def backend_cpu(conn: asyncpg.Connection) -> dict[int, float]:
     return {r["pid"]: cpu_seconds(r["pid"]) for r in pids}
 
 
+async def stored_lag(conn: asyncpg.Connection, since: datetime) -> tuple[float, float]:
+    """p50 and p99 in ms of `stored_at - ts` (gateway receipt to commit) of the events stored
+    since `since` (the database's clock)."""
+    lag = await conn.fetchrow(
+        """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
+                    AS p50,
+                  percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
+                    AS p99
+           FROM events WHERE stored_at >= $1""",
+        since,
+    )
+    assert lag is not None  # an aggregate always answers one row
+    return (lag["p50"] or 0) * 1000, (lag["p99"] or 0) * 1000
+
+
 async def batch_phase(
     wrk: str,
     base: str,
@@ -293,20 +309,12 @@ async def batch_phase(
     ingest_cpu = sum(cpu_seconds(p) for p in ingest_pids) - cpu_before
     gateway_cpu = cpu_seconds(gateway_pid) - gateway_before
     pg_cpu = sum(c - pg_before.get(pid, 0.0) for pid, c in (await backend_cpu(conn)).items())
-    lag = await conn.fetchrow(
-        """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
-                    AS p50,
-                  percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
-                    AS p99
-           FROM events WHERE stored_at >= $1""",
-        marker,
-    )
-    assert lag is not None
+    lag_p50_ms, lag_p99_ms = await stored_lag(conn, marker)
     return {
         "accepted_s": batch["rps"] * BATCH_EVENTS,
         "stored_s": stored / elapsed,
-        "lag_p50_ms": (lag["p50"] or 0) * 1000,
-        "lag_p99_ms": (lag["p99"] or 0) * 1000,
+        "lag_p50_ms": lag_p50_ms,
+        "lag_p99_ms": lag_p99_ms,
         "ingest_cpu_us": ingest_cpu / max(stored, 1) * 1e6,
         "pg_cpu_us": pg_cpu / max(stored, 1) * 1e6,
         # The rest of the stored event's path on these cores (the broker and wrk are not counted).
@@ -367,20 +375,12 @@ async def paced_phase(
         answered = await asyncio.gather(*sends)
     accepted = sum(answered) * BATCH_EVENTS
     drain = await drain_time(conn, before + accepted)
-    lag = await conn.fetchrow(
-        """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
-                    AS p50,
-                  percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts))
-                    AS p99
-           FROM events WHERE stored_at >= $1""",
-        marker,
-    )
-    assert lag is not None
+    lag_p50_ms, lag_p99_ms = await stored_lag(conn, marker)
     return {
         "offered_s": len(sends) * BATCH_EVENTS / offered_for,
         "refused": (len(sends) - sum(answered)) * BATCH_EVENTS,
-        "lag_p50_ms": (lag["p50"] or 0) * 1000,
-        "lag_p99_ms": (lag["p99"] or 0) * 1000,
+        "lag_p50_ms": lag_p50_ms,
+        "lag_p99_ms": lag_p99_ms,
         "drain_s": drain,
     }
 
@@ -508,15 +508,11 @@ async def run(quick: bool) -> list[Row]:
             }
             limit, limit_cpu = await bare_limit(wrk, bare_script, seconds)
             before = await conn.fetchval("SELECT count(*) FROM events")
+            marker = await conn.fetchval("SELECT now()")
             single, cpu = measure(wrk, base, script, seconds, [p.pid for p in procs])
             accepted = int(single["requests"] - single["non2xx"])
             drain = await drain_time(conn, before + accepted)
-            lag = await conn.fetchrow(
-                """SELECT percentile_cont(0.5) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts)) AS p50,
-                          percentile_cont(0.99) WITHIN GROUP (ORDER BY extract(epoch FROM stored_at - ts)) AS p99
-                   FROM events"""
-            )
-            assert lag is not None  # an aggregate always answers one row
+            lag_p50_ms, lag_p99_ms = await stored_lag(conn, marker)
             two_limit, _ = await bare_limit(wrk, bare_script, seconds, workers=2)
             two_port = free_port()
             two_gateways = env.spawn(
@@ -540,7 +536,7 @@ async def run(quick: bool) -> list[Row]:
                 Row(
                     SECTION,
                     "  stored end-to-end lag p50 / p99 (1 process)",
-                    f"{lag['p50'] * 1000:.0f} / {lag['p99'] * 1000:.0f} ms",
+                    f"{lag_p50_ms:.0f} / {lag_p99_ms:.0f} ms",
                     "< 1 s",
                 ),
                 Row(SECTION, "  backlog drained after load", f"{drain:.2f} s", ""),
