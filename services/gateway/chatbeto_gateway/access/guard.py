@@ -31,10 +31,10 @@ KEYED: frozenset[Auth] = frozenset({"key", "admin", "optional"})
 
 
 async def admit(request: web.Request, need: Auth, scope: Scope | None) -> Decision | None:
-    """Called by the one middleware (`http.middleware.observe`) before the handler, with what
-    the route needs and whose limit counts it: a second middleware cost two coroutine frames
-    per request of the ingest hot path. Returns the key's rate-limit decision (also stored on
-    the request), for the middleware's headers."""
+    """Called by the one request wrapper (`http.middleware.observe`) before the handler, with
+    what the route needs and whose limit counts it: a wrapper of its own cost two coroutine
+    frames per request of the ingest hot path. Returns the key's rate-limit decision (also
+    stored on the request), for the wrapper's headers."""
     plain = presented_key(request)
     record: KeyRecord | None = None
     app = request.app

@@ -90,7 +90,7 @@ HTTP_CODES = {
 
 
 class RouteFacts(NamedTuple):
-    """What the middleware needs of a route, worked out once per route (a dozen attribute reads,
+    """What `observe` needs of a route, worked out once per route (a dozen attribute reads,
     calls and string tests per request otherwise)."""
 
     name: str  # its label in the metrics
@@ -101,7 +101,7 @@ class RouteFacts(NamedTuple):
     log_level: str | None
 
 
-# By route, but the catch-all's.
+# By route; not the catch-all's (the paths it answers differ in scope).
 _routes: dict[web.AbstractRoute, RouteFacts] = {}
 MAX_ROUTES = 10_000  # an app's routes; more only if many apps come and go (tests)
 
@@ -112,8 +112,8 @@ def route_facts(request: web.Request, route: web.AbstractRoute) -> RouteFacts:
         resource = None  # the catch-all: each path its own scope, so never kept
     name = UNMATCHED if resource is None else resource.canonical
     rdoc = route_doc(route)
-    # Every route is documented (a test checks it) except the `/v1` catch-all and aiohttp's
-    # own 404 / 405: those answer without a key.
+    # Every route is documented (a test checks it) but the two catch-alls (`/v1/...` and
+    # `unmatched`): those answer without a key.
     need: Auth = rdoc.auth if rdoc is not None else "none"
     quiet = name in QUIET_ROUTES
     # Skipping the call for quiet routes saves the logger's own cost (2 us) per event.
