@@ -245,8 +245,8 @@ async def create_events_batch(request: web.Request) -> web.Response:
     request_id = REQUEST_ID.get()
     results: list[dict[str, Any]] = []
     records: list[EventRecord] = []
-    # A batch names few sessions: each is checked once (a keyless batch is charged once, by its
-    # first event, as a keyed one is by its key).
+    # A batch names few sessions: each is checked once (a keyless batch is charged once, against
+    # the GPT of its first valid item, as a keyed one is against its key).
     checked: dict[int, ApiError | None] = {}
     for index, item in enumerate(items):
         if type(item) is Invalid:
