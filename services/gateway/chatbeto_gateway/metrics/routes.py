@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import functools
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Annotated, Any, cast, get_args
+from typing import Annotated, Any, get_args
 
 from aiohttp import web
 from chatbeto import session_ids
@@ -234,7 +235,7 @@ async def create_event(request: web.Request) -> web.Response:
 )
 async def create_events_batch(request: web.Request) -> web.Response:
     principal = optional_principal_of(request)
-    items: list[EventIn] | list[EventIn | Invalid]
+    items: Sequence[EventIn | Invalid]
     try:
         # Every item valid, the common case: the whole body in one native pass (1.45 against
         # 2.45 us an event for orjson then a model per item).
@@ -249,20 +250,19 @@ async def create_events_batch(request: web.Request) -> web.Response:
     # the GPT of its first valid item, as a keyed one is against its key).
     checked: dict[int, ApiError | None] = {}
     for index, item in enumerate(items):
-        if type(item) is Invalid:
+        if isinstance(item, Invalid):  # a plain class: a C-level check, unlike a model's
             results.append({"index": index, "status": 422, "error": item.error})
             continue
-        event = cast(EventIn, item)
-        key = event.sesion_id.int
+        key = item.sesion_id.int
         if key in checked:
             refused = checked[key]
         else:
-            refused = checked[key] = await _refusal(request, principal, event.sesion_id)
+            refused = checked[key] = await _refusal(request, principal, item.sesion_id)
         if refused is not None:
             error = {"code": refused.code, "message": refused.message}
             results.append({"index": index, "status": refused.status, "error": error})
             continue
-        record = _record(event, now, request_id)
+        record = _record(item, now, request_id)
         records.append(record)
         results.append({"index": index, "status": 202, "id": record.id})
     if records:
