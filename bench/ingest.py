@@ -455,9 +455,9 @@ async def batch_phases(
     ingest_pid: int,
     gateway_pid: int,
 ) -> list[Row]:
-    quoted = ",".join(json.dumps(s) for s in sessions)
     """The batch phases with the running metrics-ingest, then with a second one beside it:
     as fast as the gateway accepts, then paced at the target rate."""
+    quoted = ",".join(json.dumps(s) for s in sessions)
 
     async def phases(ingest_pids: list[int]) -> dict[str, float]:
         fastest = await batch_phase(wrk, base, conn, quoted, key, seconds, ingest_pids, gateway_pid)
