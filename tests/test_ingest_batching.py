@@ -59,6 +59,35 @@ async def test_metrics_ingest_gathers_only_small_batches(ingest: MetricsIngest) 
     assert consumer.max_wait_seconds > 0 and consumer.gather_bytes > 0
 
 
+async def test_every_pooled_connection_has_its_staging_table_and_keeps_it(
+    ingest: MetricsIngest,
+) -> None:
+    """The store skips the staging table's DDL (a round trip a transaction): each connection
+    of the pool makes it when it opens, and no reset between borrowers takes it away."""
+    pool = ingest.pool
+    # Every connection the pool may open, borrowed at once: each one was opened for this.
+    conns = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        pids = set()
+        for conn in conns:
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.event_batch') IS NOT NULL")
+            await conn.execute("SET application_name = 'borrowed before'")
+            pids.add(conn.get_server_pid())
+        assert len(pids) == len(conns)
+    finally:
+        for conn in conns:
+            await pool.release(conn)
+    again = [await pool.acquire() for _ in range(pool.get_max_size())]
+    try:
+        for conn in again:
+            assert conn.get_server_pid() in pids  # the same sessions, not reopened ones
+            assert await conn.fetchval("SELECT to_regclass('pg_temp.event_batch') IS NOT NULL")
+            assert await conn.fetchval("SHOW application_name") == "borrowed before"  # no reset
+    finally:
+        for conn in again:
+            await pool.release(conn)
+
+
 @dataclass(eq=False)
 class Delivered:
     """What `handle` reads of a delivered message."""

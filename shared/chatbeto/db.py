@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine, Sequence
 from typing import Any, TypeAlias, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -92,6 +92,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
         )
 
 
+def _initialiser(
+    session_sql: Sequence[str],
+) -> Callable[[asyncpg.Connection], Coroutine[Any, Any, None]]:
+    async def init(conn: asyncpg.Connection) -> None:
+        await _init_connection(conn)
+        for sql in session_sql:
+            await conn.execute(sql)
+
+    return init
+
+
 async def _retrying(dsn: str, open_: Callable[[], Awaitable[T]]) -> T:
     for attempt in range(1, CONNECT_ATTEMPTS + 1):
         try:
@@ -126,12 +137,14 @@ async def create_pool(
     server_settings: dict[str, str] | None = None,
     *,
     reset_session: bool = True,
+    session_sql: Sequence[str] = (),
     command_timeout: float = COMMAND_TIMEOUT_SECONDS,
 ) -> asyncpg.Pool:
     """`server_settings` are session settings at connect time (they survive the pool's
     `RESET ALL` between borrowers). `reset_session=False` skips that reset (advisory locks,
     LISTEN, cursors, SETs) and its round trip on every release: only for a pool whose users
-    leave no session state behind. `command_timeout` bounds each statement (asyncpg raises
+    leave no session state behind. `session_sql` runs on each new connection (a session's
+    temporary tables, say). `command_timeout` bounds each statement (asyncpg raises
     TimeoutError, an outage to `is_database_outage`)."""
     pool = await _retrying(
         dsn,
@@ -139,7 +152,7 @@ async def create_pool(
             dsn,
             min_size=min_size,
             max_size=max_size,
-            init=_init_connection,
+            init=_initialiser(session_sql),
             timeout=CONNECT_TIMEOUT_SECONDS,
             command_timeout=command_timeout,
             server_settings=server_settings,

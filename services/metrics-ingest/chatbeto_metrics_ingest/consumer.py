@@ -62,6 +62,7 @@ def _why(exc: Exception) -> str:
 
 class MetricsIngest(Service):
     settings: MetricsIngestSettings
+    SESSION_SQL = (repo.STAGE_DDL,)
 
     def __init__(self, settings: MetricsIngestSettings) -> None:
         super().__init__(settings)
@@ -193,7 +194,7 @@ class MetricsIngest(Service):
                     waiting.append(e)
 
             async def store(c: Conn, rows: Sequence[EventRecord]) -> list[EventRecord]:
-                return await repo.store_events(c, rows, known, shard)
+                return await repo.store_events(c, rows, known, shard, staged=True)
 
             stored, bad_events = await store_isolating(conn, ready, store)
             bad += [self._bad(group, "event", e, exc) for e, exc in bad_events]

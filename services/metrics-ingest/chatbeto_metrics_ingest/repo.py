@@ -179,9 +179,9 @@ async def sessions_of(conn: Conn, events: Sequence[EventRecord]) -> dict[uuid.UU
 
 
 # The events of one store_events call, on their way in (a temporary table: the session's own).
-# ON COMMIT DELETE ROWS keeps it from growing: temporary tables are never autovacuumed. Made by
-# the first call of a session (IF NOT EXISTS: a catalog look-up per call, a notice nobody
-# listens to).
+# ON COMMIT DELETE ROWS keeps it from growing: temporary tables are never autovacuumed. The
+# worker's connections make it when they open (MetricsIngest.SESSION_SQL); another connection
+# makes it on its first call (IF NOT EXISTS: a catalog look-up and a round trip per call).
 _STAGE = "event_batch"
 _STAGE_COLUMNS = (
     "id", "session_id", "gpt_pk", "usuario_id", "project_id", "tipo", "contenido", "latency_ms",
@@ -191,7 +191,7 @@ _EVENT_COLUMNS = ", ".join(_STAGE_COLUMNS)
 # `one_by_one` is never copied: a volatile default makes COPY insert row by row. Its multi-insert
 # buffer builds a tuple slot per row, up to 1,000, in every COPY: about 1 ms of Postgres CPU a
 # transaction, which a table without WAL never wins back (3,000 rows: 2.6 -> 1.9 ms).
-_STAGE_DDL = f"""CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (
+STAGE_DDL = f"""CREATE TEMPORARY TABLE IF NOT EXISTS {_STAGE} (
     id uuid, session_id uuid, gpt_pk bigint, usuario_id text, project_id bigint, tipo text,
     contenido text, latency_ms integer, tokens_entrada integer, tokens_salida integer,
     ts timestamptz, request_id text, cost_usd numeric, one_by_one float8 DEFAULT random()
@@ -244,11 +244,14 @@ async def store_events(
     events: Sequence[EventRecord],
     sessions: dict[uuid.UUID, SessionInfo],
     shard: int = 0,
+    *,
+    staged: bool = False,
 ) -> list[EventRecord]:
     """Insert events not stored yet for their GPT (and count them in `shard` of the rollups).
 
     Every event's session must be in `sessions` (see `sessions_of`): the GPT, user and project
-    come from it. Returns the events inserted now (not those stored before).
+    come from it. `staged`: the connection made the staging table when it opened (STAGE_DDL).
+    Returns the events inserted now (not those stored before).
     """
     # One row per (GPT, id): a batch may carry a retry beside its original. The COPY rows are
     # built in the same pass (one session look-up per event). UUIDs are keyed by their ints:
@@ -274,7 +277,8 @@ async def store_events(
     # The batch goes to the session's staging table by COPY (asyncpg's binary record encoder,
     # one pass), and one statement stores it from there: 13 unnest arrays cost the worker about
     # twice the CPU per event (asyncpg checks every array element's type), Postgres the same.
-    await conn.execute(_STAGE_DDL)
+    if not staged:
+        await conn.execute(STAGE_DDL)
     try:
         await conn.copy_records_to_table(_STAGE, records=records, columns=_STAGE_COLUMNS)
     except (OverflowError, ValueError, TypeError) as exc:
