@@ -12,7 +12,6 @@ processes' own counters (/proc), which a busy machine disturbs far less than req
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import subprocess
 import sys
@@ -45,28 +44,51 @@ WARMUP_SECONDS = 2
 LIMIT_RATIO_TARGET = 0.6
 
 
+# wrk sends prepared bodies in turn (the same ones the paced phase sends): no Lua work per
+# request beyond picking one, and one definition of the benchmark's events.
 LUA = """
-local sessions = {%(sessions)s}
+local bodies = {%(bodies)s}
 local n = 0
-local key = "%(key)s"
-local batch = %(batch)d
 wrk.method = "POST"
 wrk.headers["Content-Type"] = "application/json"
-wrk.headers["X-API-Key"] = key
-local function event(i)
-  return string.format('{"sesion_id":"%%s","tipo":"query","contenido":"bench event %%d","latency_ms":%%d,"tokens_entrada":12,"tokens_salida":34}',
-    sessions[(i %% #sessions) + 1], i, i %% 500)
-end
+wrk.headers["X-API-Key"] = "%(key)s"
 request = function()
   n = n + 1
-  if batch == 0 then
-    return wrk.format(nil, "/api/events", nil, event(n))
-  end
-  local parts = {}
-  for j = 1, batch do parts[j] = event(n * batch + j) end
-  return wrk.format(nil, "/api/events/batch", nil, '{"events":[' .. table.concat(parts, ",") .. ']}')
+  return wrk.format(nil, "%(path)s", nil, bodies[(n %% #bodies) + 1])
 end
 """
+
+
+def event_bodies(sessions: list[str], batch: int, count: int) -> list[bytes]:
+    """`count` request bodies: one event each (`batch` 0, for POST /api/events), or `batch`
+    events each (POST /api/events/batch); the events name the sessions in turn."""
+
+    def event(i: int) -> dict[str, object]:
+        return {
+            "sesion_id": sessions[i % len(sessions)],
+            "tipo": "query",
+            "contenido": f"bench event {i}",
+            "latency_ms": i % 500,
+            "tokens_entrada": 12,
+            "tokens_salida": 34,
+        }
+
+    if not batch:
+        return [orjson.dumps(event(i)) for i in range(count)]
+    return [
+        orjson.dumps({"events": [event(i * batch + j) for j in range(batch)]}) for i in range(count)
+    ]
+
+
+def wrk_script(sessions: list[str], key: str, batch: int = 0) -> str:
+    """The wrk script of single events (`batch` 0) or of batches of `batch` events."""
+    bodies = event_bodies(sessions, batch, 1024 if not batch else 64)
+    return LUA % {
+        # Lua long strings: JSON holds no "]=]".
+        "bodies": ",".join(f"[=[{b.decode()}]=]" for b in bodies),
+        "key": key,
+        "path": "/api/events/batch" if batch else "/api/events",
+    }
 
 
 async def drain_time(conn: asyncpg.Connection, expected: int, timeout: float = 120) -> float:
@@ -280,7 +302,7 @@ async def batch_phase(
     wrk: str,
     base: str,
     conn: asyncpg.Connection,
-    quoted: str,
+    sessions: list[str],
     key: str,
     seconds: int,
     ingest_pids: list[int],
@@ -298,7 +320,7 @@ async def batch_phase(
     batch = run_wrk(
         wrk,
         base,
-        LUA % {"sessions": quoted, "key": key, "batch": BATCH_EVENTS},
+        wrk_script(sessions, key, BATCH_EVENTS),
         seconds,
         BATCH_CLIENTS,
     )
@@ -334,24 +356,7 @@ async def paced_phase(
     accepts, and when that is more than metrics-ingest stores, the lag it measures is the
     backlog's, growing with the run's length."""
     per_second = BATCH_TARGET_EVENTS_S / BATCH_EVENTS
-    bodies = [
-        orjson.dumps(
-            {
-                "events": [
-                    {
-                        "sesion_id": sessions[(i * BATCH_EVENTS + j) % len(sessions)],
-                        "tipo": "query",
-                        "contenido": f"paced event {i}.{j}",
-                        "latency_ms": j,
-                        "tokens_entrada": 12,
-                        "tokens_salida": 34,
-                    }
-                    for j in range(BATCH_EVENTS)
-                ]
-            }
-        )
-        for i in range(64)
-    ]
+    bodies = event_bodies(sessions, BATCH_EVENTS, 64)
     before = await conn.fetchval("SELECT count(*) FROM events")
     marker = await conn.fetchval("SELECT now()")
     loop = asyncio.get_running_loop()
@@ -457,10 +462,11 @@ async def batch_phases(
 ) -> list[Row]:
     """The batch phases with the running metrics-ingest, then with a second one beside it:
     as fast as the gateway accepts, then paced at the target rate."""
-    quoted = ",".join(json.dumps(s) for s in sessions)
 
     async def phases(ingest_pids: list[int]) -> dict[str, float]:
-        fastest = await batch_phase(wrk, base, conn, quoted, key, seconds, ingest_pids, gateway_pid)
+        fastest = await batch_phase(
+            wrk, base, conn, sessions, key, seconds, ingest_pids, gateway_pid
+        )
         paced = await paced_phase(base, conn, sessions, key, seconds)
         return fastest | {f"paced_{k}": v for k, v in paced.items()}
 
@@ -490,7 +496,6 @@ async def run(quick: bool) -> list[Row]:
         try:
             await wait_http(f"{base}/readyz")
             key, sessions = await setup(env, base, conn)
-            quoted = ",".join(json.dumps(s) for s in sessions)
             await drain_time(conn, 0)
             if os.environ.get("BENCH_INGEST_PHASES", "single,batch") == "batch":
                 rows.append(Row(SECTION, "machine load at start", load_average(), "quiet"))
@@ -500,12 +505,8 @@ async def run(quick: bool) -> list[Row]:
 
             # 1. Single events, 64 clients: the bare-HTTP limit, then one gateway process, then
             # two (GATEWAY_WORKERS=2, one port), back to back.
-            script = LUA % {"sessions": quoted, "key": key, "batch": 0}
-            bare_script = LUA % {
-                "sessions": ",".join(json.dumps(str(uuid.uuid4())) for _ in sessions),
-                "key": "",
-                "batch": 0,
-            }
+            script = wrk_script(sessions, key)
+            bare_script = wrk_script([str(uuid.uuid4()) for _ in sessions], "")
             limit, limit_cpu = await bare_limit(wrk, bare_script, seconds)
             before = await conn.fetchval("SELECT count(*) FROM events")
             marker = await conn.fetchval("SELECT now()")

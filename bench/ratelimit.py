@@ -10,7 +10,6 @@ the worker's spend write (inside the exchange's transaction).
 
 from __future__ import annotations
 
-import json
 import math
 import time
 from decimal import Decimal
@@ -23,7 +22,7 @@ from chatbeto_gateway.access.budgets import SpendGuard
 from chatbeto_gateway.access.ratelimit import Limiter, block_size
 
 from bench.common import Row, ensure_wrk, free_port, run_wrk, scratch, wait_http
-from bench.ingest import CONNECTIONS, LUA
+from bench.ingest import CONNECTIONS, wrk_script
 
 SECTION = "ratelimit"
 OFF = "1000000000000/1m"
@@ -118,10 +117,10 @@ async def run(quick: bool) -> list[Row]:
                 name: await make_key(conn, project, limit)
                 for name, limit in (("off", OFF), ("on", ON), ("over", OVER))
             }
-            sessions = json.dumps(await sessions_for(base, keys["off"]))[1:-1]
+            sessions = await sessions_for(base, keys["off"])
 
             def load(key: str) -> dict[str, float]:
-                script = LUA % {"sessions": sessions, "key": key, "batch": 0}
+                script = wrk_script(sessions, key)
                 return run_wrk(wrk, base, script, seconds, CONNECTIONS)
 
             load(keys["off"])  # warm-up: caches, pools, the first lease
