@@ -196,7 +196,7 @@ class MetricsIngest(Service):
             async def store(c: Conn, rows: Sequence[EventRecord]) -> list[EventRecord]:
                 return await repo.store_events(c, rows, known, shard, staged=True)
 
-            stored, bad_events = await store_isolating(conn, ready, store)
+            stored, bad_events = await store_isolating(conn, ready, store, savepoint=False)
             bad += [self._bad(group, "event", e, exc) for e, exc in bad_events]
         ROWS_STORED.labels("sessions").inc(sum(counts))
         ROWS_STORED.labels("events").inc(len(stored))

@@ -32,17 +32,25 @@ async def store_isolating(
     conn: Conn,
     rows: Sequence[T],
     store: Callable[[Conn, Sequence[T]], Awaitable[list[R]]],
+    *,
+    savepoint: bool = True,
 ) -> tuple[list[R], list[tuple[T, Exception]]]:
-    """(what `store` returned for the good rows, the bad rows with their error)."""
+    """(what `store` returned for the good rows, the bad rows with their error).
+
+    `savepoint=False`: `store` runs under savepoints of its own, so a data error it raises left
+    the transaction as it was (one savepoint a try instead of two nested).
+    """
     if not rows:
         return [], []
     try:
+        if not savepoint:
+            return await store(conn, rows), []
         async with conn.transaction():  # a savepoint inside the caller's transaction
             return await store(conn, rows), []
     except DATA_ERRORS as exc:
         if len(rows) == 1:
             return [], [(rows[0], exc)]
     half = len(rows) // 2
-    good_left, bad_left = await store_isolating(conn, rows[:half], store)
-    good_right, bad_right = await store_isolating(conn, rows[half:], store)
+    good_left, bad_left = await store_isolating(conn, rows[:half], store, savepoint=savepoint)
+    good_right, bad_right = await store_isolating(conn, rows[half:], store, savepoint=savepoint)
     return good_left + good_right, bad_left + bad_right
