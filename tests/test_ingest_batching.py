@@ -1,5 +1,5 @@
 """How metrics-ingest takes its batches and stores them: a batch is what was delivered while the
-previous one was stored, held back for more (50 ms at most) only while it is small (light load:
+previous one was stored, held back for more (100 ms at most) only while it is small (light load:
 one transaction for several messages; under load waiting idled Postgres every batch), and its
 groups are stored up to two transactions at once, a group waiting only for the transaction
 that stores a session its events name."""
