@@ -11,6 +11,7 @@ O(k log n) statements. Any other error propagates: the caller retries the whole 
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from contextlib import nullcontext
 from typing import TypeVar
 
 import asyncpg
@@ -43,9 +44,8 @@ async def store_isolating(
     if not rows:
         return [], []
     try:
-        if not savepoint:
-            return await store(conn, rows), []
-        async with conn.transaction():  # a savepoint inside the caller's transaction
+        # A savepoint inside the caller's transaction, unless `store` makes its own.
+        async with conn.transaction() if savepoint else nullcontext():
             return await store(conn, rows), []
     except DATA_ERRORS as exc:
         if len(rows) == 1:

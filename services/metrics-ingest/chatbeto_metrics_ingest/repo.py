@@ -180,8 +180,8 @@ async def sessions_of(conn: Conn, events: Sequence[EventRecord]) -> dict[uuid.UU
 
 # The events of one store_events call, on their way in (a temporary table: the session's own).
 # ON COMMIT DELETE ROWS keeps it from growing: temporary tables are never autovacuumed. The
-# worker's connections make it when they open (MetricsIngest.SESSION_SQL); another connection
-# makes it on its first call (IF NOT EXISTS: a catalog look-up and a round trip per call).
+# worker's connections make it when they open (MetricsIngest.SESSION_SQL); for any other
+# connection, every call runs the DDL (IF NOT EXISTS: a catalog look-up and a round trip).
 _STAGE = "event_batch"
 _STAGE_COLUMNS = (
     "id", "session_id", "gpt_pk", "usuario_id", "project_id", "tipo", "contenido", "latency_ms",
