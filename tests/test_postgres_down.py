@@ -274,3 +274,67 @@ async def test_model_calls_answer_503_before_the_deadline_while_the_workers_post
     # The gateway's own deadline is OPENAI_TIMEOUT (10 s) + the reply grace (5 s): its 504
     # comes at 15 s, so a 503 means the worker's wait on Postgres was bounded.
     assert waited < 15, waited
+
+
+async def test_gateway_routes_answer_503_well_before_the_statement_timeout_while_postgres_drops_packets(
+    cut_gateway: Client, pg_proxy: TcpProxy, factory: Factory
+) -> None:
+    """A Postgres that drops packets refuses nothing: each of the gateway's own queries waits
+    for its timeout. That is short for request queries (`GATEWAY_QUERY_TIMEOUT_SECONDS`), so a
+    caller gets its 503 in seconds; only stats may run long (`STATS_QUERY_TIMEOUT_SECONDS`)."""
+    from chatbeto_gateway.app import GATEWAY_QUERY_TIMEOUT_SECONDS
+
+    project = await factory.project()
+    key = await factory.key(project)
+    admin = await factory.key(admin=True)
+    gpt = await factory.gpt(project_id=project)
+    cold_gpt = await factory.gpt(project_id=project)
+    as_project = {"X-API-Key": key}
+    as_admin = {"X-API-Key": admin}
+    resp = await cut_gateway.post(
+        "/api/sessions", json={"gpt_id": gpt, "usuario_id": "u"}, headers=as_project
+    )
+    assert resp.status == 201
+    session = (await resp.json())["id"]
+    assert (await cut_gateway.get("/api/v1/keys", headers=as_admin)).status == 200  # admin cached
+    calls: list[tuple[str, str, dict[str, str], Any]] = [
+        ("POST", "/api/sessions", as_project, {"gpt_id": cold_gpt, "usuario_id": "v"}),
+        ("GET", "/api/gpts", as_project, None),
+        ("GET", f"/api/sessions/{session}", as_project, None),
+        ("GET", "/api/v1/openai/conversations", as_project, None),
+        ("GET", "/api/v1/keys", as_admin, None),
+        ("POST", "/api/v1/projects", as_admin, {"name": "while-dropped"}),
+    ]
+    pg_proxy.drop()
+
+    async def timed(method: str, path: str, headers: dict[str, str], body: Any) -> Any:
+        started = time.monotonic()
+        resp = await cut_gateway.request(method, path, json=body, headers=headers)
+        payload = await resp.json()
+        return path, resp.status, resp.headers, payload, time.monotonic() - started
+
+    # At once: each waits its own timeout, not the others' (the old statement timeout, 30 s).
+    event = ("POST", "/api/events", as_project, make_event(session))
+    answers = await asyncio.gather(*(timed(*call) for call in [event, *calls]))
+    (_, event_status, _, event_payload, event_waited), *others = answers
+    # The ingest hot path answers from its caches while they are fresh (a key is checked again
+    # within 5 s, for revocations): 202, or a prompt 503 once it must ask Postgres.
+    assert event_status in (202, 503) and event_waited < 25, (event_status, event_payload)
+    wrong = [
+        (path, status, payload, round(waited, 1))
+        for path, status, headers, payload, waited in others
+        if not _unavailable(status, headers, payload.get("error", {})) or waited >= 25
+    ]
+    assert not wrong, (GATEWAY_QUERY_TIMEOUT_SECONDS, wrong)
+    ready = await cut_gateway.get("/readyz")
+    assert ready.status == 503
+    assert "database" in (await ready.json())["failing"]
+
+    await pg_proxy.stop()  # the hung connections are cut: the pool opens fresh ones
+    await pg_proxy.start()
+
+    async def serving() -> bool:
+        resp = await cut_gateway.get("/api/v1/projects", headers=as_admin)
+        return resp.status == 200
+
+    await wait_for(serving, timeout=60, interval=0.5)

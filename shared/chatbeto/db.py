@@ -24,6 +24,9 @@ CONNECT_RETRY_SECONDS = 1.0
 # here so that a caller still answers 503 before its own caller gives up.
 CONNECT_TIMEOUT_SECONDS = 5.0
 COMMAND_TIMEOUT_SECONDS = 30.0
+# Reports over long periods (stats, costs) read many rows: they may take this long even where a
+# pool bounds its other statements more tightly (the gateway's, see its app).
+REPORT_TIMEOUT_SECONDS = 30.0
 TRANSIENT = (OSError, TimeoutError, asyncpg.CannotConnectNowError, asyncpg.TooManyConnectionsError)
 # Postgres unreachable, as every service tells its caller (contract 3.1: 503 with Retry-After):
 # the gateway for its own queries, the openai-worker in its error reply. How long to wait: a

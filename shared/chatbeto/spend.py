@@ -22,7 +22,7 @@ from typing import Any, TypeAlias
 import asyncpg
 from asyncpg.pool import PoolConnectionProxy
 
-from chatbeto.db import Conn
+from chatbeto.db import REPORT_TIMEOUT_SECONDS, Conn
 
 # Reads and the prune may go through a pool; `record` takes the caller's transaction.
 Executor: TypeAlias = "asyncpg.Connection[Any] | PoolConnectionProxy[Any] | asyncpg.Pool[Any]"
@@ -332,23 +332,28 @@ async def report(
     """Spend in [start, end): in total, per project, per key and per `bucket` (day, week,
     month; UTC). Unpriced calls are counted apart and add nothing to `usd`."""
     args = (start, end, project_id)
-    total = await conn.fetch(f"SELECT {_TOTALS} FROM spend s WHERE {_PERIOD}", *args)
+    total = await conn.fetch(
+        f"SELECT {_TOTALS} FROM spend s WHERE {_PERIOD}", *args, timeout=REPORT_TIMEOUT_SECONDS
+    )
     projects = await conn.fetch(
         f"""SELECT s.project_id, p.name, {_TOTALS} FROM spend s
             LEFT JOIN projects p ON p.id = s.project_id
             WHERE {_PERIOD} GROUP BY s.project_id, p.name ORDER BY usd DESC, s.project_id""",
         *args,
+        timeout=REPORT_TIMEOUT_SECONDS,
     )
     keys = await conn.fetch(
         f"""SELECT k.prefix, k.name, k.project_id, k.is_admin, {_TOTALS} FROM spend s
             JOIN api_keys k ON k.id = s.key_id
             WHERE {_PERIOD} GROUP BY k.id ORDER BY usd DESC, k.id""",
         *args,
+        timeout=REPORT_TIMEOUT_SECONDS,
     )
     buckets = await conn.fetch(
         f"""SELECT date_trunc($4, s.at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC' AS bucket, {_TOTALS}
             FROM spend s WHERE {_PERIOD} GROUP BY 1 ORDER BY 1""",
         *args,
         bucket,
+        timeout=REPORT_TIMEOUT_SECONDS,
     )
     return {"total": total, "projects": projects, "keys": keys, "buckets": buckets}

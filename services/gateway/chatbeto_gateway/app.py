@@ -90,10 +90,21 @@ def build_metrics_message(items: Sequence[Any]) -> Any:
     )
 
 
+# Each of the gateway's statements but the reports' (REPORT_TIMEOUT_SECONDS): all are short
+# (keys, GPTs, lease rows, pages of a listing), and against a Postgres that drops packets a
+# caller waits for each in turn before its 503.
+GATEWAY_QUERY_TIMEOUT_SECONDS = 5.0
+
+
 async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     log.info("connecting to postgres", dsn=mask_dsn(settings.database_url))
-    pool = await create_pool(settings.database_url, min_size=2, max_size=20)
+    pool = await create_pool(
+        settings.database_url,
+        min_size=2,
+        max_size=20,
+        command_timeout=GATEWAY_QUERY_TIMEOUT_SECONDS,
+    )
     app[POOL] = pool
     app[SESSION_KEY] = await session_ids.load_key(pool)
     app[GPTS] = GptCache(pool)

@@ -11,6 +11,7 @@ from decimal import Decimal
 from typing import Any, Literal
 
 import asyncpg
+from chatbeto.db import REPORT_TIMEOUT_SECONDS
 
 # "hour" is an addition to the contract's day/week/month, for the dashboard's one-day view.
 Bucket = Literal["hour", "day", "week", "month"]
@@ -163,6 +164,7 @@ async def stats(
             ) AS x
             GROUP BY 1, 2, 3""",
         *args,
+        timeout=REPORT_TIMEOUT_SECONDS,
     )
     # Sessions: an hourly rollup row per hour is few enough for any period.
     sessions_q = pool.fetch(
@@ -180,6 +182,7 @@ async def stats(
             ) AS x
             GROUP BY 1 ORDER BY 1""",
         *args,
+        timeout=REPORT_TIMEOUT_SECONDS,
     )
     # The user table has no time axis: it always reads whole days from the rollups, whole
     # weeks from the weekly ones.
@@ -213,6 +216,7 @@ async def stats(
         gpt_pk,
         *[t for r in (*user_cut.raw, *user_cut.hourly, *user_days, user_weeks) for t in r],
         project_id,
+        timeout=REPORT_TIMEOUT_SECONDS,
     )
     # Three independent reads on three pooled connections: the answer takes the slowest, not
     # the sum.
@@ -241,6 +245,7 @@ async def stats(
                 end,
                 project_id,
                 bucket,
+                timeout=REPORT_TIMEOUT_SECONDS,
             )
             if r["n"] == counted[r["b"]]
         }
