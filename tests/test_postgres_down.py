@@ -338,3 +338,32 @@ async def test_gateway_routes_answer_503_well_before_the_statement_timeout_while
         return resp.status == 200
 
     await wait_for(serving, timeout=60, interval=0.5)
+
+
+async def test_a_keys_requests_do_not_queue_behind_each_others_rate_limit_leases_while_postgres_drops_packets(
+    cut_gateway: Client, pg_proxy: TcpProxy, factory: Factory
+) -> None:
+    """A key's default limit (50/15m) is leased a token at a time, under the bucket's lock: a
+    lease that waits for its statement timeout must let the requests queued behind it through
+    (fail open) at once, not each after a timeout of its own."""
+    project = await factory.project()
+    key = await factory.key(project)
+    auth = {"X-API-Key": key}
+    assert (await cut_gateway.get("/api/v1/openai/status", headers=auth)).status == 200
+    pg_proxy.drop()
+
+    async def timed() -> tuple[int, Any, float]:
+        started = time.monotonic()
+        resp = await cut_gateway.get("/api/v1/openai/status", headers=auth)
+        return resp.status, await resp.json(), time.monotonic() - started
+
+    answers = await asyncio.gather(*(timed() for _ in range(5)))
+    assert all(
+        status == 200 and body["data"]["database"]["status"] == "unhealthy"
+        for status, body, _ in answers
+    ), answers
+    # All waited for the same first lease (then for the status page's own check of Postgres,
+    # side by side): within a second or so of each other. Queued behind each other's leases
+    # they answered 5 s apart, the last after 32 s.
+    waits = sorted(waited for _, _, waited in answers)
+    assert waits[-1] - waits[0] < 4, waits

@@ -48,6 +48,10 @@ REFILL_DIVISOR = 4
 MAX_LIMIT = 1 << 60
 MAX_LOCAL_BUCKETS = 100_000
 PRUNE_INTERVAL_SECONDS = 60.0
+# After a lease failed, requests that need one pass uncounted without asking for this long:
+# against a Postgres that drops packets each lease waits for its statement timeout, and a
+# bucket's requests queue on its lock, each behind the one before (5, 10, 15 s ...).
+LEASE_RETRY_SECONDS = 1.0
 # Spend windows are read only while current; kept a while past their end for clock skew.
 SPEND_WINDOW_GRACE = timedelta(hours=1)
 
@@ -137,6 +141,7 @@ class Limiter:
         self._buckets: dict[str, _Bucket] = {}
         self._task: asyncio.Task[None] | None = None
         self._refills: set[asyncio.Task[None]] = set()
+        self._unreachable_until = 0.0  # monotonic; see LEASE_RETRY_SECONDS
         self.spend = SpendGuard(pool)
 
     def take_leased(self, bucket: str, rate: RateLimit) -> Decision | None:
@@ -183,9 +188,11 @@ class Limiter:
                 self._buckets.clear()
             state = self._buckets[bucket] = _Bucket(start, end, rate.limit)
         while state.tokens == 0 and not state.exhausted:
+            if self._unreachable():
+                return Decision(True, rate.limit, rate.limit, end, counted=False)
             async with state.lock:
                 if state.tokens == 0 and not state.exhausted:
-                    if not await self._lease(bucket, rate, state):
+                    if self._unreachable() or not await self._lease(bucket, rate, state):
                         # Postgres unreachable: fail open rather than refuse all traffic.
                         return Decision(True, rate.limit, rate.limit, end, counted=False)
         if state.tokens == 0:
@@ -210,11 +217,14 @@ class Limiter:
         self._refills.add(task)
         task.add_done_callback(self._refills.discard)
 
+    def _unreachable(self) -> bool:
+        return time.monotonic() < self._unreachable_until
+
     async def _top_up(self, bucket: str, rate: RateLimit, state: _Bucket) -> None:
         try:
             async with state.lock:
                 # A request that found no tokens may have leased meanwhile.
-                if state.tokens < state.low_water:
+                if state.tokens < state.low_water and not self._unreachable():
                     await self._lease(bucket, rate, state)
         finally:
             state.refilling = False
@@ -232,6 +242,7 @@ class Limiter:
             )
         except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
             log.warning("rate limit lease failed; allowing", error=type(exc).__name__)
+            self._unreachable_until = time.monotonic() + LEASE_RETRY_SECONDS
             return False
         if row is None or row["last_grant"] <= 0:
             state.exhausted = True
