@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
@@ -60,22 +61,36 @@ async def cut_gateway(
     return await aiohttp_client(create_app(settings))
 
 
-async def test_every_route_answers_503_with_retry_after_while_postgres_is_down(
-    cut_gateway: Client, pg_proxy: TcpProxy, factory: Factory
-) -> None:
+@dataclass(frozen=True)
+class Tenant:
+    project: int
+    gpt: str
+    cold_gpt: str  # never asked for before the cut: the gateway's GPT cache must ask Postgres
+    session: str  # opened through the gateway: its GPT and key are in its caches
+    as_project: dict[str, str]
+    as_admin: dict[str, str]
+
+
+async def _tenant(gateway: Client, factory: Factory) -> Tenant:
     project = await factory.project()
-    key = await factory.key(project)
-    admin = await factory.key(admin=True)
+    as_project = {"X-API-Key": await factory.key(project)}
     gpt = await factory.gpt(project_id=project)
-    # Never asked for before the cut, so the gateway's GPT cache must go to Postgres for it.
     cold_gpt = await factory.gpt(project_id=project)
-    as_project = {"X-API-Key": key}
-    as_admin = {"X-API-Key": admin}
-    resp = await cut_gateway.post(
+    resp = await gateway.post(
         "/api/sessions", json={"gpt_id": gpt, "usuario_id": "u"}, headers=as_project
     )
     assert resp.status == 201
     session = (await resp.json())["id"]
+    as_admin = {"X-API-Key": await factory.key(admin=True)}
+    return Tenant(project, gpt, cold_gpt, session, as_project, as_admin)
+
+
+async def test_every_route_answers_503_with_retry_after_while_postgres_is_down(
+    cut_gateway: Client, pg_proxy: TcpProxy, factory: Factory
+) -> None:
+    t = await _tenant(cut_gateway, factory)
+    project, gpt, cold_gpt, session = t.project, t.gpt, t.cold_gpt, t.session
+    as_project, as_admin = t.as_project, t.as_admin
     # The ingest hot path needs no Postgres while its caches are fresh: records go to the broker.
     cached: list[tuple[str, str, dict[str, str], Any]] = [
         ("POST", "/api/sessions", as_project, {"gpt_id": gpt, "usuario_id": "v"}),
@@ -281,21 +296,12 @@ async def test_gateway_routes_answer_503_well_before_the_statement_timeout_while
 ) -> None:
     """A Postgres that drops packets refuses nothing: each of the gateway's own queries waits
     for its timeout. That is short for request queries (`GATEWAY_QUERY_TIMEOUT_SECONDS`), so a
-    caller gets its 503 in seconds; only stats may run long (`STATS_QUERY_TIMEOUT_SECONDS`)."""
+    caller gets its 503 in seconds; only reports may run long (`REPORT_TIMEOUT_SECONDS`)."""
     from chatbeto_gateway.app import GATEWAY_QUERY_TIMEOUT_SECONDS
 
-    project = await factory.project()
-    key = await factory.key(project)
-    admin = await factory.key(admin=True)
-    gpt = await factory.gpt(project_id=project)
-    cold_gpt = await factory.gpt(project_id=project)
-    as_project = {"X-API-Key": key}
-    as_admin = {"X-API-Key": admin}
-    resp = await cut_gateway.post(
-        "/api/sessions", json={"gpt_id": gpt, "usuario_id": "u"}, headers=as_project
-    )
-    assert resp.status == 201
-    session = (await resp.json())["id"]
+    t = await _tenant(cut_gateway, factory)
+    cold_gpt, session = t.cold_gpt, t.session
+    as_project, as_admin = t.as_project, t.as_admin
     assert (await cut_gateway.get("/api/v1/keys", headers=as_admin)).status == 200  # admin cached
     calls: list[tuple[str, str, dict[str, str], Any]] = [
         ("POST", "/api/sessions", as_project, {"gpt_id": cold_gpt, "usuario_id": "v"}),
