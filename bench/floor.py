@@ -71,12 +71,15 @@ async def front(port: int, url: str, queue: str) -> None:
             if not streamed:
                 return web.Response(body=first.body, content_type="application/json")
             response = web.StreamResponse(headers={"Content-Type": "text/event-stream"})
-            await response.prepare(request)
-            message = first
-            while message.header.properties.message_type == CHUNK:
-                await response.write(message.body)
-                message = await inbox.get()
-            await response.write_eof()
+            try:
+                await response.prepare(request)
+                message = first
+                while message.header.properties.message_type == CHUNK:
+                    await response.write(message.body)
+                    message = await inbox.get()
+                await response.write_eof()
+            except ConnectionResetError:
+                pass  # the load generator closed its connections as its run ended
             return response
         finally:
             del waiting[cid]
