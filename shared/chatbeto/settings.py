@@ -54,6 +54,12 @@ class RateLimit:
         return hash((self.limit, self.window_seconds))
 
 
+def postgres_url(value: str) -> str:
+    if not value.startswith(("postgresql://", "postgres://")):
+        raise ValueError("must be a postgresql:// URL")
+    return value
+
+
 class BaseServiceSettings(BaseSettings):
     """What every process reads."""
 
@@ -73,9 +79,7 @@ class BaseServiceSettings(BaseSettings):
     @field_validator("database_url")
     @classmethod
     def _pg_url(cls, value: str) -> str:
-        if not value.startswith(("postgresql://", "postgres://")):
-            raise ValueError("must be a postgresql:// URL")
-        return value
+        return postgres_url(value)
 
     @property
     def topology(self) -> Topology:
@@ -116,6 +120,9 @@ class GatewaySettings(OpenAISettings):
     gateway_port: int = Field(default=8080, ge=0, le=65535)
     # Gateway processes sharing the port (SO_REUSEPORT) under one supervisor: one per core.
     gateway_workers: int = Field(default=1, ge=1, le=64)
+    # Where the reports (stats, costs) read: a streaming read replica of DATABASE_URL. Unset:
+    # DATABASE_URL. Every write and every other read stays on DATABASE_URL.
+    database_read_url: str | None = None
     rate_limit: str = "50/15m"
     ingest_rate_limit: str = "6000/1m"
     webhook_secret: SecretStr | None = None
@@ -123,6 +130,11 @@ class GatewaySettings(OpenAISettings):
     # How long past OPENAI_TIMEOUT a call waits for the worker to store the answer and reply,
     # before it answers 504.
     reply_grace_seconds: float = Field(default=5.0, ge=0, le=300)
+
+    @field_validator("database_read_url")
+    @classmethod
+    def _read_url(cls, value: str | None) -> str | None:
+        return postgres_url(value) if value else None  # "" (compose's unset) is unset
 
     @field_validator("rate_limit", "ingest_rate_limit")
     @classmethod

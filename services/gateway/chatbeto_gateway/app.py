@@ -10,10 +10,11 @@ import signal
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+import asyncpg
 from aiohttp import web
 from chatbeto import session_ids
 from chatbeto.broker import GroupPublisher, Publisher, connect
-from chatbeto.db import create_pool, mask_dsn
+from chatbeto.db import REPORT_TIMEOUT_SECONDS, create_pool, mask_dsn
 from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_outgoing
 from chatbeto.observability import REQUEST_STATS
@@ -39,6 +40,7 @@ from chatbeto_gateway.state import (
     METRICS_PUBLISHER,
     POOL,
     PUBLISHER,
+    REPORT_POOL,
     SESSION_KEY,
     SETTINGS,
 )
@@ -106,6 +108,7 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
         command_timeout=GATEWAY_QUERY_TIMEOUT_SECONDS,
     )
     app[POOL] = pool
+    app[REPORT_POOL] = await report_pool(settings.database_read_url) or pool
     app[SESSION_KEY] = await session_ids.load_key(pool)
     app[GPTS] = GptCache(pool)
     keys = KeyCache(pool)
@@ -117,7 +120,21 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
     yield
     await limiter.close()
     await keys.close()
+    if app[REPORT_POOL] is not pool:
+        await app[REPORT_POOL].close()
     await pool.close()
+
+
+async def report_pool(read_url: str | None) -> asyncpg.Pool | None:
+    """The read replica's pool, if one is set. It connects on first use (min_size 0): a replica
+    that is down costs the reports a 503 while everything else goes on, and does not stop the
+    gateway from starting."""
+    if not read_url:
+        return None
+    log.info("reports read from a replica", dsn=mask_dsn(read_url))
+    return await create_pool(
+        read_url, min_size=0, max_size=10, command_timeout=REPORT_TIMEOUT_SECONDS
+    )
 
 
 async def request_stats_ctx(_: web.Application) -> AsyncIterator[None]:

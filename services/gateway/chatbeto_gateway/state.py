@@ -16,6 +16,8 @@ from chatbeto_gateway.proxy.upstream import Upstream
 
 SETTINGS = web.AppKey("settings", GatewaySettings)
 POOL = web.AppKey("pool", asyncpg.Pool)
+# What the reports (stats, costs) read: DATABASE_READ_URL's pool, or POOL when it is unset.
+REPORT_POOL = web.AppKey("report_pool", asyncpg.Pool)
 BROKER = web.AppKey("broker", AbstractRobustConnection)
 PUBLISHER = web.AppKey("publisher", Publisher)
 METRICS_PUBLISHER = web.AppKey("metrics_publisher", GroupPublisher)

@@ -18,7 +18,7 @@ from chatbeto_gateway.http import responses
 from chatbeto_gateway.http.errors import ValidationFailed
 from chatbeto_gateway.http.openapi import doc
 from chatbeto_gateway.http.parse import POSITIVE_ID, parse_query, query_choice, query_time
-from chatbeto_gateway.state import POOL
+from chatbeto_gateway.state import REPORT_POOL
 
 routes = web.RouteTableDef()
 BUCKETS = ("day", "week", "month")
@@ -59,7 +59,7 @@ async def costs(request: web.Request) -> web.Response:
     start = query.start or spend.DEFAULT_PERIOD.window(end)[0]
     if start >= end:
         raise ValidationFailed.of("from", "must be before to")
-    rows = await spend.report(request.app[POOL], start, end, query.projectId, bucket)
+    rows = await spend.report(request.app[REPORT_POOL], start, end, query.projectId, bucket)
     return responses.envelope(
         {
             "from": start.isoformat(),

@@ -47,6 +47,7 @@ from chatbeto_gateway.state import (
     LIMITER,
     METRICS_PUBLISHER,
     POOL,
+    REPORT_POOL,
     SESSION_KEY,
     SETTINGS,
 )
@@ -374,7 +375,7 @@ async def gpt_stats(request: web.Request) -> web.Response:
     if start >= end:
         raise ValidationFailed.of("from", "must be before to")
     project = principal.project_id if gpt.builtin else None
-    data = await stats.stats(request.app[POOL], gpt.pk, start, end, bucket, project)
+    data = await stats.stats(request.app[REPORT_POOL], gpt.pk, start, end, bucket, project)
     return responses.json(
         {
             "gpt_id": gpt.gpt_id,
