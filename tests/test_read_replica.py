@@ -22,7 +22,10 @@ from pytest_aiohttp import AiohttpClient
 from tests.conftest import Client, Factory
 
 BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
-PERIOD = {"from": (BASE - timedelta(hours=1)).isoformat(), "to": (BASE + timedelta(days=1)).isoformat()}
+PERIOD = {
+    "from": (BASE - timedelta(hours=1)).isoformat(),
+    "to": (BASE + timedelta(days=1)).isoformat(),
+}
 
 
 async def store(conn: asyncpg.Connection, gpt_pk: int, events: int) -> None:
