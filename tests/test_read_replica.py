@@ -156,6 +156,17 @@ async def test_a_replica_that_is_down_answers_the_reports_503_and_nothing_else(
     assert resp.status == 201
 
 
+async def test_a_replica_that_refuses_the_reports_stops_the_gateway_with_one_line(
+    env: dict[str, str],
+) -> None:
+    from tests.test_cli import chatbeto, one_line_failure
+
+    env["DATABASE_READ_URL"] = with_database(env["DATABASE_URL"], "cbt_no_such_replica")
+    env["GATEWAY_PORT"] = "0"
+    code, _, err = await chatbeto("run", "gateway", env=env)
+    one_line_failure(code, err, "DATABASE_READ_URL", "cbt_no_such_replica", "does not exist")
+
+
 def test_database_read_url_must_be_a_postgres_url_and_empty_is_unset() -> None:
     assert GatewaySettings(_env_file=None, database_read_url="").database_read_url is None
     with pytest.raises(ValueError, match="postgresql://"):

@@ -14,7 +14,8 @@ import asyncpg
 from aiohttp import web
 from chatbeto import session_ids
 from chatbeto.broker import GroupPublisher, Publisher, connect
-from chatbeto.db import REPORT_TIMEOUT_SECONDS, create_pool, mask_dsn
+from chatbeto.db import REPORT_TIMEOUT_SECONDS, create_pool, is_database_outage, mask_dsn
+from chatbeto.failures import UsageError
 from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_outgoing
 from chatbeto.observability import REQUEST_STATS
@@ -126,15 +127,30 @@ async def database_ctx(app: web.Application) -> AsyncIterator[None]:
 
 
 async def report_pool(read_url: str | None) -> asyncpg.Pool | None:
-    """The read replica's pool, if one is set. It connects on first use (min_size 0): a replica
-    that is down costs the reports a 503 while everything else goes on, and does not stop the
-    gateway from starting."""
+    """The read replica's pool, if one is set. A replica that refuses the reports (a missing
+    database, wrong credentials, no schema) stops the start with one line naming
+    DATABASE_READ_URL; one that does not answer yet costs the reports a 503 until it does, and
+    nothing else (the pool connects on use: min_size 0)."""
     if not read_url:
         return None
-    log.info("reports read from a replica", dsn=mask_dsn(read_url))
-    return await create_pool(
+    shown = mask_dsn(read_url)
+    pool = await create_pool(
         read_url, min_size=0, max_size=10, command_timeout=REPORT_TIMEOUT_SECONDS
     )
+    try:
+        async with pool.acquire() as conn:
+            await conn.fetchval("SELECT 1 FROM gpts LIMIT 1")  # a copy of the schema is there
+    except Exception as exc:
+        if not is_database_outage(exc):
+            await pool.close()
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise UsageError(
+                f"the read replica in DATABASE_READ_URL ({shown}) cannot serve the reports: "
+                f"{reason}"
+            ) from exc
+        log.warning("the read replica does not answer yet", dsn=shown, error=type(exc).__name__)
+    log.info("reports read from a replica", dsn=shown)
+    return pool
 
 
 async def request_stats_ctx(_: web.Application) -> AsyncIterator[None]:
