@@ -156,6 +156,29 @@ async def test_a_replica_that_is_down_answers_the_reports_503_and_nothing_else(
     assert resp.status == 201
 
 
+async def test_a_conflict_with_recovery_on_the_replica_answers_503_not_500(
+    aiohttp_client: AiohttpClient,
+    gateway_settings: GatewaySettings,
+    seeded: tuple[str, str],
+    replica: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A hot standby cancels a read that conflicts with what it replays (the primary's DROP of
+    an expired partition, say) with SQLSTATE 40001: the caller may retry."""
+    from chatbeto_gateway.metrics import stats
+
+    async def cancelled(*_: object) -> None:
+        raise asyncpg.SerializationError("canceling statement due to conflict with recovery")
+
+    key, gpt = seeded
+    gateway = await gateway_on(aiohttp_client, gateway_settings, replica)
+    monkeypatch.setattr(stats, "stats", cancelled)
+    resp = await gateway.get(f"/api/gpts/{gpt}/stats", headers={"X-API-Key": key})
+    assert resp.status == 503
+    assert resp.headers["Retry-After"]
+    assert (await resp.json())["error"]["code"] == "database_unavailable"
+
+
 async def test_a_replica_that_refuses_the_reports_stops_the_gateway_with_one_line(
     env: dict[str, str],
 ) -> None:

@@ -194,8 +194,11 @@ async def observe(request: web.Request, handler: Handler) -> web.StreamResponse:
             headers = {k: v for k, v in exc.headers.items() if k.lower() == "allow"}
             response = error_response(request, ApiError(exc.status, code, message, headers=headers))
         except Exception as exc:
-            if is_database_outage(exc):
-                # Postgres away, on any route: 503 with Retry-After, never a 500.
+            # Postgres away, on any route: 503 with Retry-After, never a 500. So is a statement
+            # Postgres rolled back for a conflict a retry resolves (class 40: a deadlock, a
+            # serialization failure, a read replica's "conflict with recovery" as it replays a
+            # retention's DROP of a partition that a report was reading).
+            if is_database_outage(exc) or isinstance(exc, asyncpg.TransactionRollbackError):
                 log.warning("database unavailable", path=request.path, error=type(exc).__name__)
                 response = error_response(request, database_unavailable())
             elif isinstance(exc, ConnectionResetError):
