@@ -15,11 +15,11 @@ from datetime import UTC, datetime, timedelta
 import asyncpg
 import pytest
 from chatbeto.db import database_name, with_database
-from chatbeto.messages import EventRecord, SessionRecord
+from chatbeto.messages import SessionRecord
 from chatbeto.settings import GatewaySettings
 from pytest_aiohttp import AiohttpClient
 
-from tests.conftest import Client, Factory
+from tests.conftest import Client, Factory, event_record
 
 BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 PERIOD = {
@@ -34,19 +34,7 @@ async def store(conn: asyncpg.Connection, gpt_pk: int, events: int) -> None:
 
     await conn.fetchval("SELECT events_partition_for($1)", BASE.date())
     session = SessionRecord(id=uuid.uuid4(), gpt_pk=gpt_pk, usuario_id="u", timestamp_inicio=BASE)
-    records = [
-        EventRecord(
-            id=uuid.uuid4(),
-            sesion_id=session.id,
-            tipo="query",
-            contenido="",
-            latency_ms=10,
-            tokens_entrada=1,
-            tokens_salida=1,
-            timestamp=BASE + timedelta(minutes=7 * n),
-        )
-        for n in range(events)
-    ]
+    records = [event_record(session.id, BASE + timedelta(minutes=7 * n), n) for n in range(events)]
     async with conn.transaction():
         await repo.store_sessions(conn, [session])
         await repo.store_events(conn, records, await repo.sessions_of(conn, records))
