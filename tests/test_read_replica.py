@@ -7,7 +7,6 @@ falls behind: events stored in the primary afterwards are what a lagging replica
 
 from __future__ import annotations
 
-import socket
 import uuid
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
@@ -20,6 +19,7 @@ from chatbeto.settings import GatewaySettings
 from pytest_aiohttp import AiohttpClient
 
 from tests.conftest import Client, Factory, event_record
+from tests.test_cli import chatbeto, closed_port, one_line_failure
 
 BASE = datetime(2026, 3, 1, 9, 0, tzinfo=UTC)
 PERIOD = {
@@ -111,13 +111,6 @@ async def test_stats_read_the_replica_while_writes_and_other_reads_use_the_prima
     assert (await resp.json())["totals"]["events"] == 8
 
 
-def closed_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-    return port
-
-
 async def test_a_replica_that_is_down_answers_the_reports_503_and_nothing_else(
     aiohttp_client: AiohttpClient,
     gateway_settings: GatewaySettings,
@@ -170,8 +163,6 @@ async def test_a_conflict_with_recovery_on_the_replica_answers_503_not_500(
 async def test_a_replica_that_refuses_the_reports_stops_the_gateway_with_one_line(
     env: dict[str, str],
 ) -> None:
-    from tests.test_cli import chatbeto, one_line_failure
-
     env["DATABASE_READ_URL"] = with_database(env["DATABASE_URL"], "cbt_no_such_replica")
     env["GATEWAY_PORT"] = "0"
     code, _, err = await chatbeto("run", "gateway", env=env)

@@ -93,7 +93,8 @@ def _raised_by(exc: BaseException, *packages: str) -> bool:
     return False
 
 
-def _reason(exc: BaseException) -> str:
+def reason(exc: BaseException) -> str:
+    """Why a connection failed, in a few words (the first line of what was raised)."""
     if isinstance(exc, ConnectionRefusedError):
         return "connection refused"
     if isinstance(exc, socket.gaierror):
@@ -120,7 +121,7 @@ def _postgres(exc: BaseException) -> str | None:
     if isinstance(exc, asyncpg.CannotConnectNowError | asyncpg.TooManyConnectionsError):
         return f"Postgres at {_where(url, 5432)} does not accept connections now ({shown}): {exc}"
     if isinstance(exc, OSError | TimeoutError) and _raised_by(exc, "asyncpg"):
-        return f"cannot reach Postgres at {_where(url, 5432)} ({shown}): {_reason(exc)}"
+        return f"cannot reach Postgres at {_where(url, 5432)} ({shown}): {reason(exc)}"
     return None
 
 

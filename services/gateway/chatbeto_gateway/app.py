@@ -15,7 +15,7 @@ from aiohttp import web
 from chatbeto import session_ids
 from chatbeto.broker import GroupPublisher, Publisher, connect
 from chatbeto.db import REPORT_TIMEOUT_SECONDS, create_pool, is_database_outage, mask_dsn
-from chatbeto.failures import UsageError
+from chatbeto.failures import UsageError, reason
 from chatbeto.logging import get_logger
 from chatbeto.messages import EventRecord, MetricsBatch, SessionRecord, envelope, to_outgoing
 from chatbeto.observability import REQUEST_STATS
@@ -143,10 +143,9 @@ async def report_pool(read_url: str | None) -> asyncpg.Pool | None:
     except Exception as exc:
         if not is_database_outage(exc):
             await pool.close()
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise UsageError(
                 f"the read replica in DATABASE_READ_URL ({shown}) cannot serve the reports: "
-                f"{reason}"
+                f"{reason(exc)}"
             ) from exc
         log.warning("the read replica does not answer yet", dsn=shown, error=type(exc).__name__)
     log.info("reports read from a replica", dsn=shown)
